@@ -1,0 +1,1 @@
+"""Collective algorithms over mpi4py (allreduce, TokenRing attention, expert all-to-all)."""

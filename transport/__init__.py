@@ -1,0 +1,1 @@
+"""Transport layer over mpi4py (flow splitting, fault-detection monitors)."""
