@@ -22,8 +22,9 @@ are not uniformly strided or that it does not understand.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -188,6 +189,7 @@ def _simplify(start: int, levels: Iterable[tuple[int, int]]) -> tuple[int, Level
 
 
 # -- translation from MPI ---------------------------------------------------
+
 
 class _Reject(Exception):
     """Internal: the datatype is not uniformly strided."""
@@ -402,9 +404,7 @@ def named_datatype(name: str | None) -> MPI.Datatype | None:
     if _NAMED is None:
         found = (getattr(MPI, a) for a in dir(MPI))
         _NAMED = {
-            t.Get_name(): t
-            for t in found
-            if isinstance(t, MPI.Datatype) and t != MPI.DATATYPE_NULL and t.Get_name()
+            t.Get_name(): t for t in found if isinstance(t, MPI.Datatype) and t != MPI.DATATYPE_NULL and t.Get_name()
         }
     return _NAMED.get(name) if name else None
 
