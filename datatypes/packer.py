@@ -202,14 +202,19 @@ def pack(buf: Any, count: int, datatype: Typelike, out: Any = None, *, engine: s
     """
     plan, size = _resolve("pack", count, datatype)
     src = _byte_view(buf, "pack", "input buffer", writable=False)
-    dst = np.empty(size, np.uint8) if out is None else _byte_view(out, "pack", "output buffer", writable=True)
+    strided = isinstance(datatype, StridedBlock) or _use_strided(plan, engine)
+    if out is None:
+        # MPI may leave padding bytes (e.g. of LONG_DOUBLE) unwritten: never expose stale memory
+        dst = np.empty(size, np.uint8) if strided else np.zeros(size, np.uint8)
+    else:
+        dst = _byte_view(out, "pack", "output buffer", writable=True)
     _check_bounds("pack", 0, size, dst.nbytes, count, datatype, "output buffer")
     if size == 0:
         return dst[:0]
     dst = dst[:size]
     lo, hi = (plan.lo, plan.hi) if plan is not None else _type_bounds(datatype, count)
     _check_bounds("pack", lo, hi, src.nbytes, count, datatype, "input buffer")
-    if isinstance(datatype, StridedBlock) or _use_strided(plan, engine):
+    if strided:
         np.copyto(plan.packed_view(dst), plan.view(src))
     else:
         _mpi_apply(lambda d, t: t.Pack(d, dst, 0, MPI.COMM_SELF), src, count, datatype, lo, hi)
