@@ -380,10 +380,10 @@ def cache_entry(datatype: MPI.Datatype) -> CacheEntry:
     global _keyval
     if _keyval is None:
         _keyval = MPI.Datatype.Create_keyval()
+    if datatype == MPI.DATATYPE_NULL:
+        raise ValueError("canonicalize: MPI.DATATYPE_NULL has no type map")
     entry = datatype.Get_attr(_keyval)
     if entry is None:
-        if datatype == MPI.DATATYPE_NULL:
-            raise ValueError("canonicalize: MPI.DATATYPE_NULL has no type map")
         try:
             lay = _layout(datatype)
         except _Reject:
