@@ -12,6 +12,8 @@ is checked against the buffers before any memory is read or written.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,11 +28,18 @@ from .canonical import StridedBlock, cache_entry
 __all__ = ["choose_engine", "pack", "packed_size", "unpack"]
 
 Typelike = MPI.Datatype | StridedBlock
+_U8 = np.dtype(np.uint8)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """How to copy ``count`` objects of one canonical form."""
+    """Everything one (datatype, count) pair needs, computed once and cached.
+
+    ``item`` is None for types without a canonical form (MPI copies them).
+    ``mpi_len`` is a buffer length from which mpi4py infers exactly ``count``
+    objects (it takes count = len // extent), or -1 when none exists and MPI
+    must be given a wrapper type instead.
+    """
 
     lo: int  # first byte touched, relative to the buffer origin
     hi: int  # one past the last byte touched
@@ -38,10 +47,11 @@ class _Plan:
     block: int  # contiguous bytes per block once the objects are laid end to end
     contiguous: bool  # the whole message is one block
     injective: bool  # no byte is touched twice (unpack may use numpy)
-    item: np.dtype
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    offset: int  # byte offset of the first element of the view
+    mpi_len: int
+    item: np.dtype | None = None
+    shape: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    offset: int = 0  # byte offset of the first element of the strided view
 
     def view(self, data: np.ndarray) -> np.ndarray:
         return np.ndarray(self.shape, self.item, buffer=data, offset=self.offset, strides=self.strides)
@@ -50,21 +60,46 @@ class _Plan:
         return np.ndarray(self.shape, self.item, buffer=packed)
 
 
-def _make_plan(sb: StridedBlock, count: int) -> _Plan:
+def _mpi_len(lo: int, hi: int, count: int, extent: int) -> int:
+    n = max(hi, count * extent)
+    return n if lo >= 0 and extent > 0 and n < (count + 1) * extent else -1
+
+
+def _strided_plan(sb: StridedBlock, count: int) -> _Plan:
     rep = sb.repeated(count)
     lo, hi = sb.touched(count)
     block = rep.block
-    item = np.dtype(f"u{block}") if block in (1, 2, 4, 8) else np.dtype(f"V{max(block, 1)}")
-    shape = rep.counts[:0:-1]  # slowest level first
-    strides = rep.strides[:0:-1]
-    return _Plan(lo, hi, rep.size, block, rep.is_contiguous, sb.is_injective(count), item, shape, strides, rep.start)
+    return _Plan(
+        lo,
+        hi,
+        rep.size,
+        block,
+        rep.is_contiguous,
+        sb.is_injective(count),
+        _mpi_len(lo, hi, count, sb.extent),
+        np.dtype(f"u{block}") if block in (1, 2, 4, 8) else np.dtype(f"V{max(block, 1)}"),
+        rep.counts[:0:-1],  # slowest level first
+        rep.strides[:0:-1],
+        rep.start,
+    )
 
 
-_plan_of_block = lru_cache(maxsize=256)(_make_plan)
+def _mpi_plan(datatype: MPI.Datatype, count: int) -> _Plan:
+    size = datatype.Get_size()
+    lo = hi = 0
+    if count and size:
+        true_lb, true_extent = datatype.Get_true_extent()
+        span = (count - 1) * datatype.Get_extent()[1]
+        lo, hi = true_lb + min(0, span), true_lb + true_extent + max(0, span)
+    mpi_len = _mpi_len(lo, hi, count, datatype.Get_extent()[1])
+    return _Plan(lo, hi, count * size, 0, False, False, mpi_len)
 
 
-def _resolve(op: str, count: int, datatype: Typelike) -> tuple[_Plan | None, int]:
-    """Validate ``count`` and return (copy plan or None when not strided, packed bytes)."""
+_plan_of_block = lru_cache(maxsize=256)(_strided_plan)
+
+
+def _resolve(op: str, count: int, datatype: Typelike) -> _Plan:
+    """Validate ``count`` and return the cached plan for (datatype, count)."""
     if type(count) is not int:
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
             raise TypeError(f"{op}: count must be an integer, got {type(count).__name__}")
@@ -72,19 +107,18 @@ def _resolve(op: str, count: int, datatype: Typelike) -> tuple[_Plan | None, int
     if count < 0:
         raise ValueError(f"{op}: count must be >= 0, got {count} for {_describe(datatype)}")
     if isinstance(datatype, StridedBlock):
-        plan = _plan_of_block(datatype, count)
-        return plan, plan.packed
+        return _plan_of_block(datatype, count)
     if not isinstance(datatype, MPI.Datatype):
         raise TypeError(f"{op}: expected an mpi4py.MPI.Datatype or StridedBlock, got {type(datatype).__name__}")
     entry = cache_entry(datatype)
-    if entry.block is None:
-        return None, count * datatype.Get_size()
     plan = entry.plans.get(count)
     if plan is None:
         if len(entry.plans) >= 32:
             entry.plans.clear()
-        plan = entry.plans[count] = _make_plan(entry.block, count)
-    return plan, plan.packed
+        sb = entry.block
+        plan = _strided_plan(sb, count) if sb is not None else _mpi_plan(datatype, count)
+        entry.plans[count] = plan
+    return plan
 
 
 def _describe(datatype: Typelike) -> str:
@@ -98,14 +132,17 @@ def _describe(datatype: Typelike) -> str:
 
 def _byte_view(buf: Any, op: str, what: str, writable: bool) -> np.ndarray:
     """A flat uint8 view of a contiguous buffer, or a clear error."""
+    if type(buf) is np.ndarray:  # fast path: the common case costs a few attribute reads
+        flags = buf.flags
+        if flags.c_contiguous and (flags.writeable or not writable):
+            flat = buf if buf.ndim == 1 else buf.reshape(-1)
+            return flat if flat.dtype is _U8 else flat.view(np.uint8)
     if isinstance(buf, np.ndarray):
         if not (buf.flags.c_contiguous or buf.flags.f_contiguous):
             raise ValueError(f"{op}: {what} must be contiguous memory (got a strided array view of shape {buf.shape})")
         if writable and not buf.flags.writeable:
             raise ValueError(f"{op}: {what} is read-only")
-        if buf.ndim != 1:
-            buf = buf.ravel(order="K")
-        return buf.view(np.uint8)
+        return buf.ravel(order="K").view(np.uint8)
     try:
         mv = memoryview(buf)
     except TypeError:
@@ -115,15 +152,6 @@ def _byte_view(buf: Any, op: str, what: str, writable: bool) -> np.ndarray:
     if writable and mv.readonly:
         raise ValueError(f"{op}: {what} is read-only")
     return np.frombuffer(mv.cast("B") if mv.ndim != 1 or mv.itemsize != 1 else mv, dtype=np.uint8)
-
-
-def _type_bounds(datatype: MPI.Datatype, count: int) -> tuple[int, int]:
-    """Bytes ``[lo, hi)`` that ``count`` objects of any datatype touch."""
-    if count == 0 or datatype.Get_size() == 0:
-        return (0, 0)
-    true_lb, true_extent = datatype.Get_true_extent()
-    span = (count - 1) * datatype.Get_extent()[1]
-    return (true_lb + min(0, span), true_lb + true_extent + max(0, span))
 
 
 def _check_bounds(op: str, lo: int, hi: int, nbytes: int, count: int, datatype: Typelike, what: str) -> None:
@@ -136,12 +164,14 @@ def _check_bounds(op: str, lo: int, hi: int, nbytes: int, count: int, datatype: 
 
 def packed_size(count: int, datatype: Typelike) -> int:
     """Bytes that ``count`` objects of ``datatype`` occupy when packed."""
-    return _resolve("packed_size", count, datatype)[1]
+    return _resolve("packed_size", count, datatype).packed
 
 
-def _use_strided(plan: _Plan | None, engine: str | None) -> bool:
+def _use_strided(plan: _Plan, engine: str | None) -> bool:
+    if plan.item is None:
+        return False
     engine = engine or config.pack_engine
-    if plan is None or engine == "mpi":
+    if engine == "mpi":
         return False
     if engine == "strided" or plan.contiguous:
         return True
@@ -157,38 +187,42 @@ def choose_engine(count: int, datatype: Typelike, engine: str | None = None) -> 
     under ``pack_min_block`` bytes (both engines are memory-latency bound).
     A ``StridedBlock`` has no MPI type and is always packed strided.
     """
-    plan, _ = _resolve("choose_engine", count, datatype)
+    plan = _resolve("choose_engine", count, datatype)
     if isinstance(datatype, StridedBlock):
         return "strided"
     return "strided" if _use_strided(plan, engine) else "mpi"
 
 
-def _mpi_exact(datatype: MPI.Datatype, count: int, nbytes: int) -> MPI.Datatype:
-    """A committed type holding ``count`` objects whose extent is ``nbytes``."""
-    many = datatype.Create_contiguous(count)
-    exact = many.Create_resized(0, nbytes)
-    many.Free()
-    return exact.Commit()
+def _mpi_pack(src: np.ndarray, dst: np.ndarray, plan: _Plan, count: int, datatype: MPI.Datatype) -> None:
+    if 0 <= plan.mpi_len <= src.nbytes:
+        datatype.Pack(src[: plan.mpi_len], dst, 0, MPI.COMM_SELF)
+        return
+    with _holding(datatype, count, src.nbytes) as exact:
+        exact.Pack(src, dst, 0, MPI.COMM_SELF)
 
 
-def _mpi_apply(fn: Any, data: np.ndarray, count: int, datatype: MPI.Datatype, lo: int, hi: int) -> None:
-    """Call ``fn(data_slice, type)`` so that mpi4py infers exactly ``count`` objects.
+def _mpi_unpack(src: np.ndarray, dst: np.ndarray, plan: _Plan, count: int, datatype: MPI.Datatype) -> None:
+    if 0 <= plan.mpi_len <= dst.nbytes:
+        datatype.Unpack(src, 0, dst[: plan.mpi_len], MPI.COMM_SELF)
+        return
+    with _holding(datatype, count, dst.nbytes) as exact:
+        exact.Unpack(src, 0, dst, MPI.COMM_SELF)
 
-    mpi4py's ``Datatype.Pack``/``Unpack`` take the count to be
-    ``len(buffer) // extent``: slice the buffer to a length that gives
-    ``count`` when possible, else hand MPI one object of an exact-size type.
+
+@contextmanager
+def _holding(datatype: MPI.Datatype, count: int, nbytes: int) -> Iterator[MPI.Datatype]:
+    """A committed type of extent ``nbytes`` holding ``count`` objects, for one MPI call.
+
+    mpi4py's ``Datatype.Pack``/``Unpack`` infer the count from the buffer
+    length; one object of this type is exactly ``count`` objects.
     """
-    extent = datatype.Get_extent()[1]
-    if lo >= 0 and extent > 0:
-        n = max(hi, count * extent)
-        if n < (count + 1) * extent and n <= data.nbytes:
-            fn(data[:n], datatype)
-            return
-    tmp = _mpi_exact(datatype, count, data.nbytes)
+    many = datatype.Create_contiguous(count)
+    exact = many.Create_resized(0, nbytes).Commit()
+    many.Free()
     try:
-        fn(data, tmp)
+        yield exact
     finally:
-        tmp.Free()
+        exact.Free()
 
 
 def pack(buf: Any, count: int, datatype: Typelike, out: Any = None, *, engine: str | None = None) -> np.ndarray:
@@ -200,24 +234,25 @@ def pack(buf: Any, count: int, datatype: Typelike, out: Any = None, *, engine: s
     ``COMMLIB_PACK`` (``auto``, ``strided`` or ``mpi``); a ``StridedBlock``
     is always packed by the strided engine.
     """
-    plan, size = _resolve("pack", count, datatype)
+    plan = _resolve("pack", count, datatype)
+    size = plan.packed
     src = _byte_view(buf, "pack", "input buffer", writable=False)
-    strided = isinstance(datatype, StridedBlock) or _use_strided(plan, engine)
+    own = isinstance(datatype, StridedBlock)
+    strided = own or _use_strided(plan, engine)
     if out is None:
         # MPI may leave padding bytes (e.g. of LONG_DOUBLE) unwritten: never expose stale memory
         dst = np.empty(size, np.uint8) if strided else np.zeros(size, np.uint8)
     else:
         dst = _byte_view(out, "pack", "output buffer", writable=True)
-    _check_bounds("pack", 0, size, dst.nbytes, count, datatype, "output buffer")
+        _check_bounds("pack", 0, size, dst.nbytes, count, datatype, "output buffer")
+        dst = dst[:size]
     if size == 0:
-        return dst[:0]
-    dst = dst[:size]
-    lo, hi = (plan.lo, plan.hi) if plan is not None else _type_bounds(datatype, count)
-    _check_bounds("pack", lo, hi, src.nbytes, count, datatype, "input buffer")
+        return dst
+    _check_bounds("pack", plan.lo, plan.hi, src.nbytes, count, datatype, "input buffer")
     if strided:
         np.copyto(plan.packed_view(dst), plan.view(src))
     else:
-        _mpi_apply(lambda d, t: t.Pack(d, dst, 0, MPI.COMM_SELF), src, count, datatype, lo, hi)
+        _mpi_pack(src, dst, plan, count, datatype)
     return dst
 
 
@@ -227,22 +262,23 @@ def unpack(packed: Any, buf: Any, count: int, datatype: Typelike, *, engine: str
     Writes exactly the bytes ``MPI_Unpack`` writes and no other. Types that
     may touch a byte twice are unpacked by MPI, which defines the order.
     """
-    plan, size = _resolve("unpack", count, datatype)
+    plan = _resolve("unpack", count, datatype)
+    size = plan.packed
     src = _byte_view(packed, "unpack", "packed buffer", writable=False)
     dst = _byte_view(buf, "unpack", "output buffer", writable=True)
     _check_bounds("unpack", 0, size, src.nbytes, count, datatype, "packed buffer")
     if size == 0:
         return
     src = src[:size]
-    lo, hi = (plan.lo, plan.hi) if plan is not None else _type_bounds(datatype, count)
-    _check_bounds("unpack", lo, hi, dst.nbytes, count, datatype, "output buffer")
+    _check_bounds("unpack", plan.lo, plan.hi, dst.nbytes, count, datatype, "output buffer")
     own = isinstance(datatype, StridedBlock)
-    if plan is not None and plan.injective and (own or _use_strided(plan, engine)):
+    if plan.injective and (own or _use_strided(plan, engine)):
         np.copyto(plan.view(dst), plan.packed_view(src))
-        return
-    mpi_type = datatype.to_datatype() if own else datatype
-    try:
-        _mpi_apply(lambda d, t: t.Unpack(src, 0, d, MPI.COMM_SELF), dst, count, mpi_type, lo, hi)
-    finally:
-        if own:
+    elif own:
+        mpi_type = datatype.to_datatype()
+        try:
+            _mpi_unpack(src, dst, _mpi_plan(mpi_type, count), count, mpi_type)
+        finally:
             mpi_type.Free()
+    else:
+        _mpi_unpack(src, dst, plan, count, datatype)
