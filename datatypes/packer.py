@@ -45,7 +45,6 @@ class _Plan:
     hi: int  # one past the last byte touched
     packed: int  # packed bytes
     block: int  # contiguous bytes per block once the objects are laid end to end
-    contiguous: bool  # the whole message is one block
     injective: bool  # no byte is touched twice (unpack may use numpy)
     mpi_len: int
     item: np.dtype | None = None
@@ -74,7 +73,6 @@ def _strided_plan(sb: StridedBlock, count: int) -> _Plan:
         hi,
         rep.size,
         block,
-        rep.is_contiguous,
         sb.is_injective(count),
         _mpi_len(lo, hi, count, sb.extent),
         np.dtype(f"u{block}") if block in (1, 2, 4, 8) else np.dtype(f"V{max(block, 1)}"),
@@ -92,7 +90,7 @@ def _mpi_plan(datatype: MPI.Datatype, count: int) -> _Plan:
         span = (count - 1) * datatype.Get_extent()[1]
         lo, hi = true_lb + min(0, span), true_lb + true_extent + max(0, span)
     mpi_len = _mpi_len(lo, hi, count, datatype.Get_extent()[1])
-    return _Plan(lo, hi, count * size, 0, False, False, mpi_len)
+    return _Plan(lo, hi, count * size, 0, False, mpi_len)
 
 
 _plan_of_block = lru_cache(maxsize=256)(_strided_plan)
@@ -173,7 +171,7 @@ def _use_strided(plan: _Plan, engine: str | None) -> bool:
     engine = engine or config.pack_engine
     if engine == "mpi":
         return False
-    if engine == "strided" or plan.contiguous:
+    if engine == "strided":
         return True
     return plan.packed >= config.pack_min_bytes and plan.block >= config.pack_min_block
 

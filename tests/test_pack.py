@@ -107,7 +107,8 @@ def test_engine_choice(vec, monkeypatch):
         assert datatypes.choose_engine(1, big) == "strided"
         assert datatypes.choose_engine(1, big, "mpi") == "mpi"
         assert datatypes.choose_engine(1, vec, "strided") == "strided"
-        assert datatypes.choose_engine(1, MPI.DOUBLE) == "strided"  # contiguous: one copy
+        assert datatypes.choose_engine(1, MPI.DOUBLE) == "mpi"  # small, even if contiguous
+        assert datatypes.choose_engine(1 << 16, MPI.DOUBLE) == "strided"  # large contiguous: one copy
         irregular = MPI.INT.Create_indexed([1, 3], [0, 10])
         assert datatypes.choose_engine(1, irregular, "strided") == "mpi"  # no canonical form
         irregular.Free()
