@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from hypothesis import assume, event, given
@@ -44,13 +46,19 @@ def _prepare(spec: TypeSpec, count: int):
     return spec
 
 
-@given(cases())
-def test_pack_matches_mpi(case):
+@contextmanager
+def _case(case):
+    """(spec, datatype, count, buffer bytes, seed) of a drawn case, the datatype freed afterwards."""
     spec, count, slack, seed = case
     spec = _prepare(spec, count)
     with built(spec) as dt:
-        lo, hi = touched_range(dt, count)
-        buf = _buffer(hi + slack, seed)
+        yield spec, dt, count, touched_range(dt, count)[1] + slack, seed
+
+
+@given(cases())
+def test_pack_matches_mpi(case):
+    with _case(case) as (spec, dt, count, nbytes, seed):
+        buf = _buffer(nbytes, seed)
         before = buf.copy()
         expected = mpi_pack_reference(buf, count, dt)
         sb = datatypes.canonicalize(dt)
@@ -68,12 +76,9 @@ def test_pack_matches_mpi(case):
 
 @given(cases())
 def test_unpack_matches_mpi(case):
-    spec, count, slack, seed = case
-    spec = _prepare(spec, count)
-    with built(spec) as dt:
-        lo, hi = touched_range(dt, count)
+    with _case(case) as (spec, dt, count, nbytes, seed):
         packed = _buffer(count * dt.Get_size(), seed).tobytes()
-        poison = _buffer(hi + slack, seed + 1)
+        poison = _buffer(nbytes, seed + 1)
         expected = poison.copy()
         mpi_unpack_reference(packed, expected, count, dt)
         for engine in ("strided", "auto", "mpi"):
