@@ -1,239 +1,89 @@
-"""Hypothesis strategies for MPI derived datatypes, and MPI reference packing.
+"""Property-test your own packing code against MPI.
 
-Import this module only where hypothesis is installed (the ``test`` extra).
-A generated value is a :class:`TypeSpec`: a small tree whose ``repr`` is the
-mpi4py constructor call that builds it (``MPI.DOUBLE.Create_vector(3, 1, 2)``),
-so a failing example reads as code; ``spec.build()`` makes the datatype.
+Hypothesis strategies that draw MPI derived datatypes, buffers and strided
+views (from :mod:`datatypes.strategies`), the bytes MPI itself produces
+(:func:`mpi_pack_reference`, :func:`mpi_unpack_reference`), and assertions
+whose failure message locates the first wrong byte: its object, its block
+and its coordinates in the canonical strided form. commlib tests its own
+packer with exactly these. Needs hypothesis (the ``test`` extra)::
+
+    from hypothesis import given, strategies as st
+    from datatypes.testing import assert_pack_matches_mpi, buffers_for, mpi_datatypes
+
+    @given(st.data())
+    def test_my_pack(data):
+        dt = data.draw(mpi_datatypes())
+        count = data.draw(st.integers(0, 3))
+        assert_pack_matches_mpi(my_pack, dt, count, data.draw(buffers_for(dt, count)))
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from hypothesis import strategies as st
 from mpi4py import MPI
 
+from .canonical import canonicalize
+from .strategies import (
+    CONSTRUCTORS,
+    NAMED_TYPES,
+    GeneratedDatatype,
+    TypeSpec,
+    buffers_for,
+    built,
+    live_datatypes,
+    mpi_datatypes,
+    strided_views,
+    touched_range,
+    type_specs,
+)
+
 __all__ = [
+    "CONSTRUCTORS",
     "NAMED_TYPES",
+    "GeneratedDatatype",
     "TypeSpec",
+    "assert_pack_matches_mpi",
+    "assert_unpack_matches_mpi",
+    "buffers_for",
     "built",
+    "live_datatypes",
+    "locate_packed_byte",
+    "mpi_datatypes",
     "mpi_pack_reference",
     "mpi_unpack_reference",
+    "strided_views",
     "touched_range",
     "type_specs",
 ]
 
-#: Named types the strategies draw from (all fixed-size numeric types plus BYTE).
-NAMED_TYPES = (
-    "BYTE",
-    "CHAR",
-    "SIGNED_CHAR",
-    "UNSIGNED_CHAR",
-    "SHORT",
-    "UNSIGNED_SHORT",
-    "INT",
-    "UNSIGNED",
-    "LONG",
-    "UNSIGNED_LONG",
-    "LONG_LONG",
-    "FLOAT",
-    "DOUBLE",
-    "LONG_DOUBLE",
-    "C_BOOL",
-    "INT8_T",
-    "INT16_T",
-    "INT32_T",
-    "INT64_T",
-    "UINT8_T",
-    "UINT16_T",
-    "UINT32_T",
-    "UINT64_T",
-    "C_FLOAT_COMPLEX",
-    "C_DOUBLE_COMPLEX",
-    "AINT",
-    "OFFSET",
-    "COUNT",
-)
+
+def _host_bytes(buf: Any) -> np.ndarray:
+    """A flat uint8 numpy copy-or-view of a host or device buffer."""
+    if hasattr(buf, "__cuda_array_interface__") and hasattr(buf, "get"):
+        buf = buf.get()
+    if isinstance(buf, np.ndarray):
+        return np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    return np.frombuffer(memoryview(buf).cast("B"), np.uint8)
 
 
-@dataclass(frozen=True)
-class TypeSpec:
-    """One constructor applied to child specs; ``build()`` returns a new (uncommitted) datatype."""
-
-    ctor: str  # "named" or an mpi4py constructor name, e.g. "Create_vector"
-    args: tuple = ()
-    children: tuple[TypeSpec, ...] = ()
-
-    def build(self) -> MPI.Datatype:
-        if self.ctor == "named":
-            return getattr(MPI, self.args[0])
-        if self.ctor == "Create_struct":
-            kids = [c.build() for c in self.children]
-            try:
-                return MPI.Datatype.Create_struct(self.args[0], self.args[1], kids)
-            finally:
-                _free_all(kids)
-        (child,) = self.children
-        base = child.build()
-        try:
-            return getattr(base, self.ctor)(*self.args)
-        finally:
-            _free_all([base])
-
-    def __repr__(self) -> str:
-        if self.ctor == "named":
-            return f"MPI.{self.args[0]}"
-        if self.ctor == "Create_struct":
-            kids = ", ".join(map(repr, self.children))
-            return f"MPI.Datatype.Create_struct({list(self.args[0])}, {list(self.args[1])}, [{kids}])"
-        args = [repr(list(a)) if isinstance(a, tuple) else repr(a) for a in self.args]
-        if self.ctor == "Create_subarray":
-            args[3] = "order=MPI.ORDER_FORTRAN" if self.args[3] == MPI.ORDER_FORTRAN else "order=MPI.ORDER_C"
-        return f"{self.children[0]!r}.{self.ctor}({', '.join(args)})"
-
-
-def _free_all(types: list[MPI.Datatype]) -> None:
-    for t in types:
-        if not t.is_predefined:
-            t.Free()
-
-
-@contextmanager
-def built(spec: TypeSpec) -> Iterator[MPI.Datatype]:
-    """Build and commit ``spec``; free the datatype afterwards."""
-    dt = spec.build()
-    if not dt.is_predefined:
-        dt.Commit()
-    try:
-        yield dt
-    finally:
-        _free_all([dt])
-
-
-def named(names: tuple[str, ...] = NAMED_TYPES) -> st.SearchStrategy[TypeSpec]:
-    return st.sampled_from(names).map(lambda n: TypeSpec("named", (n,)))
-
-
-def _arith(draw, n: int, lo: int, hi: int) -> tuple[int, ...]:
-    first = draw(st.integers(lo, hi))
-    step = draw(st.integers(lo, hi))
-    return tuple(first + i * step for i in range(n))
-
-
-def _displacements(draw, n: int, lo: int, hi: int) -> tuple[int, ...]:
-    """Displacements that are evenly spaced most of the time (so they canonicalize)."""
-    if draw(st.booleans()):
-        return _arith(draw, n, lo, hi)
-    return tuple(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
-
-
-@st.composite
-def _wrap(draw, child: TypeSpec, small: bool) -> TypeSpec:
-    """Apply one random constructor to ``child``."""
-    c = 3 if small else 5
-    ctor = draw(
-        st.sampled_from(
-            [
-                "Create_contiguous",
-                "Create_vector",
-                "Create_hvector",
-                "Create_indexed",
-                "Create_hindexed",
-                "Create_indexed_block",
-                "Create_hindexed_block",
-                "Create_subarray",
-                "Create_resized",
-                "Dup",
-            ]
-        )
-    )
-    if ctor == "Create_contiguous":
-        return TypeSpec(ctor, (draw(st.integers(0, c)),), (child,))
-    if ctor in ("Create_vector", "Create_hvector"):
-        count, bl = draw(st.integers(0, c)), draw(st.integers(0, 3))
-        stride = draw(st.integers(-4, 6)) if ctor == "Create_vector" else draw(st.integers(-64, 96))
-        return TypeSpec(ctor, (count, bl, stride), (child,))
-    if ctor in ("Create_indexed", "Create_hindexed"):
-        n = draw(st.integers(0, 4))
-        uniform = draw(st.booleans())
-        bls = (
-            (draw(st.integers(0, 3)),) * n
-            if uniform
-            else tuple(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
-        )
-        lo, hi = (0, 6) if ctor == "Create_indexed" else (0, 96)
-        return TypeSpec(ctor, (bls, _displacements(draw, n, lo, hi)), (child,))
-    if ctor in ("Create_indexed_block", "Create_hindexed_block"):
-        n = draw(st.integers(0, 4))
-        lo, hi = (0, 6) if ctor == "Create_indexed_block" else (0, 96)
-        return TypeSpec(ctor, (draw(st.integers(0, 3)), _displacements(draw, n, lo, hi)), (child,))
-    if ctor == "Create_subarray":
-        ndim = draw(st.integers(1, 3))
-        sizes = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
-        subsizes = tuple(draw(st.integers(0, s)) for s in sizes)
-        starts = tuple(draw(st.integers(0, s - ss)) for s, ss in zip(sizes, subsizes))
-        order = draw(st.sampled_from([MPI.ORDER_C, MPI.ORDER_FORTRAN]))
-        return TypeSpec(ctor, (sizes, subsizes, starts, order), (child,))
-    if ctor == "Create_resized":
-        return TypeSpec(ctor, (draw(st.integers(-16, 16)), draw(st.integers(-8, 96))), (child,))
-    return TypeSpec("Dup", (), (child,))
-
-
-@st.composite
-def _struct(draw, child_strategy: st.SearchStrategy[TypeSpec]) -> TypeSpec:
-    n = draw(st.integers(1, 3))
-    first = draw(child_strategy)
-    same = draw(st.booleans())
-    kids = tuple(first if same else draw(child_strategy) for _ in range(n))
-    bls = (draw(st.integers(0, 2)),) * n if draw(st.booleans()) else tuple(draw(st.integers(0, 2)) for _ in range(n))
-    return TypeSpec("Create_struct", (bls, _displacements(draw, n, 0, 64)), kids)
-
-
-def type_specs(max_depth: int = 3, names: tuple[str, ...] = NAMED_TYPES) -> st.SearchStrategy[TypeSpec]:
-    """Random datatype trees: every constructor, nesting up to ``max_depth``.
-
-    Deeper levels use smaller counts so that extents stay in the kilobytes.
-    Shrinks toward a named type, then toward shallow trees with small counts.
-    """
-    strategy = named(names)
-    for depth in range(max_depth):
-        small = depth >= 1
-        inner = strategy
-        strategy = st.one_of(
-            strategy,
-            inner.flatmap(lambda c, small=small: _wrap(c, small)),
-            _struct(inner),
-        )
-    return strategy
-
-
-def touched_range(datatype: MPI.Datatype, count: int) -> tuple[int, int]:
-    """Bytes ``[lo, hi)`` that ``count`` objects touch, from MPI's own extents."""
-    if count == 0 or datatype.Get_size() == 0:
-        return (0, 0)
-    true_lb, true_extent = datatype.Get_true_extent()
-    span = (count - 1) * datatype.Get_extent()[1]
-    return (true_lb + min(0, span), true_lb + true_extent + max(0, span))
-
-
-def _call_with_count(fn, buf: np.ndarray, count: int, datatype: MPI.Datatype) -> None:
-    """Call ``fn(buffer, type)`` as C's ``MPI_Pack(buf, count, datatype, ...)`` would.
+def _call_with_count(fn: Callable[[Any, MPI.Datatype], Any], buf: np.ndarray, count: int, dt: MPI.Datatype) -> None:
+    """Call ``fn(buffer, type)`` as C's ``MPI_Pack(buf, count, dt, ...)`` would.
 
     mpi4py infers count = len(buffer) // extent, so pass the datatype itself
     with a buffer slice of the right length where one exists (as C does; this
     matters because MPICH packs some named types differently inside derived
     ones), else one object of a type that holds ``count`` objects.
     """
-    lo, hi = touched_range(datatype, count)
-    extent = datatype.Get_extent()[1]
+    lo, hi = touched_range(dt, count)
+    extent = dt.Get_extent()[1]
     n = max(hi, count * extent)
     if lo >= 0 and extent > 0 and n < (count + 1) * extent and n <= buf.nbytes:
-        fn(buf[:n], datatype)
+        fn(buf[:n], dt)
         return
-    many = datatype.Create_contiguous(count)
+    many = dt.Create_contiguous(count)
     one = many.Create_resized(0, max(buf.nbytes, 1)).Commit()
     many.Free()
     try:
@@ -242,15 +92,113 @@ def _call_with_count(fn, buf: np.ndarray, count: int, datatype: MPI.Datatype) ->
         one.Free()
 
 
-def mpi_pack_reference(buf: np.ndarray, count: int, datatype: MPI.Datatype) -> bytes:
-    """``MPI_Pack`` of ``count`` objects of ``datatype`` from ``buf`` (a flat uint8 array)."""
+def mpi_pack_reference(buf: Any, count: int, datatype: MPI.Datatype) -> bytes:
+    """The bytes ``MPI_Pack`` produces for ``count`` objects of ``datatype`` in ``buf``."""
+    src = _host_bytes(buf)
     out = bytearray(count * datatype.Get_size())
     if out:
-        _call_with_count(lambda b, t: t.Pack(b, out, 0, MPI.COMM_SELF), buf, count, datatype)
+        _call_with_count(lambda b, t: t.Pack(b, out, 0, MPI.COMM_SELF), src, count, datatype)
     return bytes(out)
 
 
-def mpi_unpack_reference(packed: bytes, buf: np.ndarray, count: int, datatype: MPI.Datatype) -> None:
-    """``MPI_Unpack`` of ``count`` objects of ``datatype`` into ``buf`` (a flat uint8 array)."""
+def mpi_unpack_reference(packed: Any, buf: np.ndarray, count: int, datatype: MPI.Datatype) -> None:
+    """``MPI_Unpack`` of ``count`` objects of ``datatype`` from ``packed`` into ``buf`` (a host array)."""
     if count * datatype.Get_size():
-        _call_with_count(lambda b, t: t.Unpack(packed, 0, b, MPI.COMM_SELF), buf, count, datatype)
+        data = bytes(_host_bytes(packed))
+        target = buf.reshape(-1).view(np.uint8)
+        _call_with_count(lambda b, t: t.Unpack(data, 0, b, MPI.COMM_SELF), target, count, datatype)
+
+
+def _name(datatype: MPI.Datatype) -> str:
+    if isinstance(datatype, GeneratedDatatype):
+        return repr(datatype)
+    name = datatype.Get_name()
+    return f"MPI.{name.removeprefix('MPI_')}" if name else f"a derived datatype (size {datatype.Get_size()})"
+
+
+def locate_packed_byte(datatype: MPI.Datatype, count: int, index: int) -> str:
+    """Where packed byte ``index`` of ``count`` objects comes from, in words.
+
+    Names the object, the byte within it and, when the type has a canonical
+    form, the block, its coordinates per level and the buffer offset it is
+    read from (or written to).
+    """
+    size = datatype.Get_size()
+    obj, within = divmod(index, size)
+    where = f"object {obj} of {count}, byte {within} of its {size}"
+    sb = canonicalize(datatype)
+    if sb is None:
+        return where + " (the type has no canonical strided form)"
+    block, byte = divmod(within, sb.block)
+    coords, rest = [], block
+    for c in sb.counts[1:]:
+        rest, i = rest // c, rest % c
+        coords.append(i)
+    offset = obj * sb.extent + sb.start + byte + sum(i * s for i, s in zip(coords, sb.strides[1:]))
+    levels = ", ".join(f"level {n + 1}: {i} of {c}" for n, (i, c) in enumerate(zip(coords, sb.counts[1:])))
+    return (
+        f"{where}; block {block} at ({levels or 'one block'}), byte {byte} of the {sb.block}-byte block, "
+        f"buffer offset {offset}; canonical form {sb!r}"
+    )
+
+
+def assert_pack_matches_mpi(
+    pack_fn: Callable[[Any, int, MPI.Datatype], Any], datatype: MPI.Datatype, count: int, buf: Any
+) -> None:
+    """Assert ``pack_fn(buf, count, datatype)`` returns exactly ``MPI_Pack``'s bytes.
+
+    On a difference the message names the first wrong byte, the object it
+    belongs to and its coordinates in the canonical strided form.
+    """
+    expected = np.frombuffer(mpi_pack_reference(buf, count, datatype), np.uint8)
+    got = _host_bytes(pack_fn(buf, count, datatype))
+    what = f"pack of {count} x {_name(datatype)}"
+    if got.size != expected.size:
+        raise AssertionError(f"{what}: {got.size} packed bytes, MPI_Pack gives {expected.size}")
+    wrong = np.flatnonzero(got != expected)
+    if wrong.size:
+        i = int(wrong[0])
+        raise AssertionError(
+            f"{what}: {wrong.size} of {got.size} packed bytes differ from MPI_Pack; the first is byte {i} "
+            f"(got 0x{got[i]:02x}, MPI 0x{expected[i]:02x}): {locate_packed_byte(datatype, count, i)}"
+        )
+
+
+def assert_unpack_matches_mpi(
+    unpack_fn: Callable[[Any, Any, int, MPI.Datatype], Any],
+    datatype: MPI.Datatype,
+    count: int,
+    packed: Any,
+    buf: Any,
+) -> None:
+    """Assert ``unpack_fn(packed, target, count, datatype)`` writes what ``MPI_Unpack`` writes.
+
+    ``target`` is a copy of ``buf`` (typically from :func:`buffers_for`, whose
+    random bytes are the poison), so every byte outside the type map must
+    come back unchanged; ``buf`` itself is not modified. On a difference the
+    message names the first wrong buffer byte and, when the type map covers
+    it, the packed byte that belongs there.
+    """
+    original = _host_bytes(buf).copy()
+    expected = original.copy()
+    mpi_unpack_reference(packed, expected, count, datatype)
+    target = buf.copy() if hasattr(buf, "copy") else bytearray(buf)
+    unpack_fn(packed, target, count, datatype)
+    got = _host_bytes(target)
+    wrong = np.flatnonzero(got != expected)
+    if not wrong.size:
+        return
+    j = int(wrong[0])
+    what = f"unpack of {count} x {_name(datatype)}"
+    head = (
+        f"{what}: {wrong.size} buffer bytes differ from MPI_Unpack; the first is byte {j} "
+        f"(got 0x{got[j]:02x}, MPI 0x{expected[j]:02x}, before 0x{original[j]:02x})"
+    )
+    sb = canonicalize(datatype)
+    if sb is None:
+        raise AssertionError(head)
+    sources = np.flatnonzero(sb.repeated(count).byte_offsets() == j)
+    if not sources.size:
+        raise AssertionError(f"{head}: the type map does not cover this byte, so unpack must not write it")
+    k = int(sources[-1])  # with overlapping blocks the last write wins, as in MPI
+    raise AssertionError(f"{head}: it is packed byte {k}, {locate_packed_byte(datatype, count, k)}")

@@ -1,19 +1,17 @@
-"""Shared test set-up: hypothesis profiles and the bounded multi-rank launcher."""
+"""Shared test set-up: the default hypothesis profile and the bounded multi-rank launcher."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-# ci: a few thousand examples across the property tests, fits the CI budget;
-# dev: quick local runs; thorough: long soak runs (HYPOTHESIS_PROFILE=thorough).
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=1500, derandomize=True, **_common)
-settings.register_profile("dev", max_examples=200, **_common)
-settings.register_profile("thorough", max_examples=20000, **_common)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+import datatypes.pytest_plugin  # noqa: F401  (registers the commlib-* hypothesis profiles)
+
+# commlib's own suite runs the CI profile unless told otherwise; the plugin's
+# --commlib-hypothesis-profile (and hypothesis' --hypothesis-profile) override it.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "commlib-ci"))
 
 
 @pytest.fixture
