@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from commlib import __version__
 
@@ -76,13 +77,64 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
 }
 
 
+USAGE = f"""usage: {PROG} [options] <pyfile> [arg] ...
+   or: {PROG} [options] -m <mod> [arg] ...
+   or: {PROG} [options] -c <cmd> [arg] ...
+   or: {PROG} [options] - [arg] ...
+   or: {PROG} <command> [args] ...
+
+Run a Python program with commlib interposed under mpi4py (like 'python -m mpi4py'),
+or run one of commlib's commands.
+
+options:
+  -h, --help      show this help message and exit
+  --version       show commlib's version and exit
+  --no-interpose  run the program without the interposer (env COMMLIB_INTERPOSE=0)
+  --report        print per rank, at exit, what was intercepted and chosen (env COMMLIB_REPORT=1)
+
+{_command_list(COMMANDS, "commands")}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m commlib`` and of the ``commlib`` script; returns the exit code."""
-    description = "commlib: faster, safer MPI communication for unchanged mpi4py programs."
-    parser = _parser(PROG, "command", description, COMMANDS)
-    parser.add_argument("--version", action="version", version=f"commlib {__version__}")
-    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return _dispatch(parser, COMMANDS, "command", ns.command, ns.args)
+    from commlib.config import config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    interpose, report = config.interpose, config.report
+    while args and args[0].startswith("--"):
+        option = args.pop(0)
+        if option == "--help":
+            print(USAGE, end="")
+            return 0
+        if option == "--version":
+            print(f"commlib {__version__}")
+            return 0
+        if option == "--no-interpose":
+            interpose = False
+        elif option == "--report":
+            report = True
+        else:
+            print(f"{PROG}: error: unknown option {option!r}\n" + USAGE.splitlines()[0], file=sys.stderr)
+            return 2
+    if args and args[0] == "-h":
+        print(USAGE, end="")
+        return 0
+    if not args:
+        print(USAGE, end="", file=sys.stderr)
+        print(f"{PROG}: error: no program or command given", file=sys.stderr)
+        return 2
+    if args[0] in COMMANDS:
+        return COMMANDS[args[0]][1](args[1:], f"{PROG} {args[0]}")
+    if args[0] in ("-m", "-c") and len(args) < 2:
+        print(f"{PROG}: error: {args[0]} needs an argument", file=sys.stderr)
+        return 2
+    if not args[0].startswith("-") and not Path(args[0]).exists():
+        print(f"{PROG}: error: {args[0]!r} is neither a command nor a file", file=sys.stderr)
+        return 2
+    from commlib.runner import run_program
+
+    return run_program(args, interpose=interpose, report=report)
 
 
 if __name__ == "__main__":

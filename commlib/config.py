@@ -29,6 +29,17 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+
+
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = os.environ.get(name, default).strip().lower() or default
     if raw not in choices:
@@ -50,11 +61,17 @@ class Config:
     pack_min_block [COMMLIB_PACK_MIN_BLOCK=4]
         under ``auto``, types whose contiguous blocks are shorter than this
         go to MPI: both are bound by memory latency there and MPI is not slower.
+    interpose [COMMLIB_INTERPOSE=1]
+        ``python -m commlib`` installs the interposer (``--no-interpose``: 0).
+    report [COMMLIB_REPORT=0]
+        ``python -m commlib`` prints what it intercepted at exit (``--report``: 1).
     """
 
     pack_engine: str = "auto"
     pack_min_bytes: int = 16384
     pack_min_block: int = 4
+    interpose: bool = True
+    report: bool = False
 
     @classmethod
     def from_env(cls) -> Config:
@@ -62,6 +79,8 @@ class Config:
             pack_engine=_env_choice("COMMLIB_PACK", cls.pack_engine, _PACK_ENGINES),
             pack_min_bytes=_env_int("COMMLIB_PACK_MIN_BYTES", cls.pack_min_bytes),
             pack_min_block=_env_int("COMMLIB_PACK_MIN_BLOCK", cls.pack_min_block),
+            interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
+            report=_env_bool("COMMLIB_REPORT", cls.report),
         )
 
     def reload(self) -> None:

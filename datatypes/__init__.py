@@ -7,6 +7,16 @@ objects of any datatype to and from contiguous bytes, bit-identical to
 """
 
 from .canonical import StridedBlock, canonicalize, from_array
-from .packer import choose_engine, pack, packed_size, unpack
+from .packer import check_buffer, choose_engine, pack, packed_size, unpack, unpack_partial
 
-__all__ = ["StridedBlock", "canonicalize", "choose_engine", "from_array", "pack", "packed_size", "unpack"]
+__all__ = [
+    "StridedBlock",
+    "canonicalize",
+    "check_buffer",
+    "choose_engine",
+    "from_array",
+    "pack",
+    "packed_size",
+    "unpack",
+    "unpack_partial",
+]

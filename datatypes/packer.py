@@ -25,7 +25,7 @@ from commlib.config import config
 
 from .canonical import StridedBlock, cache_entry
 
-__all__ = ["choose_engine", "pack", "packed_size", "unpack"]
+__all__ = ["check_buffer", "choose_engine", "pack", "packed_size", "unpack", "unpack_partial"]
 
 Typelike = MPI.Datatype | StridedBlock
 _U8 = np.dtype(np.uint8)
@@ -160,6 +160,18 @@ def _check_bounds(op: str, lo: int, hi: int, nbytes: int, count: int, datatype: 
         )
 
 
+def check_buffer(op: str, buf: Any, count: int, datatype: Typelike, *, writable: bool = False) -> int:
+    """Raise ``ValueError`` unless ``buf`` holds ``count`` objects of ``datatype``; return the packed size.
+
+    The same check ``pack``/``unpack`` make, for callers (such as a receive)
+    that must refuse a buffer before anything else happens.
+    """
+    plan = _resolve(op, count, datatype)
+    data = _byte_view(buf, op, "buffer", writable=writable)
+    _check_bounds(op, plan.lo, plan.hi, data.nbytes, count, datatype, "buffer")
+    return plan.packed
+
+
 def packed_size(count: int, datatype: Typelike) -> int:
     """Bytes that ``count`` objects of ``datatype`` occupy when packed."""
     return _resolve("packed_size", count, datatype).packed
@@ -280,3 +292,26 @@ def unpack(packed: Any, buf: Any, count: int, datatype: Typelike, *, engine: str
             mpi_type.Free()
     else:
         _mpi_unpack(src, dst, plan, count, datatype)
+
+
+def unpack_partial(packed: Any, nbytes: int, buf: Any, count: int, datatype: Typelike) -> None:
+    """Unpack only the first ``nbytes`` packed bytes of ``count`` objects, as a short receive does.
+
+    Whole objects go through :func:`unpack`; the bytes of a trailing partial
+    object land where the type map puts them, in type-map order.
+    """
+    size = packed_size(1, datatype)
+    if size == 0 or nbytes >= count * size:
+        unpack(packed, buf, count, datatype)
+        return
+    whole, rest = divmod(nbytes, size)
+    src = _byte_view(packed, "unpack", "packed buffer", writable=False)
+    if whole:
+        unpack(src[: whole * size], buf, whole, datatype)
+    if rest:
+        sb = datatype if isinstance(datatype, StridedBlock) else cache_entry(datatype).block
+        if sb is None:
+            raise ValueError("unpack_partial: a partial object needs a datatype with a canonical form")
+        dst = _byte_view(buf, "unpack", "output buffer", writable=True)
+        offsets = sb.byte_offsets()[:rest] + whole * sb.extent
+        dst[offsets] = src[whole * size : whole * size + rest]

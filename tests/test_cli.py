@@ -11,19 +11,24 @@ from commlib.__main__ import main
 
 
 def test_version(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--version"])
-    assert exit_.value.code == 0
+    assert main(["--version"]) == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_help_lists_program_forms_and_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "-m <mod>" in out and "-c <cmd>" in out and "--no-interpose" in out and "bench" in out
 
 
 def test_missing_and_unknown_commands_are_usage_errors(capsys):
     assert main([]) == 2
-    assert "no command given" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        main(["frobnicate"])
-    assert exit_.value.code == 2
-    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert "no program or command given" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert "'frobnicate' is neither a command nor a file" in capsys.readouterr().err
+    assert main(["--frob"]) == 2
+    assert "unknown option '--frob'" in capsys.readouterr().err
+    assert main(["-c"]) == 2
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "nothing"])
     assert exit_.value.code == 2

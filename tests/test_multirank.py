@@ -1,5 +1,6 @@
 """Multi-rank tests, each launched under a bounded mpiexec."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,21 @@ def test_harness_reports_a_failing_rank(mpirun, tmp_path):
     with pytest.raises(MPIRunError, match="exited with code") as err:
         mpirun(3, [str(script)], timeout=60)
     assert "rank two broke" in str(err.value)
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+@pytest.mark.parametrize("engine", ["auto", "strided"])
+def test_interposed_point_to_point_matches_mpi4py(mpirun, nprocs, engine):
+    script = str(HERE / "interposer_p2p.py")
+    command = [sys.executable, "-m", "commlib", script]
+    result = mpirun(nprocs, command, python=False, env={"COMMLIB_PACK": engine}, timeout=180)
+    assert f"OK on {nprocs} ranks (interposed" in result.stdout
+
+
+def test_mixed_interposed_and_plain_peers(mpirun):
+    script = str(HERE / "interposer_p2p.py")
+    plain = [sys.executable, "-m", "mpi4py", script]
+    ours = [sys.executable, "-m", "commlib", script]
+    args = [*ours, ":", "-n", "1", *plain, ":", "-n", "1", *ours]
+    result = mpirun(1, args, python=False, env={"COMMLIB_PACK": "strided"}, timeout=180)
+    assert "OK on 3 ranks (interposed rank 0)" in result.stdout

@@ -1,0 +1,242 @@
+"""commlib's communicators: mpi4py's classes, subclassed, sharing the original handle.
+
+``wrap(comm)`` returns a :class:`Intracomm`, :class:`Cartcomm`,
+:class:`Graphcomm`, :class:`Distgraphcomm` or :class:`Intercomm` on the same
+handle, so ``isinstance`` checks and every mpi4py method keep working.
+Communicators derived from a wrapped one (``Dup``, ``Split``,
+``Create_cart``, ``Sub``, ...) come back wrapped too.
+
+Point-to-point operations whose buffer spec has a strided derived datatype
+are intercepted: when the session's decision is ``"pack"``, the data travel
+packed as the type signature's base type (see :mod:`commlib.messages`);
+otherwise, and for everything else, the call goes to mpi4py untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpi4py import MPI
+
+import datatypes
+
+from .messages import Message, Packed, derived
+from .requests import Prequest, with_action
+from .session import Session
+
+__all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "wrap"]
+
+ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
+
+
+class _Interposed:
+    """What every commlib communicator adds to its mpi4py class."""
+
+    _session: Session | None = None
+
+    # -- plumbing -------------------------------------------------------------
+    def _adopt(self, comm: Any) -> Any:
+        """Wrap a communicator derived from this one, in this one's session."""
+        return wrap(comm, self._session)
+
+    def _packing(self, op: str, spec: Any, *, writable: bool = False) -> Message | None:
+        """The message to pack for ``op``, or ``None`` to call mpi4py with ``spec`` as is.
+
+        Every derived-type buffer is bounds-checked here, whatever the choice:
+        a buffer too small raises before MPI sees it.
+        """
+        message = derived(spec)
+        if message is None:
+            return None
+        message.check(op, writable=writable)
+        session = self._session
+        choice = "native"
+        if message.packable and session is not None:
+            choice = session.decide(op, message)
+        if session is not None:
+            session.record(op, choice, message.nbytes)
+        return message if choice == "pack" else None
+
+    def _outgoing(self, op: str, spec: Any) -> Any:
+        message = self._packing(op, spec)
+        return spec if message is None else Packed.for_send(message).spec
+
+    # -- blocking point to point ---------------------------------------------
+    def Send(self, buf: Any, dest: int, tag: int = 0) -> None:
+        super().Send(self._outgoing("Send", buf), dest, tag)
+
+    def Ssend(self, buf: Any, dest: int, tag: int = 0) -> None:
+        super().Ssend(self._outgoing("Ssend", buf), dest, tag)
+
+    def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
+        message = self._packing("Recv", buf, writable=True)
+        if message is None:
+            return super().Recv(buf, source, tag, status)
+        packed = Packed.for_recv(message)
+        st = status if status is not None else MPI.Status()
+        super().Recv(packed.spec, source, tag, st)
+        packed.unpack(st)
+
+    def Sendrecv(
+        self,
+        sendbuf: Any,
+        dest: int,
+        sendtag: int = 0,
+        recvbuf: Any = None,
+        source: int = ANY_SOURCE,
+        recvtag: int = ANY_TAG,
+        status: MPI.Status | None = None,
+    ) -> None:
+        outgoing = self._outgoing("Sendrecv", sendbuf)
+        message = self._packing("Sendrecv", recvbuf, writable=True)
+        if message is None:
+            return super().Sendrecv(outgoing, dest, sendtag, recvbuf, source, recvtag, status)
+        packed = Packed.for_recv(message)
+        st = status if status is not None else MPI.Status()
+        super().Sendrecv(outgoing, dest, sendtag, packed.spec, source, recvtag, st)
+        packed.unpack(st)
+
+    def Sendrecv_replace(
+        self,
+        buf: Any,
+        dest: int,
+        sendtag: int = 0,
+        source: int = ANY_SOURCE,
+        recvtag: int = ANY_TAG,
+        status: MPI.Status | None = None,
+    ) -> None:
+        message = self._packing("Sendrecv_replace", buf, writable=True)
+        if message is None:
+            return super().Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
+        packed = Packed.for_send(message)
+        st = status if status is not None else MPI.Status()
+        super().Sendrecv_replace(packed.spec, dest, sendtag, source, recvtag, st)
+        packed.unpack(st)
+
+    # -- nonblocking and persistent ------------------------------------------
+    def Isend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
+        return super().Isend(self._outgoing("Isend", buf), dest, tag)  # the request keeps the packed data alive
+
+    def Issend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
+        return super().Issend(self._outgoing("Issend", buf), dest, tag)
+
+    def Irecv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Request:
+        message = self._packing("Irecv", buf, writable=True)
+        if message is None:
+            return super().Irecv(buf, source, tag)
+        packed = Packed.for_recv(message)
+        return with_action(super().Irecv(packed.spec, source, tag), packed.unpack)
+
+    def _send_init(self, op: str, init: Any, buf: Any, dest: int, tag: int) -> MPI.Prequest:
+        message = self._packing(op, buf)
+        if message is None:
+            return init(buf, dest, tag)
+        packed = Packed.for_send(message)
+        request = Prequest(init(packed.spec, dest, tag))
+        # the buffer may change between starts: pack again at each Start
+        request._before_start = lambda: datatypes.pack(message.buf, message.count, message.datatype, out=packed.data)
+        return request
+
+    def Send_init(self, buf: Any, dest: int, tag: int = 0) -> MPI.Prequest:
+        return self._send_init("Send_init", super().Send_init, buf, dest, tag)
+
+    def Ssend_init(self, buf: Any, dest: int, tag: int = 0) -> MPI.Prequest:
+        return self._send_init("Ssend_init", super().Ssend_init, buf, dest, tag)
+
+    def Recv_init(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Prequest:
+        message = self._packing("Recv_init", buf, writable=True)
+        if message is None:
+            return super().Recv_init(buf, source, tag)
+        packed = Packed.for_recv(message)
+        request = Prequest(super().Recv_init(packed.spec, source, tag))
+        request._persistent_action = packed.unpack
+        return request
+
+    # -- derived communicators ---------------------------------------------------
+    def Dup(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Dup(*args, **kwargs))
+
+    def Clone(self) -> Any:
+        return self._adopt(super().Clone())
+
+    def Create_group(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create_group(*args, **kwargs))
+
+
+class Intracomm(_Interposed, MPI.Intracomm):
+    """A wrapped intra-communicator."""
+
+    def Split(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Split(*args, **kwargs))
+
+    def Split_type(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Split_type(*args, **kwargs))
+
+    def Create(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create(*args, **kwargs))
+
+    def Create_cart(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create_cart(*args, **kwargs))
+
+    def Create_graph(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create_graph(*args, **kwargs))
+
+    def Create_dist_graph(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create_dist_graph(*args, **kwargs))
+
+    def Create_dist_graph_adjacent(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create_dist_graph_adjacent(*args, **kwargs))
+
+    def Create_intercomm(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Create_intercomm(*args, **kwargs))
+
+
+class Cartcomm(Intracomm, MPI.Cartcomm):
+    """A wrapped Cartesian communicator."""
+
+    def Sub(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Sub(*args, **kwargs))
+
+
+class Graphcomm(Intracomm, MPI.Graphcomm):
+    """A wrapped graph communicator."""
+
+
+class Distgraphcomm(Intracomm, MPI.Distgraphcomm):
+    """A wrapped distributed-graph communicator."""
+
+
+class Intercomm(_Interposed, MPI.Intercomm):
+    """A wrapped inter-communicator (point-to-point interception; collectives pass through)."""
+
+    def Merge(self, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(super().Merge(*args, **kwargs))
+
+
+_WRAPPERS: tuple[tuple[type, type], ...] = (
+    (MPI.Cartcomm, Cartcomm),
+    (MPI.Graphcomm, Graphcomm),
+    (MPI.Distgraphcomm, Distgraphcomm),
+    (MPI.Intercomm, Intercomm),
+    (MPI.Intracomm, Intracomm),
+)
+
+
+def wrap(comm: MPI.Comm, session: Session | None = None) -> MPI.Comm:
+    """``comm`` as the matching commlib class, on the same handle (``COMM_NULL`` stays as it is).
+
+    ``session`` decides pack vs native and keeps the report; a new default
+    session is made when none is given.
+    """
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"wrap: expected an mpi4py communicator, got {type(comm).__name__}")
+    if comm == MPI.COMM_NULL:
+        return comm
+    if session is None:
+        session = comm._session if isinstance(comm, _Interposed) and comm._session is not None else Session()
+    for mpi_class, ours in _WRAPPERS:
+        if isinstance(comm, mpi_class):
+            wrapped = comm if type(comm) is ours else ours(comm)
+            wrapped._session = session
+            return wrapped
+    raise TypeError(f"wrap: {type(comm).__name__} is not an intra- or inter-communicator")

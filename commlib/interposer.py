@@ -1,0 +1,52 @@
+"""Install commlib under an unchanged mpi4py program.
+
+``interpose()`` rebinds ``MPI.COMM_WORLD`` and ``MPI.COMM_SELF`` to wrapped
+communicators (so everything derived from them is wrapped too) and
+``MPI.Request``/``MPI.Prequest`` to commlib's request classes (so that
+``MPI.Request.Waitall(...)`` completes packed receives). ``uninterpose()``
+puts mpi4py's objects back. Code that imported ``COMM_WORLD`` by name before
+``interpose()`` keeps the plain communicator: install it first.
+"""
+
+from __future__ import annotations
+
+from mpi4py import MPI
+
+from .comm import wrap
+from .requests import Prequest, Request
+from .session import Decision, Session
+
+__all__ = ["active_session", "interpose", "uninterpose"]
+
+_saved: dict[str, object] = {}
+_session: Session | None = None
+
+
+def interpose(decision: Decision | None = None) -> Session:
+    """Install the interposer (idempotent) and return its session (decision hook and report)."""
+    global _session
+    if _session is not None:
+        return _session
+    session = Session(decision)
+    for name in ("COMM_WORLD", "COMM_SELF", "Request", "Prequest"):
+        _saved[name] = getattr(MPI, name)
+    MPI.COMM_WORLD = wrap(MPI.COMM_WORLD, session)
+    MPI.COMM_SELF = wrap(MPI.COMM_SELF, session)
+    MPI.Request = Request
+    MPI.Prequest = Prequest
+    _session = session
+    return session
+
+
+def uninterpose() -> None:
+    """Restore mpi4py's own objects (communicators already wrapped stay wrapped)."""
+    global _session
+    for name, value in _saved.items():
+        setattr(MPI, name, value)
+    _saved.clear()
+    _session = None
+
+
+def active_session() -> Session | None:
+    """The session of the installed interposer, or ``None``."""
+    return _session

@@ -1,0 +1,124 @@
+"""Buffer specs with derived datatypes, carried on the wire packed as their base type.
+
+mpi4py takes a message as ``buf``, ``[buf, datatype]``, ``[buf, count,
+datatype]`` or ``[buf, count, displacement, datatype]`` (and tuples alike).
+:func:`derived` recognises the specs with a derived datatype that has a
+canonical form; :class:`Packed` is such a message turned into a contiguous
+buffer of ``n`` elements of the named base type. Because the type signature
+is unchanged (n x base), any correctly matching peer, interposed or not,
+derived type or not, sends and receives the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+import datatypes
+from datatypes.canonical import named_datatype
+
+__all__ = ["Message", "Packed", "derived"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """``count`` objects of a derived ``datatype`` in ``buf``."""
+
+    buf: Any
+    count: int
+    datatype: MPI.Datatype
+    base: MPI.Datatype | None  # named type of the signature; None when commlib cannot pack it
+
+    @property
+    def packable(self) -> bool:
+        return self.base is not None
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.datatype.Get_size()
+
+    @property
+    def elements(self) -> int:
+        """Base-type elements in the packed message."""
+        return self.nbytes // self.base.Get_size()
+
+    def check(self, op: str, *, writable: bool) -> None:
+        """Refuse (``ValueError``) a buffer that does not hold the message, before MPI sees it."""
+        datatypes.check_buffer(op, self.buf, self.count, self.datatype, writable=writable)
+
+
+def _count_from_buffer(buf: Any, datatype: MPI.Datatype) -> int:
+    extent = datatype.Get_extent()[1]
+    if extent <= 0:
+        raise ValueError("a buffer spec without a count needs a datatype with a positive extent")
+    return memoryview(buf).nbytes // extent
+
+
+def _base(datatype: MPI.Datatype) -> MPI.Datatype | None:
+    sb = datatypes.canonicalize(datatype)
+    if sb is None:
+        return None
+    base = named_datatype(sb.base)
+    if base is None or base.Get_size() == 0 or sb.size % base.Get_size():
+        return None
+    return base
+
+
+def derived(spec: Any) -> Message | None:
+    """The :class:`Message` of a buffer spec with a derived datatype, else ``None``.
+
+    ``None`` means "give the spec to mpi4py untouched": plain buffers,
+    predefined datatypes, typecode strings, special buffers (``IN_PLACE``,
+    ``BOTTOM``) and (count, displacement) pairs. A message whose type has no
+    canonical form, or no single named base type, is returned with
+    ``base=None``: it still gets its bounds checked, then goes to MPI.
+    """
+    if not isinstance(spec, (list, tuple)) or not 2 <= len(spec) <= 3:
+        return None
+    datatype = spec[-1]
+    if not isinstance(datatype, MPI.Datatype) or datatype.is_predefined:
+        return None
+    buf = spec[0]
+    if buf is None or buf is MPI.IN_PLACE or buf is MPI.BOTTOM:
+        return None
+    if len(spec) == 3:
+        count = spec[1]
+        if not isinstance(count, (int, np.integer)) or isinstance(count, bool):
+            return None  # (count, displacement) pairs belong to v-collectives: leave them to MPI
+    else:
+        count = _count_from_buffer(buf, datatype)
+    return Message(buf, int(count), datatype, _base(datatype))
+
+
+@dataclass
+class Packed:
+    """A message packed into a contiguous buffer of base-type elements."""
+
+    message: Message
+    data: np.ndarray  # uint8, message.nbytes long
+
+    @classmethod
+    def for_send(cls, message: Message) -> Packed:
+        """Pack ``message`` (whose buffer was checked) into a new contiguous buffer."""
+        return cls(message, datatypes.pack(message.buf, message.count, message.datatype))
+
+    @classmethod
+    def for_recv(cls, message: Message) -> Packed:
+        """An empty landing buffer for ``message`` (whose buffer was checked)."""
+        return cls(message, np.empty(message.nbytes, np.uint8))
+
+    @property
+    def spec(self) -> list:
+        """The mpi4py buffer spec of the packed data: ``[data, n, base]``."""
+        return [self.data, self.message.elements, self.message.base]
+
+    def unpack(self, status: MPI.Status | None = None) -> None:
+        """Unpack what arrived (``status`` tells how much) into the user's buffer."""
+        m = self.message
+        received = m.nbytes if status is None else status.Get_count(MPI.BYTE)
+        if received == MPI.UNDEFINED:
+            received = m.nbytes
+        datatypes.unpack_partial(self.data, received, m.buf, m.count, m.datatype)

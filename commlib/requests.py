@@ -1,0 +1,150 @@
+"""Requests whose completion runs an action (unpacking a packed receive).
+
+A nonblocking receive of a derived type lands in a packed buffer; the data
+reach the user's buffer when the request completes, through whichever of
+``Wait``/``Test`` and their ``all``/``any``/``some`` forms the program calls.
+:class:`Request` and :class:`Prequest` subclass mpi4py's, and the interposer
+binds them to ``MPI.Request``/``MPI.Prequest`` so that class-level calls such
+as ``MPI.Request.Waitall(reqs)`` run the actions too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mpi4py import MPI
+
+__all__ = ["Prequest", "Request", "with_action"]
+
+Action = Callable[[MPI.Status], None]
+
+
+class _Completing:
+    """Mixin: an optional ``_action`` run once with the status when the request completes.
+
+    A persistent request re-arms ``_action`` from ``_persistent_action`` at each
+    ``Start``, so completing an inactive request runs nothing.
+    """
+
+    _action: Action | None = None
+    _persistent_action: Action | None = None
+
+    def _finish(self, status: MPI.Status) -> None:
+        action, self._action = self._action, None
+        if action is not None:
+            action(status)
+
+    def Wait(self, status: MPI.Status | None = None) -> bool:
+        st = status if status is not None else MPI.Status()
+        super().Wait(st)
+        self._finish(st)
+        return True
+
+    def Test(self, status: MPI.Status | None = None) -> bool:
+        st = status if status is not None else MPI.Status()
+        done = super().Test(st)
+        if done:
+            self._finish(st)
+        return done
+
+    def wait(self, status: MPI.Status | None = None) -> Any:
+        self.Wait(status)
+
+    @classmethod
+    def _statuses(cls, requests: Sequence[MPI.Request], statuses: list | None) -> list:
+        if statuses is None:
+            return [MPI.Status() for _ in requests]
+        statuses.extend(MPI.Status() for _ in range(len(requests) - len(statuses)))
+        return statuses
+
+    @classmethod
+    def _finish_all(cls, requests: Sequence[MPI.Request], statuses: list, which: Sequence[int]) -> None:
+        for i in which:
+            if isinstance(requests[i], _Completing):
+                requests[i]._finish(statuses[i])
+
+    @classmethod
+    def Waitall(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> bool:
+        sts = cls._statuses(requests, statuses)
+        _BASE.Waitall(requests, sts)
+        cls._finish_all(requests, sts, range(len(requests)))
+        return True
+
+    @classmethod
+    def Testall(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> bool:
+        sts = cls._statuses(requests, statuses)
+        done = _BASE.Testall(requests, sts)
+        if done:
+            cls._finish_all(requests, sts, range(len(requests)))
+        return done
+
+    @classmethod
+    def Waitany(cls, requests: Sequence[MPI.Request], status: MPI.Status | None = None) -> int:
+        st = status if status is not None else MPI.Status()
+        index = _BASE.Waitany(requests, st)
+        if index != MPI.UNDEFINED:
+            cls._finish_all(requests, {index: st}, [index])
+        return index
+
+    @classmethod
+    def Testany(cls, requests: Sequence[MPI.Request], status: MPI.Status | None = None) -> tuple[int, bool]:
+        st = status if status is not None else MPI.Status()
+        index, flag = _BASE.Testany(requests, st)
+        if flag and index != MPI.UNDEFINED:
+            cls._finish_all(requests, {index: st}, [index])
+        return index, flag
+
+    @classmethod
+    def Waitsome(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> list[int] | None:
+        sts = cls._statuses(requests, statuses)
+        indices = _BASE.Waitsome(requests, sts)
+        if indices:
+            cls._finish_all(requests, {i: sts[k] for k, i in enumerate(indices)}, indices)
+        return indices
+
+    @classmethod
+    def Testsome(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> list[int] | None:
+        sts = cls._statuses(requests, statuses)
+        indices = _BASE.Testsome(requests, sts)
+        if indices:
+            cls._finish_all(requests, {i: sts[k] for k, i in enumerate(indices)}, indices)
+        return indices
+
+
+_BASE = MPI.Request  # the original class, captured before the interposer rebinds the name
+
+
+class Request(_Completing, MPI.Request):
+    """An mpi4py request that may carry a completion action."""
+
+
+class Prequest(_Completing, MPI.Prequest):
+    """A persistent request whose action runs at every completion; ``Start`` may re-pack first."""
+
+    _before_start: Callable[[], None] | None = None
+
+    def Start(self) -> None:
+        if self._before_start is not None:
+            self._before_start()
+        self._action = self._persistent_action
+        super().Start()
+
+    @classmethod
+    def Startall(cls, requests: Sequence[MPI.Prequest]) -> None:
+        for req in requests:
+            if isinstance(req, Prequest):
+                if req._before_start is not None:
+                    req._before_start()
+                req._action = req._persistent_action
+        _BASE_PREQUEST.Startall(requests)
+
+
+_BASE_PREQUEST = MPI.Prequest
+
+
+def with_action(request: MPI.Request, action: Action) -> Request:
+    """``request`` as a :class:`Request` that runs ``action(status)`` once when it completes."""
+    wrapped = Request(request)
+    wrapped._action = action
+    return wrapped
