@@ -28,8 +28,15 @@ def _bench_pack(argv: list[str], prog: str) -> int:
     return pack_main(argv, prog=prog)
 
 
+def _bench_halo(argv: list[str], prog: str) -> int:
+    from commlib.bench.halo import main as halo_main
+
+    return halo_main(argv, prog=prog)
+
+
 BENCHMARKS: dict[str, tuple[str, Handler]] = {
     "pack": ("MPI_Pack vs commlib's strided and auto pack engines vs memcpy", _bench_pack),
+    "halo": ("3D halo exchange (examples/halo3d.py), plain mpi4py vs python -m commlib", _bench_halo),
 }
 
 

@@ -27,6 +27,7 @@ from .session import Session
 __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "wrap"]
 
 ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
+_SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
 
 
 class _Interposed:
@@ -63,13 +64,13 @@ class _Interposed:
 
     # -- blocking point to point ---------------------------------------------
     def Send(self, buf: Any, dest: int, tag: int = 0) -> None:
-        super().Send(self._outgoing("Send", buf), dest, tag)
+        super().Send(self._outgoing("Send", buf) if buf.__class__ in _SPECS else buf, dest, tag)
 
     def Ssend(self, buf: Any, dest: int, tag: int = 0) -> None:
         super().Ssend(self._outgoing("Ssend", buf), dest, tag)
 
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
-        message = self._packing("Recv", buf, writable=True)
+        message = self._packing("Recv", buf, writable=True) if buf.__class__ in _SPECS else None
         if message is None:
             return super().Recv(buf, source, tag, status)
         packed = Packed.for_recv(message)
@@ -115,13 +116,14 @@ class _Interposed:
 
     # -- nonblocking and persistent ------------------------------------------
     def Isend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
-        return super().Isend(self._outgoing("Isend", buf), dest, tag)  # the request keeps the packed data alive
+        # the request keeps the packed data alive until it completes
+        return super().Isend(self._outgoing("Isend", buf) if buf.__class__ in _SPECS else buf, dest, tag)
 
     def Issend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
         return super().Issend(self._outgoing("Issend", buf), dest, tag)
 
     def Irecv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Request:
-        message = self._packing("Irecv", buf, writable=True)
+        message = self._packing("Irecv", buf, writable=True) if buf.__class__ in _SPECS else None
         if message is None:
             return super().Irecv(buf, source, tag)
         packed = Packed.for_recv(message)

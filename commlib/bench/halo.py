@@ -1,0 +1,72 @@
+"""Halo-exchange benchmark: examples/halo3d.py under plain mpi4py and under ``python -m commlib``.
+
+For each rank count and grid size, runs the same program both ways (several
+alternating launches), takes each launch's median exchange time (the slowest
+rank's) and reports the median over launches, the speedup, and whether every
+run checked its halos correctly. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from commlib.mpirun import run
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "halo3d.py"
+MODES = {"mpi4py": ["-m", "mpi4py"], "commlib": ["-m", "commlib"]}
+
+
+def _launch(mode: str, ranks: int, n: int, iters: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "halo.json"
+        args = [sys.executable, *MODES[mode], str(APP), "--n", str(n), "--iters", str(iters), "--json", str(out)]
+        run(ranks, args, python=False, timeout=timeout)
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8], help="rank counts (4 8)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64], help="cells per side per rank")
+    parser.add_argument("--launches", type=int, default=3, help="launches per mode and shape (3)")
+    parser.add_argument("--iters", type=int, default=20, help="timed exchanges per launch (20)")
+    parser.add_argument("--quick", action="store_true", help="4 ranks, sizes 32 and 64, 2 launches")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per launch before it is killed")
+    parser.add_argument("--json", default="results/halo3d.json")
+    args = parser.parse_args(argv)
+    if not APP.exists():
+        parser.error(f"{APP} not found: run from a checkout of the commlib repository")
+    if args.quick:
+        args.ranks, args.sizes, args.launches = [4], [32, 64], 2
+    rows = []
+    print(f"{'ranks':>5} {'n':>4} {'mpi4py ms':>10} {'commlib ms':>11} {'speedup':>8}  halos")
+    for ranks in args.ranks:
+        for n in args.sizes:
+            samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+            ok = True
+            for _ in range(args.launches):
+                for mode in MODES:  # alternate, so that machine noise hits both alike
+                    result = _launch(mode, ranks, n, args.iters, args.timeout)
+                    samples[mode].append(result["median_exchange_s"])
+                    ok = ok and result["ok"]
+            med = {mode: statistics.median(ts) for mode, ts in samples.items()}
+            speedup = med["mpi4py"] / med["commlib"]
+            rows.append({"ranks": ranks, "n": n, "median_s": med, "samples_s": samples, "speedup": speedup, "ok": ok})
+            print(
+                f"{ranks:5d} {n:4d} {med['mpi4py'] * 1e3:10.3f} {med['commlib'] * 1e3:11.3f} {speedup:7.2f}x  "
+                + ("OK" if ok else "WRONG")
+            )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}, indent=1))
+    print(f"Wrote {args.json}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
