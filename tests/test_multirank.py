@@ -54,3 +54,12 @@ def test_mixed_interposed_and_plain_peers(mpirun):
     args = [*ours, ":", "-n", "1", *plain, ":", "-n", "1", *ours]
     result = mpirun(1, args, python=False, env={"COMMLIB_PACK": "strided"}, timeout=180)
     assert "OK on 3 ranks (interposed rank 0)" in result.stdout
+
+
+@pytest.mark.parametrize("nprocs", [1, 3, 4])
+@pytest.mark.parametrize("runner", ["mpi4py", "commlib"])
+def test_halo3d_example_runs_unchanged(mpirun, nprocs, runner):
+    app = str(Path(__file__).parent.parent / "examples" / "halo3d.py")
+    command = [sys.executable, "-m", runner, app, "--n", "8", "--iters", "2"]
+    result = mpirun(nprocs, command, python=False, env={"COMMLIB_PACK": "strided"}, timeout=180)
+    assert f"halo3d [{runner}]: {nprocs} ranks" in result.stdout and "halos OK" in result.stdout

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from commlib.mpirun import run
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "halo3d.py"
+_CANDIDATES = (Path.cwd() / "examples" / "halo3d.py", Path(__file__).resolve().parents[2] / "examples" / "halo3d.py")
+APP = next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0])
 MODES = {"mpi4py": ["-m", "mpi4py"], "commlib": ["-m", "commlib"]}
 
 
