@@ -30,6 +30,18 @@ ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
 
 
+def _adopting(mpi_class: type, name: str) -> Any:
+    """A method calling mpi4py's ``mpi_class.name`` and wrapping the communicator it returns."""
+    original = getattr(mpi_class, name)
+
+    def method(self: _Interposed, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(original(self, *args, **kwargs))
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"mpi4py's ``{name}``; the new communicator is wrapped in this one's session."
+    return method
+
+
 class _Interposed:
     """What every commlib communicator adds to its mpi4py class."""
 
@@ -154,50 +166,28 @@ class _Interposed:
         request._persistent_action = packed.unpack
         return request
 
-    # -- derived communicators ---------------------------------------------------
-    def Dup(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Dup(*args, **kwargs))
-
-    def Clone(self) -> Any:
-        return self._adopt(super().Clone())
-
-    def Create_group(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create_group(*args, **kwargs))
+    Dup = _adopting(MPI.Comm, "Dup")
+    Clone = _adopting(MPI.Comm, "Clone")
 
 
 class Intracomm(_Interposed, MPI.Intracomm):
     """A wrapped intra-communicator."""
 
-    def Split(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Split(*args, **kwargs))
-
-    def Split_type(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Split_type(*args, **kwargs))
-
-    def Create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create(*args, **kwargs))
-
-    def Create_cart(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create_cart(*args, **kwargs))
-
-    def Create_graph(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create_graph(*args, **kwargs))
-
-    def Create_dist_graph(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create_dist_graph(*args, **kwargs))
-
-    def Create_dist_graph_adjacent(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create_dist_graph_adjacent(*args, **kwargs))
-
-    def Create_intercomm(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Create_intercomm(*args, **kwargs))
+    Split = _adopting(MPI.Intracomm, "Split")
+    Create_group = _adopting(MPI.Intracomm, "Create_group")
+    Split_type = _adopting(MPI.Intracomm, "Split_type")
+    Create = _adopting(MPI.Intracomm, "Create")
+    Create_cart = _adopting(MPI.Intracomm, "Create_cart")
+    Create_graph = _adopting(MPI.Intracomm, "Create_graph")
+    Create_dist_graph = _adopting(MPI.Intracomm, "Create_dist_graph")
+    Create_dist_graph_adjacent = _adopting(MPI.Intracomm, "Create_dist_graph_adjacent")
+    Create_intercomm = _adopting(MPI.Intracomm, "Create_intercomm")
 
 
 class Cartcomm(Intracomm, MPI.Cartcomm):
     """A wrapped Cartesian communicator."""
 
-    def Sub(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Sub(*args, **kwargs))
+    Sub = _adopting(MPI.Cartcomm, "Sub")
 
 
 class Graphcomm(Intracomm, MPI.Graphcomm):
@@ -211,8 +201,7 @@ class Distgraphcomm(Intracomm, MPI.Distgraphcomm):
 class Intercomm(_Interposed, MPI.Intercomm):
     """A wrapped inter-communicator (point-to-point interception; collectives pass through)."""
 
-    def Merge(self, *args: Any, **kwargs: Any) -> Any:
-        return self._adopt(super().Merge(*args, **kwargs))
+    Merge = _adopting(MPI.Intercomm, "Merge")
 
 
 _WRAPPERS: tuple[tuple[type, type], ...] = (

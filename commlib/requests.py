@@ -96,20 +96,20 @@ class _Completing:
         return index, flag
 
     @classmethod
-    def Waitsome(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> list[int] | None:
+    def _some(cls, base: Any, requests: Sequence[MPI.Request], statuses: list | None) -> list[int] | None:
         sts = cls._statuses(requests, statuses)
-        indices = _BASE.Waitsome(requests, sts)
+        indices = base(requests, sts)
         if indices:
             cls._finish_all(requests, {i: sts[k] for k, i in enumerate(indices)}, indices)
         return indices
 
     @classmethod
+    def Waitsome(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> list[int] | None:
+        return cls._some(_BASE.Waitsome, requests, statuses)
+
+    @classmethod
     def Testsome(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> list[int] | None:
-        sts = cls._statuses(requests, statuses)
-        indices = _BASE.Testsome(requests, sts)
-        if indices:
-            cls._finish_all(requests, {i: sts[k] for k, i in enumerate(indices)}, indices)
-        return indices
+        return cls._some(_BASE.Testsome, requests, statuses)
 
 
 _BASE = MPI.Request  # the original class, captured before the interposer rebinds the name
