@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 __all__ = ["Prequest", "Request", "with_action"]
 
-Action = Callable[[MPI.Status], None]
+Action = Callable[[MPI.Status | None], None]
 
 
 class _Completing:
@@ -30,7 +30,7 @@ class _Completing:
     _action: Action | None = None
     _persistent_action: Action | None = None
 
-    def _finish(self, status: MPI.Status) -> None:
+    def _finish(self, status: MPI.Status | None) -> None:
         action, self._action = self._action, None
         if action is not None:
             action(status)
@@ -52,17 +52,34 @@ class _Completing:
         self.Wait(status)
 
     @classmethod
-    def _statuses(cls, requests: Sequence[MPI.Request], statuses: list | None) -> list:
-        if statuses is None:
-            return [MPI.Status() for _ in requests]
-        statuses.extend(MPI.Status() for _ in range(len(requests) - len(statuses)))
-        return statuses
+    def _statuses(cls, requests: Sequence[MPI.Request], statuses: Sequence | None) -> Sequence:
+        """The caller's statuses, passed to mpi4py as they are (it may extend a list), or our own."""
+        return statuses if statuses is not None else [MPI.Status() for _ in requests]
+
+    @staticmethod
+    def _status(statuses: Sequence | dict, k: int) -> MPI.Status | None:
+        try:
+            return statuses[k]
+        except (IndexError, KeyError):
+            return None  # the caller gave fewer statuses: the action assumes a complete message
 
     @classmethod
-    def _finish_all(cls, requests: Sequence[MPI.Request], statuses: list, which: Sequence[int]) -> None:
+    def _finish_all(cls, requests: Sequence[MPI.Request], statuses: Sequence | dict, which: Sequence[int]) -> None:
         for i in which:
             if isinstance(requests[i], _Completing):
-                requests[i]._finish(statuses[i])
+                requests[i]._finish(cls._status(statuses, i))
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> Any:
+        return cls(_BASE.fromhandle(handle))
+
+    @classmethod
+    def f2py(cls, arg: int) -> Any:
+        return cls(_BASE.f2py(arg))
+
+    @classmethod
+    def fromint(cls, arg: int) -> Any:
+        return cls(_BASE.fromint(arg))
 
     @classmethod
     def Waitall(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> bool:
@@ -100,7 +117,7 @@ class _Completing:
         sts = cls._statuses(requests, statuses)
         indices = base(requests, sts)
         if indices:
-            cls._finish_all(requests, {i: sts[k] for k, i in enumerate(indices)}, indices)
+            cls._finish_all(requests, {i: cls._status(sts, k) for k, i in enumerate(indices)}, indices)
         return indices
 
     @classmethod
