@@ -23,8 +23,9 @@ import datatypes
 from .messages import Message, Packed, derived
 from .requests import Prequest, with_action
 from .session import Session
+from .tracing import BLOCKING, NONBLOCKING, traced
 
-__all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "wrap"]
+__all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "Topocomm", "wrap"]
 
 ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
@@ -184,17 +185,21 @@ class Intracomm(_Interposed, MPI.Intracomm):
     Create_intercomm = _adopting(MPI.Intracomm, "Create_intercomm")
 
 
-class Cartcomm(Intracomm, MPI.Cartcomm):
+class Topocomm(Intracomm, MPI.Topocomm):
+    """What the wrapped topology communicators share: the neighbourhood collectives."""
+
+
+class Cartcomm(Topocomm, MPI.Cartcomm):
     """A wrapped Cartesian communicator."""
 
     Sub = _adopting(MPI.Cartcomm, "Sub")
 
 
-class Graphcomm(Intracomm, MPI.Graphcomm):
+class Graphcomm(Topocomm, MPI.Graphcomm):
     """A wrapped graph communicator."""
 
 
-class Distgraphcomm(Intracomm, MPI.Distgraphcomm):
+class Distgraphcomm(Topocomm, MPI.Distgraphcomm):
     """A wrapped distributed-graph communicator."""
 
 
@@ -203,6 +208,17 @@ class Intercomm(_Interposed, MPI.Intercomm):
 
     Merge = _adopting(MPI.Intercomm, "Merge")
 
+
+def _trace(cls: type, mpi_class: type, inherited: type | None = None) -> None:
+    """Route ``cls``'s communication methods through the monitor hook (once per method)."""
+    for name in sorted(BLOCKING | NONBLOCKING):
+        if hasattr(mpi_class, name) and (inherited is None or not hasattr(inherited, name)):
+            setattr(cls, name, traced(name, getattr(cls, name)))
+
+
+_trace(Intracomm, MPI.Intracomm)
+_trace(Topocomm, MPI.Topocomm, inherited=MPI.Intracomm)
+_trace(Intercomm, MPI.Intercomm)
 
 _WRAPPERS: tuple[tuple[type, type], ...] = (
     (MPI.Cartcomm, Cartcomm),

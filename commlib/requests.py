@@ -15,7 +15,7 @@ from typing import Any
 
 from mpi4py import MPI
 
-__all__ = ["Prequest", "Request", "with_action"]
+__all__ = ["Prequest", "Request", "add_action", "with_action"]
 
 Action = Callable[[MPI.Status | None], None]
 
@@ -165,3 +165,25 @@ def with_action(request: MPI.Request, action: Action) -> Request:
     wrapped = Request(request)
     wrapped._action = action
     return wrapped
+
+
+def add_action(request: MPI.Request, action: Action) -> MPI.Request:
+    """``request`` running ``action(status)`` when it completes, after any action it already has.
+
+    A persistent request is returned unchanged (its completions are not tied to one call).
+    """
+    if isinstance(request, MPI.Prequest) or request == MPI.REQUEST_NULL:
+        return request
+    if not isinstance(request, _Completing):
+        return with_action(request, action)
+    first = request._action
+    if first is None:
+        request._action = action
+    else:
+
+        def both(status: MPI.Status | None) -> None:
+            first(status)
+            action(status)
+
+        request._action = both
+    return request

@@ -1,10 +1,13 @@
-"""An interposer session: the pack-vs-native decision hook and the report of what it chose.
+"""An interposer session: the pack-vs-native decision hook, observations, monitor and report.
 
 Every wrapped communicator refers to one session (derived communicators
 share their parent's). ``decide(op, message)`` returns ``"pack"`` (pack with
 commlib, send contiguous) or ``"native"`` (hand the derived type to MPI);
 the default asks the packer which engine it would use for the message. A
-cost model plugs in by passing its own ``decision`` callable.
+cost model plugs in by passing its own ``decision`` callable, and learns from
+``observe(op, message, choice, seconds)``, which the communicators call with
+the measured time of every blocking intercepted operation. ``monitor``, when
+set, is told of every communication call (see :mod:`commlib.tracing`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Session:
         self.decision = decision or default_decision
         self.calls: dict[tuple[str, str], int] = defaultdict(int)
         self.bytes: dict[tuple[str, str], int] = defaultdict(int)
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.monitor: Any = None
 
     def decide(self, op: str, message: Any) -> str:
         choice = self.decision(op, message)
@@ -43,6 +48,10 @@ class Session:
         self.calls[op, choice] += 1
         self.bytes[op, choice] += nbytes
 
+    def observe(self, op: str, message: Any, choice: str, seconds: float) -> None:
+        """The measured time of one blocking intercepted operation (pack and unpack included)."""
+        self.seconds[op, choice] += seconds
+
     def report(self) -> str:
         """One line per intercepted operation: calls and bytes per choice."""
         if not self.calls:
@@ -51,6 +60,7 @@ class Session:
         for op in sorted({op for op, _ in self.calls}):
             parts = [
                 f"{choice} {self.calls[op, choice]} calls / {self.bytes[op, choice]} B"
+                + (f" / {self.seconds[op, choice] * 1e3:.3f} ms" if (op, choice) in self.seconds else "")
                 for choice in ("pack", "native")
                 if (op, choice) in self.calls
             ]
