@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MPIRunError", "MPIRunResult", "mpiexec", "run"]
+__all__ = ["MPIRunError", "MPIRunResult", "mpiexec", "run", "run_command"]
 
 
 class MPIRunError(RuntimeError):
@@ -80,6 +80,19 @@ def run(
     if python:
         command += [sys.executable, "-m", "mpi4py"]
     command += list(args)
+    return run_command(command, timeout=timeout, env=env, check=check, cwd=cwd)
+
+
+def run_command(
+    command: Sequence[str],
+    *,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    cwd: str | None = None,
+) -> MPIRunResult:
+    """Run a prebuilt ``mpiexec`` command line with the same bounds and error reports as :func:`run`."""
+    command = list(command)
     full_env = {**os.environ, **(env or {})}
     start = time.monotonic()
     proc = subprocess.Popen(
