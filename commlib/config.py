@@ -65,6 +65,9 @@ class Config:
         ``python -m commlib`` installs the interposer (``--no-interpose``: 0).
     report [COMMLIB_REPORT=0]
         ``python -m commlib`` prints what it intercepted at exit (``--report``: 1).
+    cuda_aware_mpi [COMMLIB_CUDA_AWARE_MPI=0]
+        MPI accepts device (cupy) buffers; when 0, collectives that take device
+        arrays stage them through host memory around each exchange.
     """
 
     pack_engine: str = "auto"
@@ -72,6 +75,7 @@ class Config:
     pack_min_block: int = 4
     interpose: bool = True
     report: bool = False
+    cuda_aware_mpi: bool = False
 
     @classmethod
     def from_env(cls) -> Config:
@@ -81,6 +85,7 @@ class Config:
             pack_min_block=_env_int("COMMLIB_PACK_MIN_BLOCK", cls.pack_min_block),
             interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
             report=_env_bool("COMMLIB_REPORT", cls.report),
+            cuda_aware_mpi=_env_bool("COMMLIB_CUDA_AWARE_MPI", cls.cuda_aware_mpi),
         )
 
     def reload(self) -> None:
