@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 __all__ = ["Config", "config"]
 
 _PACK_ENGINES = ("auto", "strided", "mpi")
+_NODE_DETECT = ("auto", "shared", "name", "env")
+_ALLREDUCE_ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -68,6 +70,18 @@ class Config:
     cuda_aware_mpi [COMMLIB_CUDA_AWARE_MPI=0]
         MPI accepts device (cupy) buffers; when 0, collectives that take device
         arrays stage them through host memory around each exchange.
+    node_detect [COMMLIB_NODE_DETECT=auto]
+        how collectives find the ranks of one node: ``shared`` by
+        ``Split_type(COMM_TYPE_SHARED)``, ``name`` by ``MPI.Get_processor_name()``,
+        ``env`` by ``COMMLIB_NODE_ID``; ``auto`` uses ``COMMLIB_NODE_ID`` when
+        every rank has it, else shared memory.
+    node_id [COMMLIB_NODE_ID=-1]
+        this rank's node number, for launches where shared memory does not
+        mark the node (emulated nodes, MPI forced onto the network); -1: unset.
+    allreduce [COMMLIB_ALLREDUCE=auto]
+        algorithm of the interposed ``Allreduce``: ``auto`` (cost model),
+        ``native``, ``ring``, ``star``, ``hierarchical`` (its two variants by
+        cost), ``hierarchical-root`` or ``hierarchical-shard``.
     """
 
     pack_engine: str = "auto"
@@ -76,6 +90,9 @@ class Config:
     interpose: bool = True
     report: bool = False
     cuda_aware_mpi: bool = False
+    node_detect: str = "auto"
+    node_id: int = -1
+    allreduce: str = "auto"
 
     @classmethod
     def from_env(cls) -> Config:
@@ -86,6 +103,9 @@ class Config:
             interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
             report=_env_bool("COMMLIB_REPORT", cls.report),
             cuda_aware_mpi=_env_bool("COMMLIB_CUDA_AWARE_MPI", cls.cuda_aware_mpi),
+            node_detect=_env_choice("COMMLIB_NODE_DETECT", cls.node_detect, _NODE_DETECT),
+            node_id=_env_int("COMMLIB_NODE_ID", cls.node_id),
+            allreduce=_env_choice("COMMLIB_ALLREDUCE", cls.allreduce, _ALLREDUCE_ALGORITHMS),
         )
 
     def reload(self) -> None:
