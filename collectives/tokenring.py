@@ -1,0 +1,272 @@
+"""TokenRing: sequence-parallel attention that keeps keys/values in place and moves the queries.
+
+Every rank holds one shard of the sequence (``q [(B,) L, H, D]``, ``k``/``v [(B,) L, H_kv, D]``).
+At step ``t`` rank ``r`` holds the queries of rank ``r+t`` (they moved one rank down the ring per
+step, on one communicator), attends them over its own keys, and sends the partial result
+``(block_out, block_lse)`` straight back to their owner on a second communicator, which merges it
+into its running result. Queries travel one way and results the other, so both directions of the
+links carry traffic at once; nonblocking transfers overlap the block computation, and the owner
+folds in each partial result one step later, while the next block is being computed.
+
+Under a causal mask only what the mask lets through is computed and sent: in the zigzag layout a
+foreign shard is met either by all queries against the first key chunk, or by the second query
+chunk against all keys, so half the query rows (and half the partial result) travel once the
+queries have passed rank 0, and in the contiguous layout queries stop travelling once they have
+passed rank 0 (no later rank can see them).
+
+The backward pass moves ``(q, dout, lse, delta)`` the same way; each rank adds the gradients of its
+own keys and values locally (they never move) and returns the partial query gradient to its owner.
+
+The two communicators are duplicates of ``comm`` created on first use and cached on it (freed
+with it). All ranks must call with the same sizes, dtype, mask and layout; this is checked with one
+small ``Allgather`` per call and every rank raises the same error otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .attention import (
+    accumulation_dtype,
+    attention_signature,
+    blocks_attention,
+    blocks_attention_backward,
+    check_attention_inputs,
+    from_sequence_major,
+    merge_partial,
+    softmax_scale_for,
+    to_sequence_major,
+)
+from .ringexchange import RingExchange, RingStats, RowLayout, open_channels
+from .sequence import attention_blocks, query_start
+
+__all__ = ["token_ring_attention", "token_ring_attention_backward"]
+
+# (fields to fill for rows [start, L) of the result message, given the query rows held and the blocks)
+Remote = Callable[[dict[str, Any], int, list], dict[str, Any]]
+Fold = Callable[[int, dict[str, Any]], None]
+
+
+def _rotate_queries(
+    ex: RingExchange,
+    comm: MPI.Intracomm,
+    length: int,
+    layout: str,
+    causal: bool,
+    bundle: RowLayout,
+    own: dict[str, Any],
+    local: Callable[[], None],
+    result: RowLayout,
+    remote: Remote,
+    fold: Fold,
+) -> None:
+    """Drive the TokenRing schedule: move query bundles down the ring, return partial results to their owners.
+
+    ``own`` holds this rank's bundle fields (sequence-major arrays of ``length`` rows); ``local()``
+    does the step on its own keys, once the first transfers are under way. ``remote(views, start,
+    blocks)`` computes the result fields for query rows ``[start, length)`` of a foreign bundle;
+    ``fold(start, views)`` merges a returned result.
+    """
+    world, me = comm.Get_size(), comm.Get_rank()
+    prev, nxt = (me - 1) % world, (me + 1) % world
+
+    def start(owner: int, holder: int) -> int:
+        return query_start(owner, holder, world, length, layout, causal)
+
+    def carried(owner: int, step: int) -> int:
+        """First query row of ``owner`` that its holders at ``step`` and after need (``length``: none)."""
+        return min((start(owner, (owner - u) % world) for u in range(step, world)), default=length)
+
+    held, held_start = None, 0
+    incoming: tuple[MPI.Request | None, np.ndarray | None, int] = (None, None, length)
+    results: list[tuple[MPI.Request, np.ndarray, int, int]] = []  # (request, buffer, first row, step posted)
+    for t in range(world):
+        ex.step = t
+        owner = (me + t) % world
+        if t > 0:
+            req, buf, held_start = incoming
+            if req is not None:
+                ex.wait(req)
+            held = buf
+        if t + 1 < world:
+            next_owner = (owner + 1) % world  # what ``nxt`` holds now
+            first = carried(next_owner, t + 1)
+            incoming = (None, None, length)
+            if first < length:
+                buf = bundle.empty(length - first)
+                incoming = (ex.irecv(0, buf, nxt, t + 1), buf, first)
+            first = carried(owner, t + 1)
+            if first < length:
+                if t == 0:
+                    with ex.compute():
+                        out_buf = bundle.fill(bundle.empty(length - first), **{n: a[first:] for n, a in own.items()})
+                else:
+                    out_buf = held[first - held_start :]
+                ex.isend(0, out_buf, prev, t + 1)
+        if t == 0:
+            with ex.compute():
+                local()
+        else:
+            source = (me - t) % world
+            first = start(me, source)
+            if first < length:
+                buf = result.empty(length - first)
+                results.append((ex.irecv(1, buf, source, t), buf, first, t))
+            blocks = attention_blocks(owner, me, world, length, layout, causal)
+            if blocks:
+                first = start(owner, me)
+                with ex.compute():
+                    views = {n: bundle.view(held, n)[first - held_start :] for n, _, _ in bundle.fields}
+                    fields = remote(views, first, blocks)
+                    reply = result.fill(result.empty(length - first), **fields)
+                ex.isend(1, reply, owner, t)
+        while results and results[0][3] < t:
+            _fold(ex, results.pop(0), result, fold)
+    while results:
+        _fold(ex, results.pop(0), result, fold)
+
+
+def _fold(ex: RingExchange, entry: tuple[MPI.Request, np.ndarray, int, int], result: RowLayout, fold: Fold) -> None:
+    req, buf, first, _ = entry
+    ex.wait(req)
+    with ex.compute():
+        fold(first, {n: result.view(buf, n) for n, _, _ in result.fields})
+
+
+def token_ring_attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    comm: MPI.Intracomm,
+    causal: bool = False,
+    layout: str = "zigzag",
+    softmax_scale: float | None = None,
+    *,
+    stats: RingStats | None = None,
+) -> tuple[Any, Any]:
+    """Attention of this rank's queries over the whole sequence, keys and values staying in place.
+
+    ``q [(B,) L, H, D]`` and ``k``/``v [(B,) L, H_kv, D]`` are this rank's shard of the sequence in
+    ``layout`` (see :func:`collectives.shard_sequence`); ``H_kv`` must divide ``H`` (grouped-query
+    attention), and a zigzag shard must have even ``L``. ``causal`` masks keys after each query.
+    Returns ``(out, lse)``: ``out`` like ``q`` in ``q``'s dtype, ``lse [(B,) L, H]`` (the log-sum-exp
+    of the scaled scores) in float32 (float64 for float64 inputs), the accumulation dtype.
+    Partial results travel in ``q``'s dtype (``lse`` in the accumulation dtype). Pass a
+    :class:`RingStats` as ``stats`` to get bytes and compute/wait times per step.
+    """
+    op = "token_ring_attention"
+    shape = check_attention_inputs(op, q, k, v, layout, softmax_scale)
+    channels = open_channels(op, comm, attention_signature(op, shape, causal, layout))
+    xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
+    scale = softmax_scale_for(shape.head_dim, softmax_scale)
+    acc = accumulation_dtype(shape.dtype)
+    qs, ks, vs = (to_sequence_major(x, shape.batched) for x in (q, k, v))
+    b, h = shape.batch, shape.heads
+    ex = RingExchange(channels, world, ("q", "out+lse"), stats)
+    acc_out: list[Any] = []
+
+    def local() -> None:
+        blocks = attention_blocks(me, me, world, length, layout, causal)
+        acc_out.extend(blocks_attention(qs, ks, vs, blocks, scale, progress=ex.progress))
+
+    def remote(views: dict[str, Any], first: int, blocks: list) -> dict[str, Any]:
+        o, s = blocks_attention(xp.asarray(views["q"]), ks, vs, blocks, scale, q_start=first, progress=ex.progress)
+        return {"out": o, "lse": s}
+
+    def fold(first: int, views: dict[str, Any]) -> None:
+        merge_partial(acc_out[0][first:], acc_out[1][first:], xp.asarray(views["out"]), xp.asarray(views["lse"]))
+
+    _rotate_queries(
+        ex,
+        comm,
+        length,
+        layout,
+        causal,
+        RowLayout.of(("q", shape.dtype, (b, h, shape.head_dim))),
+        {"q": qs},
+        local,
+        RowLayout.of(("out", shape.dtype, (b, h, shape.head_dim)), ("lse", acc, (b, h))),
+        remote,
+        fold,
+    )
+    ex.finish()
+    out, lse = acc_out
+    return from_sequence_major(out.astype(shape.dtype), shape.batched), from_sequence_major(lse, shape.batched)
+
+
+def token_ring_attention_backward(
+    dout: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    out: Any,
+    lse: Any,
+    comm: MPI.Intracomm,
+    causal: bool = False,
+    layout: str = "zigzag",
+    softmax_scale: float | None = None,
+    *,
+    stats: RingStats | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients ``(dq, dk, dv)`` of this rank's shard, given ``dout`` and the forward pass's ``out`` and ``lse``.
+
+    Arguments as in :func:`token_ring_attention` (``dout`` and ``out`` like ``q``, ``lse [(B,) L, H]``).
+    Query bundles ``(q, dout, lse, delta)`` move down the ring; key/value gradients accumulate where the
+    keys live; partial query gradients go back to their owner in the accumulation dtype. Returns
+    arrays in ``q``'s dtype, accumulated in float32 (float64 for float64 inputs).
+    """
+    op = "token_ring_attention_backward"
+    shape = check_attention_inputs(op, q, k, v, layout, softmax_scale, dout=dout, out=out, lse=lse)
+    channels = open_channels(op, comm, attention_signature(op, shape, causal, layout))
+    xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
+    scale = softmax_scale_for(shape.head_dim, softmax_scale)
+    acc = accumulation_dtype(shape.dtype)
+    b, h, hkv, d = shape.batch, shape.heads, shape.kv_heads, shape.head_dim
+    qs, ks, vs, dos, outs, lses = (to_sequence_major(x, shape.batched) for x in (q, k, v, dout, out, lse))
+    ex = RingExchange(channels, world, ("q+dout+lse+delta", "dq"), stats)
+    with ex.compute():
+        lses = lses.astype(acc)
+        delta = (dos.astype(acc) * outs.astype(acc)).sum(axis=-1)
+        dq = xp.zeros((length, b, h, d), acc)
+        dk = xp.zeros((length, b, hkv, d), acc)
+        dv = xp.zeros((length, b, hkv, d), acc)
+
+    def local() -> None:
+        blocks = attention_blocks(me, me, world, length, layout, causal)
+        blocks_attention_backward(dos, qs, ks, vs, lses, delta, blocks, scale, dq, dk, dv, progress=ex.progress)
+
+    def remote(views: dict[str, Any], first: int, blocks: list) -> dict[str, Any]:
+        got = {n: xp.asarray(a) for n, a in views.items()}
+        part = xp.zeros((length - first, b, h, d), acc)
+        blocks_attention_backward(
+            got["dout"],
+            got["q"],
+            ks,
+            vs,
+            got["lse"],
+            got["delta"],
+            blocks,
+            scale,
+            part,
+            dk,
+            dv,
+            q_start=first,
+            progress=ex.progress,
+        )
+        return {"dq": part}
+
+    def fold(first: int, views: dict[str, Any]) -> None:
+        dq[first:] += xp.asarray(views["dq"])
+
+    bundle = RowLayout.of(
+        ("q", shape.dtype, (b, h, d)), ("dout", shape.dtype, (b, h, d)), ("lse", acc, (b, h)), ("delta", acc, (b, h))
+    )
+    own = {"q": qs, "dout": dos, "lse": lses, "delta": delta}
+    dq_layout = RowLayout.of(("dq", acc, (b, h, d)))
+    _rotate_queries(ex, comm, length, layout, causal, bundle, own, local, dq_layout, remote, fold)
+    ex.finish()
+    return tuple(from_sequence_major(g.astype(shape.dtype), shape.batched) for g in (dq, dk, dv))
