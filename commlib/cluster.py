@@ -31,6 +31,7 @@ import atexit
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -88,7 +89,7 @@ def cluster_available() -> tuple[bool, str]:
         uid = os.geteuid() if hasattr(os, "geteuid") else "?"
         _availability = (False, f"emulated cluster needs root (network namespaces, tc); running as uid {uid}")
         return _availability
-    missing = [tool for tool in ("ip", "tc", "unshare") if shutil.which(tool) is None]
+    missing = [name for name in ("ip", "tc", "unshare") if shutil.which(name) is None]
     if missing:
         _availability = (False, f"emulated cluster needs {', '.join(missing)} on PATH (iproute2, util-linux)")
         return _availability
@@ -96,23 +97,8 @@ def cluster_available() -> tuple[bool, str]:
     try:
         tool("ip", "netns", "add", ns)
         tool("ip", "-n", ns, "link", "add", "pa", "type", "veth", "peer", "name", "pb")
-        tool(
-            "tc",
-            "-n",
-            ns,
-            "qdisc",
-            "add",
-            "dev",
-            "pa",
-            "root",
-            "tbf",
-            "rate",
-            "1gbit",
-            "burst",
-            "64kb",
-            "latency",
-            "50ms",
-        )
+        tbf = ["tbf", "rate", "1gbit", "burst", "64kb", "latency", "50ms"]
+        tool("tc", "-n", ns, "qdisc", "add", "dev", "pa", "root", *tbf)
         _availability = (True, "")
     except ClusterError as exc:
         _availability = (False, f"emulated cluster cannot be built here: {exc}")
@@ -157,7 +143,15 @@ class EmulatedCluster:
     it made. See the module docstring for the topology and addresses.
     """
 
-    def __init__(self, nodes: int = 2, rate: Rate | None = "1gbit", paths: int = 1, name: str | None = None) -> None:
+    def __init__(
+        self,
+        nodes: int = 2,
+        rate: Rate | None = "1gbit",
+        paths: int = 1,
+        name: str | None = None,
+        *,
+        burst: str | None = None,
+    ) -> None:
         if not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"EmulatedCluster: nodes must be an int in 1..{MAX_NODES}, got {nodes!r}")
         if not isinstance(paths, int) or not 1 <= paths <= MAX_PATHS:
@@ -165,6 +159,9 @@ class EmulatedCluster:
         if paths > 1 and nodes != 2:
             raise ValueError(f"EmulatedCluster: paths={paths} needs exactly 2 nodes, got nodes={nodes}")
         parse_rate(rate, "EmulatedCluster")
+        if burst is not None and not re.fullmatch(r"\d+(k|m)?b", burst.strip().lower()):
+            raise ValueError(f"EmulatedCluster: burst {burst!r} is not a tc size in bytes (e.g. '64kb', '250000b')")
+        self.burst = burst
         self._pid = os.getpid()
         self._key = f"{PREFIX}{self._pid}-{next(_counter)}"
         self.name = name or self._key
@@ -184,8 +181,7 @@ class EmulatedCluster:
         _install_handlers()
         try:
             self._build()
-            for node in range(nodes):
-                self._shape(node)
+            self._reshape(*range(nodes))
         except BaseException:
             self.close()
             raise
@@ -294,20 +290,33 @@ class EmulatedCluster:
 
     # ------------------------------------------------------------------ shaping
     def _shape(self, node: int) -> None:
+        """Apply the rates in force to node ``node``'s link (both of its ends)."""
         ns = self.namespaces[node]
         rate = self._node_rates[node]
-        if self.hub is not None:
-            classes = {}
-            for (a, b), link_rate in self._link_rates.items():
-                if node in (a, b):
-                    peer = b if node == a else a
-                    classes[self.addresses[peer]] = link_rate
-            shape_device(ns, DEVICE, rate, classes)
-            shape_device(self.hub, f"p{node}", rate, {})
+        if self.hub is None:
+            # Both ends of a direct path carry both nodes' traffic: each end gets the slowest applicable rate.
+            pair = self._link_rates.get((0, 1))
+            for p, dev in enumerate(self.devices):
+                shape_device(ns, dev, slowest(*self._node_rates, self._path_rates[p], pair), {}, self.burst)
             return
-        pair = self._link_rates.get((0, 1))
-        for p, dev in enumerate(self.devices):
-            shape_device(ns, dev, slowest(rate, self._path_rates[p], pair), {})
+        peers = {}
+        for (a, b), link_rate in self._link_rates.items():
+            if node in (a, b):
+                peers[self.addresses[b if node == a else a]] = link_rate
+        try:
+            shape_device(ns, DEVICE, rate, peers, self.burst)
+        except ClusterError as exc:
+            if not peers or not re.search(r"unknown|not exist|not found|no such", str(exc), re.I):
+                raise
+            shape_device(ns, DEVICE, rate, {}, self.burst)
+            raise NotImplementedError(
+                f"EmulatedCluster.set_link_rate needs the kernel's htb qdisc and u32 filter (sch_htb, cls_u32): {exc}"
+            ) from None
+        shape_device(self.hub, f"p{node}", rate, {}, self.burst)
+
+    def _reshape(self, *nodes: int) -> None:
+        for node in range(len(self)) if self.hub is None else nodes:
+            self._shape(node)
 
     def set_node_rate(self, node: int, rate: Rate | None) -> None:
         """Shape node ``node``'s link (both directions, every path) to ``rate``; ``None`` removes the limit."""
@@ -315,7 +324,7 @@ class EmulatedCluster:
         node = self._node(node, "set_node_rate")
         parse_rate(rate, "EmulatedCluster.set_node_rate")
         self._node_rates[node] = rate_text(rate)
-        self._shape(node)
+        self._reshape(node)
 
     def set_link_rate(self, a: int, b: int, rate: Rate | None) -> None:
         """Limit only traffic between nodes ``a`` and ``b`` to ``rate`` (``None`` removes the override).
@@ -329,12 +338,17 @@ class EmulatedCluster:
         if a == b:
             raise ValueError(f"EmulatedCluster.set_link_rate: a link needs two different nodes, got {a} and {b}")
         parse_rate(rate, "EmulatedCluster.set_link_rate")
+        before = dict(self._link_rates)
         if rate is None:
             self._link_rates.pop((a, b), None)
         else:
             self._link_rates[(a, b)] = rate_text(rate)
-        self._shape(a)
-        self._shape(b)
+        try:
+            self._reshape(a, b)
+        except NotImplementedError:
+            self._link_rates = before
+            self._reshape(a, b)
+            raise
 
     def set_path_rate(self, path: int, rate: Rate | None) -> None:
         """Limit path ``path`` (``paths >= 2``) to ``rate`` on both nodes; ``None`` removes the override."""
@@ -345,8 +359,7 @@ class EmulatedCluster:
             raise IndexError(f"EmulatedCluster.set_path_rate: path {path!r} out of range 0..{self.paths - 1}")
         parse_rate(rate, "EmulatedCluster.set_path_rate")
         self._path_rates[path] = rate_text(rate)
-        for node in range(len(self)):
-            self._shape(node)
+        self._reshape()
 
     def qdiscs(self, node: int) -> str:
         """``tc qdisc show`` of the node's devices (and its hub port): what shaping is in force."""

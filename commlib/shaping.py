@@ -1,10 +1,17 @@
 """Link shaping with ``tc``: rate strings, and the qdiscs that put a node rate and per-peer rates on one device.
 
-A device with only a node rate gets ``tbf rate R burst 64kb latency 50ms``;
+A device with only a node rate gets ``tbf rate R burst B latency 50ms``;
 one with per-peer overrides gets an ``htb`` tree: a parent class at the node
 rate, a default class for other traffic, and one class per peer selected by a
 ``u32`` filter on the destination address, each at the slower of the peer and
 node rates (unclassified traffic is unshaped when there is no node rate).
+
+The bucket ``B`` is :func:`burst_for`: 64 KiB, or 2 ms of traffic at rate R
+when that is more. A fixed 64 KiB bucket starves TCP at Gbit rates (the bucket
+refills faster than the host schedules the qdisc: about 0.5-0.9 of 1 Gbit/s,
+0.3 of 10 Gbit/s here, varying with load), while 2 ms keeps single-stream TCP
+at 0.95-0.96 of the rate from 10 Mbit/s to 1 Gbit/s. The price: a message of
+up to B bytes on an idle link passes at host speed.
 """
 
 from __future__ import annotations
@@ -13,10 +20,21 @@ import re
 
 from commlib.netns import ClusterError, tool
 
-__all__ = ["BURST", "LATENCY", "Rate", "parse_rate", "rate_text", "shape_device", "slowest"]
+__all__ = [
+    "BURST_SECONDS",
+    "LATENCY",
+    "MIN_BURST",
+    "Rate",
+    "burst_for",
+    "parse_rate",
+    "rate_text",
+    "shape_device",
+    "slowest",
+]
 
 Rate = str | int | float
-BURST = "64kb"
+MIN_BURST = 64 * 1024
+BURST_SECONDS = 0.002
 LATENCY = "50ms"
 # htb's per-class quantum: bytes a class may send per round; the default (rate / r2q) overflows at Gbit rates.
 _QUANTUM = "60000"
@@ -63,6 +81,14 @@ def rate_text(rate: Rate | None) -> str | None:
     return f"{int(rate)}bit"
 
 
+def burst_for(rate: str, burst: str | None = None) -> str:
+    """The token-bucket size for ``rate``: ``burst`` when given, else :data:`MIN_BURST` bytes or
+    :data:`BURST_SECONDS` of traffic, the larger."""
+    if burst is not None:
+        return burst
+    return f"{max(MIN_BURST, int(parse_rate(rate, 'burst_for') / 8 * BURST_SECONDS))}b"
+
+
 def slowest(*rates: str | None) -> str | None:
     """The lowest of the given rates, ``None`` when none is given."""
     given = [r for r in rates if r is not None]
@@ -74,96 +100,35 @@ def _clear(ns: str, dev: str) -> None:
         tool("tc", "-n", ns, "qdisc", "del", "dev", dev, "root", check=False)
 
 
-def shape_device(ns: str, dev: str, rate: str | None, peers: dict[str, str]) -> None:
-    """Shape egress of ``dev`` in ``ns``: ``rate`` overall (``None``: no limit), ``peers[address]`` per destination."""
+def _htb_class(ns: str, dev: str, parent: str, classid: str, rate: str, burst: str | None) -> None:
+    burst = burst_for(rate, burst)
+    spec = ["rate", rate, "ceil", rate, "burst", burst, "cburst", burst, "quantum", _QUANTUM]
+    tool("tc", "-n", ns, "class", "add", "dev", dev, "parent", parent, "classid", classid, "htb", *spec)
+
+
+def shape_device(ns: str, dev: str, rate: str | None, peers: dict[str, str], burst: str | None = None) -> None:
+    """Shape egress of ``dev`` in ``ns``: ``rate`` overall (``None``: no limit), ``peers[address]`` per destination.
+
+    ``burst`` (a tc size such as ``"64kb"``) overrides :func:`burst_for`'s bucket.
+    """
     if not peers:
         if rate is None:
             _clear(ns, dev)
         else:
-            tool(
-                "tc",
-                "-n",
-                ns,
-                "qdisc",
-                "replace",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                BURST,
-                "latency",
-                LATENCY,
-            )
+            tbf = ["tbf", "rate", rate, "burst", burst_for(rate, burst), "latency", LATENCY]
+            tool("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *tbf)
         return
     _clear(ns, dev)
-    tc = ("tc", "-n", ns)
-    shape = ("burst", BURST, "cburst", BURST, "quantum", _QUANTUM)
-    tool(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10" if rate else "0")
+    tool("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10" if rate else "0")
     parent = "1:"
     if rate is not None:
-        tool(
-            *tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil", rate, *shape
-        )
-        tool(
-            *tc,
-            "class",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            "1:1",
-            "classid",
-            "1:10",
-            "htb",
-            "rate",
-            rate,
-            "ceil",
-            rate,
-            *shape,
-        )
+        _htb_class(ns, dev, "1:", "1:1", rate, burst)
+        _htb_class(ns, dev, "1:1", "1:10", rate, burst)
         parent = "1:1"
     for k, (address, peer_rate) in enumerate(sorted(peers.items())):
         classid = f"1:{0x100 + k:x}"
-        eff = slowest(peer_rate, rate)
-        tool(
-            *tc,
-            "class",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            parent,
-            "classid",
-            classid,
-            "htb",
-            "rate",
-            eff,
-            "ceil",
-            eff,
-            *shape,
-        )
-        tool(
-            *tc,
-            "filter",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            "1:",
-            "protocol",
-            "ip",
-            "prio",
-            "1",
-            "u32",
-            "match",
-            "ip",
-            "dst",
-            f"{address}/32",
-            "flowid",
-            classid,
-        )
-    if not tool(*tc, "filter", "show", "dev", dev).stdout.strip():
+        _htb_class(ns, dev, parent, classid, slowest(peer_rate, rate), burst)
+        match = ["u32", "match", "ip", "dst", f"{address}/32", "flowid", classid]
+        tool("tc", "-n", ns, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", *match)
+    if not tool("tc", "-n", ns, "filter", "show", "dev", dev).stdout.strip():
         raise ClusterError(f"shape_device: u32 filters on {dev} in {ns} did not take effect")

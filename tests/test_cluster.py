@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def test_rate_parsing_and_validation():
         EmulatedCluster(nodes=3, paths=2)
     with pytest.raises(ValueError, match="not a tc rate"):
         EmulatedCluster(nodes=2, rate="fast")
+    with pytest.raises(ValueError, match="not a tc size"):
+        EmulatedCluster(nodes=2, burst="lots")
 
 
 def test_namespaces_links_and_hostnames_are_made_then_removed(emulated_cluster):  # noqa: F811
@@ -100,10 +103,10 @@ def test_failed_and_timed_out_jobs_leave_nothing_behind(emulated_cluster, tmp_pa
     assert "node one broke" in str(err.value)
     hang = tmp_path / "hang.py"
     hang.write_text("from mpi4py import MPI\nif MPI.COMM_WORLD.rank == 1:\n    MPI.COMM_WORLD.recv(source=0)\n")
-    with pytest.raises(MPIRunError, match="did not finish within 5 s"):
-        cl.mpirun([1, 1], [str(hang)], timeout=5)
+    with pytest.raises(MPIRunError, match="did not finish within 3 s"):
+        cl.mpirun([1, 1], [str(hang)], timeout=3)
     assert _pids(cl) == []
-    res = cl.mpirun([1, 1], [str(hang)], timeout=5, check=False)
+    res = cl.mpirun([1, 1], [str(hang)], timeout=3, check=False)
     assert res.timed_out and _pids(cl) == []
     cl.close()
     assert _ours(cl) == []
@@ -143,10 +146,61 @@ def test_two_paths_between_two_nodes(emulated_cluster):  # noqa: F811
         sent = {dev: after[dev][1] - before[dev][1] for dev in cl.devices}
         assert sent[f"cl{path}"] >= n and sent[f"cl{1 - path}"] < n // 10, sent
     cl.measure_throughput(0, 1, n, streams=4)  # over the multipath route between the lo addresses
+    # MPI uses path 0 by default; naming both devices lets UCX split a message over both paths.
+    before = cl.link_bytes(0)
+    cl.mpirun(1, ["-c", _SEND, str(n)], env={"UCX_NET_DEVICES": ",".join(cl.devices)}, timeout=120)
+    after = cl.link_bytes(0)
+    assert all(after[dev][1] - before[dev][1] >= n // 4 for dev in cl.devices), (before, after)
     cl.set_path_rate(1, "50mbit")
     assert cl.path_rates == [None, "50mbit"]
     slow = cl.measure_throughput(0, 1, n // 4, address=cl.path_addresses(1)[1], source=cl.path_addresses(0)[1])
     assert slow < 3 * 50 * MBIT
+    cl.set_path_rate(1, None)
+    cl.set_node_rate(1, "50mbit")  # shapes both ends of every path, so node 0's sends too
+    assert all("rate 50Mbit" in cl.qdiscs(node) for node in (0, 1))
+    assert cl.measure_throughput(0, 1, n // 4, address=cl.path_addresses(1)[0]) < 3 * 50 * MBIT
+
+
+_SEND = (
+    "import sys, numpy as np\n"
+    "from mpi4py import MPI\n"
+    "buf = np.ones(int(sys.argv[1]), np.uint8)\n"
+    "if MPI.COMM_WORLD.rank == 0: MPI.COMM_WORLD.Send(buf, dest=1)\n"
+    "else: MPI.COMM_WORLD.Recv(buf, source=0)\n"
+)
+
+
+def test_clusters_coexist_with_identical_addresses():
+    with EmulatedCluster(nodes=2, rate=None) as a, EmulatedCluster(nodes=2, rate="1gbit", name="second") as b:
+        assert not set(_ours(a)) & set(_ours(b)) and a.addresses == b.addresses
+        assert "'second'" in repr(b) and a.name != b.name
+        assert a.measure_throughput(1, 0, 1 << 20) > 0 and b.measure_throughput(0, 1, 1 << 20) > 0
+    assert _ours(a) == [] and _ours(b) == []
+
+
+def test_missing_htb_or_u32_is_reported_as_not_implemented(emulated_cluster, monkeypatch):  # noqa: F811
+    import commlib.cluster as cluster_module
+
+    cl = emulated_cluster(nodes=2, rate="1gbit")
+    real = cluster_module.shape_device
+
+    def without_htb(ns, dev, rate, peers, burst=None):
+        if peers:
+            raise ClusterError("cluster: tc ... htb failed (exit 2): Error: Specified qdisc kind is unknown.")
+        real(ns, dev, rate, peers, burst)
+
+    monkeypatch.setattr(cluster_module, "shape_device", without_htb)
+    with pytest.raises(NotImplementedError, match="sch_htb, cls_u32"):
+        cl.set_link_rate(0, 1, "10mbit")
+    assert cl.link_rates == {} and "tbf" in cl.qdiscs(0) and "tbf" in cl.qdiscs(1)
+    with pytest.raises(ValueError, match="two different nodes"):
+        cl.set_link_rate(1, 1, "10mbit")
+    with pytest.raises(IndexError, match="out of range"):
+        cl.set_node_rate(2, "10mbit")
+    with pytest.raises(ValueError, match="one path per node"):
+        cl.set_path_rate(0, "10mbit")
+    with pytest.raises(ValueError, match="ranks_per_node has 3 entries for 2 nodes"):
+        cl.mpirun([1, 1, 1], ["-c", "pass"])
 
 
 _HOLDER = """
@@ -176,17 +230,14 @@ def test_killed_harness_leaves_no_namespaces(sig):
 def test_cli_runs_a_program_on_emulated_nodes(tmp_path, capsys):
     prog = tmp_path / "where.py"
     prog.write_text(
-        "import os\nfrom mpi4py import MPI\nprint('AT', MPI.Get_processor_name(), os.environ['COMMLIB_NODE_ID'])\n"
+        "import os, sys\nfrom mpi4py import MPI\n"
+        "sys.stdout.write(f\"AT {MPI.Get_processor_name()} {os.environ['COMMLIB_NODE_ID']}\\n\")\n"
     )
     assert (
         main(["--nodes", "2", "--ranks-per-node", "1,2", "--rate", "1gbit", "--timeout", "120", "--", str(prog)]) == 0
     )
     out = capsys.readouterr().out
-    assert sorted(line for line in out.splitlines() if line.startswith("AT")) == [
-        "AT node0 0",
-        "AT node1 1",
-        "AT node1 1",
-    ]
+    assert sorted(re.findall(r"AT (node\d) (\d)", out)) == [("node0", "0"), ("node1", "1"), ("node1", "1")]
     start = time.monotonic()
     assert main(["--nodes", "1", "--", "-c", "raise SystemExit(3)"]) != 0
     assert time.monotonic() - start < 120
