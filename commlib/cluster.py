@@ -533,15 +533,22 @@ class EmulatedCluster:
 
     # ---------------------------------------------------------------- teardown
     def close(self) -> None:
-        """Kill what still runs on the nodes and delete every namespace (and so every link) made; idempotent."""
-        if self._closed or os.getpid() != self._pid:
+        """Kill what still runs on the nodes and delete every namespace (and so every link) made; idempotent.
+
+        Safe to re-enter from the signal handler: a namespace leaves the list
+        only once it is deleted, so an interrupted close is finished by the next.
+        """
+        if os.getpid() != self._pid:
             return
         self._closed = True
+        while self._made:
+            ns = self._made[-1]
+            delete_namespace(ns)
+            if self._made and self._made[-1] == ns:
+                self._made.pop()
         with _lock:
             _live.discard(self)
-        for ns in reversed(self._made):
-            delete_namespace(ns)
-        left = set(self._made) & set(namespaces())
+        left = {*self.namespaces, *([self.hub] if self.hub else [])} & set(namespaces())
         if left:
             raise ClusterError(f"EmulatedCluster.close: could not delete namespaces {sorted(left)}")
 
