@@ -1,5 +1,6 @@
 """Collective algorithms over mpi4py (allreduce, TokenRing attention, expert all-to-all)."""
 
+from .allreduce import allreduce
 from .attention import reference_attention, reference_attention_backward
 from .ringattention import ring_attention, ring_attention_backward
 from .ringexchange import RingStats
@@ -8,6 +9,7 @@ from .tokenring import token_ring_attention, token_ring_attention_backward
 
 __all__ = [
     "RingStats",
+    "allreduce",
     "reference_attention",
     "reference_attention_backward",
     "ring_attention",

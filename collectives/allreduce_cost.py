@@ -1,0 +1,269 @@
+"""Alpha-beta cost of every allreduce algorithm, as pure functions of size, shape and link figures.
+
+A message of ``m`` bytes over a link costs ``alpha + m * beta``; reducing
+``m`` bytes locally costs ``m * reduce``; every MPI call commlib's Python
+algorithms make costs ``call`` more (MPI's own allreduce makes one). Links
+are per level: ``"intra"`` (ranks of one node) and ``"inter"`` (between
+nodes). When several ranks of a node send off the node in the same step,
+they share its link: the step costs ``alpha + (their bytes) * beta``.
+
+``native`` is modelled as MPICH's documented flat choice - recursive doubling
+up to 2 KiB (or fewer elements than ranks), Rabenseifner's reduce-scatter +
+allgather above, folding the ranks beyond a power of two in and out - played
+step by step on the actual placement of ranks on nodes. :func:`choose` picks
+``native`` unless another algorithm is predicted to take at most ``margin``
+of native's time; on a single node it always picks ``native``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+__all__ = [
+    "ALGORITHMS",
+    "Costs",
+    "Link",
+    "Shape",
+    "choose",
+    "costs_from_model",
+    "default_costs",
+    "predict",
+    "predict_all",
+]
+
+SHORT_MSG = 2048  # MPICH's MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE and reduce/bcast short thresholds
+BCAST_SHORT = 12288  # MPICH's MPIR_CVAR_BCAST_SHORT_MSG_SIZE
+MARGIN = 0.75
+
+
+@dataclass(frozen=True)
+class Link:
+    alpha: float  # seconds per message
+    beta: float  # seconds per byte
+
+
+@dataclass(frozen=True)
+class Costs:
+    intra: Link
+    inter: Link
+    reduce: float  # seconds per byte of local reduction
+    call: float  # seconds per MPI call made from Python
+
+    def link(self, level: str) -> Link:
+        return self.intra if level == "intra" else self.inter
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Where the ranks of a communicator are: ``node_of[r]`` is rank r's node (numbered 0, 1, ...)."""
+
+    node_of: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.node_of)
+
+    @property
+    def n_nodes(self) -> int:
+        return max(self.node_of) + 1
+
+    @property
+    def ppn(self) -> tuple[int, ...]:
+        return tuple(self.node_of.count(n) for n in range(self.n_nodes))
+
+    @classmethod
+    def flat(cls, nodes: int) -> Shape:
+        """One rank on each of ``nodes`` nodes."""
+        return cls(tuple(range(nodes)))
+
+    @classmethod
+    def blocks(cls, ppn: tuple[int, ...] | list[int]) -> Shape:
+        """Ranks placed node by node, ``ppn[k]`` on node k."""
+        return cls(tuple(k for k, q in enumerate(ppn) for _ in range(q)))
+
+
+# Figures measured on the development machine (2 cores, MPICH 5.0.2 ch4, numpy 2); see the notes.
+_SHM = Link(alpha=1.5e-6, beta=0.25e-9)  # shared memory
+_LOOPBACK = Link(alpha=30e-6, beta=0.6e-9)  # MPICH over TCP loopback (MPIR_CVAR_NOLOCAL=1)
+_NETWORK = Link(alpha=60e-6, beta=8.4e-9)  # TCP over a 1 Gbit/s link
+_REDUCE = 0.25e-9
+_CALL = 4e-6
+
+
+def default_costs() -> Costs:
+    """commlib's documented defaults: shared memory inside a node (TCP loopback under
+    ``MPIR_CVAR_NOLOCAL``, where MPICH sends node-local messages through its network
+    module), a 1 Gbit/s TCP network between nodes."""
+    nolocal = os.environ.get("MPIR_CVAR_NOLOCAL", "0").strip().lower() in ("1", "true", "yes", "on")
+    return Costs(intra=_LOOPBACK if nolocal else _SHM, inter=_NETWORK, reduce=_REDUCE, call=_CALL)
+
+
+def costs_from_model(model: object, base: Costs | None = None) -> Costs:
+    """``base`` (the defaults) with both levels' alpha and beta from ``model.alpha_beta(level)``."""
+    base = base or default_costs()
+    levels = {}
+    for level in ("intra", "inter"):
+        alpha, beta = model.alpha_beta(level)  # type: ignore[attr-defined]
+        if not (math.isfinite(alpha) and math.isfinite(beta) and alpha >= 0 and beta >= 0):
+            raise ValueError(f"allreduce cost model: alpha_beta({level!r}) gave ({alpha}, {beta})")
+        levels[level] = Link(float(alpha), float(beta))
+    return replace(base, intra=levels["intra"], inter=levels["inter"])
+
+
+def _step(pairs: list[tuple[int, int]], nbytes: float, shape: Shape, c: Costs) -> float:
+    """Time of one step in which every ``(a, b)`` pair sends ``nbytes`` from a to b (b may send back)."""
+    if not pairs:
+        return 0.0
+    off_node = [0] * shape.n_nodes
+    for a, b in pairs:
+        if shape.node_of[a] != shape.node_of[b]:
+            off_node[shape.node_of[a]] += 1
+    if any(off_node):
+        return c.inter.alpha + max(off_node) * nbytes * c.inter.beta
+    return c.intra.alpha + nbytes * c.intra.beta
+
+
+def _native(n: float, shape: Shape, c: Costs, count: int | None = None) -> float:
+    p = shape.size
+    if p == 1:
+        return 0.0
+    pof2 = 1 << (p.bit_length() - 1)
+    rem = p - pof2
+    # MPICH folds ranks 2i (i < rem) into 2i+1, then runs on pof2 "new" ranks
+    real = [2 * i + 1 for i in range(rem)] + list(range(2 * rem, p))
+    fold = [(2 * i, 2 * i + 1) for i in range(rem)]
+    t = 2 * _step(fold, n, shape, c) + (n * c.reduce if rem else 0.0)
+    masks = [1 << k for k in range(pof2.bit_length() - 1)]
+
+    def exchange(mask: int, nbytes: float) -> float:
+        pairs = [(real[i], real[i ^ mask]) for i in range(pof2)]
+        return _step(pairs, nbytes, shape, c)
+
+    elements = count if count is not None else n
+    if n <= SHORT_MSG or elements < pof2:
+        return t + sum(exchange(m, n) + n * c.reduce for m in masks)
+    t += sum(exchange(m, n / (2 * m)) + n / (2 * m) * c.reduce for m in masks)  # reduce-scatter
+    return t + sum(exchange(m, n / (2 * m)) for m in reversed(masks))  # allgather
+
+
+def _ring(n: float, shape: Shape, c: Costs) -> float:
+    p = shape.size
+    if p == 1:
+        return 0.0
+    link = c.inter if shape.n_nodes > 1 else c.intra  # one edge per node boundary: no sharing
+    chunk = n / p
+    return 2 * (p - 1) * (link.alpha + chunk * link.beta + c.call) + (p - 1) * chunk * c.reduce
+
+
+def _star(n: float, shape: Shape, c: Costs) -> float:
+    p = shape.size
+    if p == 1:
+        return 0.0
+    near = shape.node_of.count(shape.node_of[0]) - 1
+    far = p - 1 - near
+    one_way = max(
+        c.inter.alpha + far * n * c.inter.beta if far else 0.0,
+        c.intra.alpha + near * n * c.intra.beta if near else 0.0,
+    )
+    return 2 * one_way + (p - 1) * n * c.reduce + (3 * p - 2) * c.call
+
+
+_FLAT: dict[str, Callable[[float, Shape, Costs], float]] = {"native": _native, "ring": _ring, "star": _star}
+
+
+def _best_flat(n: float, nodes: int, c: Costs) -> tuple[str, float]:
+    """The cheapest flat algorithm among ``nodes`` ranks on distinct nodes."""
+    shape = Shape.flat(nodes)
+    return min(((name, fn(n, shape, c)) for name, fn in _FLAT.items()), key=lambda x: x[1])
+
+
+def _lg(q: int) -> int:
+    return max(0, math.ceil(math.log2(q))) if q > 1 else 0
+
+
+def _node_reduce(n: float, q: int, c: Costs) -> float:
+    a, b = c.intra.alpha, c.intra.beta
+    if q == 1:
+        return 0.0
+    if n <= SHORT_MSG:
+        return _lg(q) * (a + n * b + n * c.reduce)
+    return 2 * _lg(q) * a + 2 * n * (q - 1) / q * b + n * (q - 1) / q * c.reduce
+
+
+def _node_bcast(n: float, q: int, c: Costs) -> float:
+    a, b = c.intra.alpha, c.intra.beta
+    if q == 1:
+        return 0.0
+    if n < BCAST_SHORT:
+        return _lg(q) * (a + n * b)
+    return (_lg(q) + q - 1) * a + 2 * n * (q - 1) / q * b
+
+
+def _hier_root(n: float, shape: Shape, c: Costs) -> float:
+    q = max(shape.ppn)
+    inner = _best_flat(n, shape.n_nodes, c)[1] if shape.n_nodes > 1 else 0.0
+    return _node_reduce(n, q, c) + inner + _node_bcast(n, q, c) + 3 * c.call
+
+
+def _hier_shard(n: float, shape: Shape, c: Costs) -> float:
+    q, s = max(shape.ppn), min(shape.ppn)
+    a, b = c.intra.alpha, c.intra.beta
+    shard = n / s
+    within = 0.0
+    if q > 1:
+        within = 2 * _lg(q) * a + (q - 1) * shard * (b + c.reduce) + (n - shard) * b
+    inner = 0.0
+    if shape.n_nodes > 1:  # s shards cross every node's link at once
+        shared = replace(c, inter=Link(c.inter.alpha, c.inter.beta * s))
+        inner = _best_flat(shard, shape.n_nodes, shared)[1]
+    return within + inner + 3 * c.call
+
+
+_ALL: dict[str, Callable[[float, Shape, Costs], float]] = {
+    "native": _native,
+    "ring": _ring,
+    "star": _star,
+    "hierarchical-root": _hier_root,
+    "hierarchical-shard": _hier_shard,
+}
+ALGORITHMS = tuple(_ALL)
+
+
+def predict(algorithm: str, nbytes: int, shape: Shape, costs: Costs) -> float:
+    """Predicted seconds of ``algorithm`` for an allreduce of ``nbytes`` bytes on ``shape``."""
+    if algorithm == "hierarchical":
+        return min(_hier_root(nbytes, shape, costs), _hier_shard(nbytes, shape, costs))
+    try:
+        fn = _ALL[algorithm]
+    except KeyError:
+        raise ValueError(f"allreduce cost: unknown algorithm {algorithm!r} (choose from {', '.join(_ALL)})") from None
+    return fn(float(nbytes), shape, costs)
+
+
+def predict_all(nbytes: int, shape: Shape, costs: Costs) -> dict[str, float]:
+    """Predicted seconds of every algorithm."""
+    return {name: fn(float(nbytes), shape, costs) for name, fn in _ALL.items()}
+
+
+def inner_algorithm(nbytes: int, nodes: int, costs: Costs, shards: int = 1) -> str:
+    """The flat algorithm for the step between nodes of a hierarchical allreduce of ``nbytes`` per rank."""
+    shared = replace(costs, inter=Link(costs.inter.alpha, costs.inter.beta * shards))
+    return _best_flat(float(nbytes), nodes, shared)[0]
+
+
+def hierarchical_variant(nbytes: int, shape: Shape, costs: Costs) -> str:
+    """``hierarchical-root`` or ``hierarchical-shard``, whichever is predicted faster."""
+    root, shard = _hier_root(float(nbytes), shape, costs), _hier_shard(float(nbytes), shape, costs)
+    return "hierarchical-root" if root <= shard else "hierarchical-shard"
+
+
+def choose(nbytes: int, shape: Shape, costs: Costs, margin: float = MARGIN) -> str:
+    """The algorithm ``auto`` runs: the cheapest, if it beats ``native`` by the ``margin`` factor, else ``native``."""
+    if shape.n_nodes == 1 or shape.size == 1:
+        return "native"
+    times = predict_all(nbytes, shape, costs)
+    best = min(times, key=times.__getitem__)
+    return best if times[best] <= margin * times["native"] else "native"

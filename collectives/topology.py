@@ -1,0 +1,204 @@
+"""Which ranks of a communicator share a node, and the communicators the hierarchical collectives use.
+
+:func:`topology` returns the :class:`Topology` of an intra-communicator,
+built collectively on first use and cached on the communicator as an MPI
+attribute: when the communicator is freed, the attribute's delete callback
+frees the communicators the topology holds. :func:`release` drops it
+earlier.
+
+How nodes are found (``commlib.config.node_detect``, ``COMMLIB_NODE_DETECT``):
+
+``shared``
+    ``Split_type(COMM_TYPE_SHARED)``: the ranks MPI can share memory with.
+``name``
+    ``MPI.Get_processor_name()``: the ranks on hosts of the same name.
+``env``
+    ``COMMLIB_NODE_ID`` (an integer per rank): for launches where shared
+    memory does not mark the node, such as emulated nodes in network
+    namespaces, or MPI forced onto its network module (``MPIR_CVAR_NOLOCAL``).
+``auto`` (default)
+    ``env`` when every rank has ``COMMLIB_NODE_ID``, else ``shared``. Some
+    ranks with and some without it is an error, raised on every rank.
+
+Every rank learns every rank's node, so all ranks agree on the shape and on
+every decision derived from it. Nodes are numbered in the order of their
+lowest rank; local ranks follow the rank order within a node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpi4py import MPI
+
+__all__ = ["Topology", "release", "topology"]
+
+
+@dataclass(eq=False)
+class Topology:
+    """The node structure of one communicator and the communicators built on it.
+
+    All communicators here are plain ``mpi4py`` objects private to commlib,
+    so commlib's traffic never matches the application's messages and never
+    goes through the interposer.
+    """
+
+    comm: MPI.Intracomm  # duplicate of the parent
+    method: str  # "shared", "name" or "env"
+    node_of: tuple[int, ...]  # node number of every rank
+    node_comm: MPI.Intracomm  # the ranks of this rank's node, in rank order
+    leader_comm: MPI.Intracomm | None  # local rank 0 of every node (None elsewhere)
+    shard_comm: MPI.Intracomm | None  # local rank L of every node, for L < min_ppn (None elsewhere)
+    agreed: dict[Any, Any] = field(default_factory=dict)  # values every rank took from rank 0, by key
+
+    @property
+    def rank(self) -> int:
+        return self.comm.Get_rank()
+
+    @property
+    def size(self) -> int:
+        return len(self.node_of)
+
+    @property
+    def nodes(self) -> tuple[tuple[int, ...], ...]:
+        """The ranks of every node."""
+        members: list[list[int]] = [[] for _ in range(self.n_nodes)]
+        for r, node in enumerate(self.node_of):
+            members[node].append(r)
+        return tuple(tuple(m) for m in members)
+
+    @property
+    def n_nodes(self) -> int:
+        return max(self.node_of) + 1
+
+    @property
+    def node(self) -> int:
+        return self.node_of[self.rank]
+
+    @property
+    def local_rank(self) -> int:
+        return self.node_comm.Get_rank()
+
+    @property
+    def ppn(self) -> tuple[int, ...]:
+        """Ranks per node, by node."""
+        return tuple(len(m) for m in self.nodes)
+
+    @property
+    def uneven(self) -> bool:
+        return len(set(self.ppn)) > 1
+
+    @property
+    def ring_order(self) -> tuple[int, ...]:
+        """All ranks, node by node: a ring in this order crosses each node boundary once."""
+        return tuple(r for members in self.nodes for r in members)
+
+    def agree(self, key: Any, local: Any) -> Any:
+        """Rank 0's ``local`` for ``key``, the same on every rank; collective the first time a key is seen."""
+        if key not in self.agreed:
+            self.agreed[key] = self.comm.bcast(local, root=0)
+        return self.agreed[key]
+
+    def free(self) -> None:
+        """Free the communicators this topology holds (idempotent; a no-op once MPI is finalized)."""
+        if MPI.Is_finalized():
+            return
+        for name in ("shard_comm", "leader_comm", "node_comm", "comm"):
+            c = getattr(self, name)
+            if c is not None and c != MPI.COMM_NULL:
+                c.Free()
+            setattr(self, name, None)
+
+
+def _node_colors(comm: MPI.Intracomm, method: str, node_id: int) -> tuple[str, list[int]]:
+    """The detection method used and a node key per rank (any integers; equal keys = same node)."""
+    info = comm.allgather((node_id if node_id >= 0 else None, MPI.Get_processor_name()))
+    env_ids = [i for i, _ in info]
+    with_id = [r for r, i in enumerate(env_ids) if i is not None]
+    if method == "auto":
+        if len(with_id) == len(info):
+            method = "env"
+        elif with_id:
+            raise ValueError(
+                f"node detection: COMMLIB_NODE_ID is set on ranks {with_id} but not on the other "
+                f"{len(info) - len(with_id)} of {len(info)}: set it on every rank or on none"
+            )
+        else:
+            method = "shared"
+    if method == "env":
+        if len(with_id) != len(info):
+            missing = [r for r, i in enumerate(env_ids) if i is None]
+            raise ValueError(f"node detection 'env': COMMLIB_NODE_ID is not set on ranks {missing}")
+        return method, [int(i) for i in env_ids]
+    if method == "name":
+        names = {name: k for k, name in enumerate(dict.fromkeys(name for _, name in info))}
+        return method, [names[name] for _, name in info]
+    if method == "shared":
+        shm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+        try:
+            leader = shm.bcast(comm.Get_rank(), root=0)
+        finally:
+            shm.Free()
+        return method, comm.allgather(leader)
+    raise ValueError(f"node detection: unknown method {method!r} (choose auto, shared, name or env)")
+
+
+def _build(parent: MPI.Intracomm, method: str, node_id: int) -> Topology:
+    # mpi4py's Dup returns the parent's class (possibly commlib's wrapper): keep a plain object on the handle
+    comm = MPI.Intracomm(MPI.Intracomm.Dup(parent))
+    method, keys = _node_colors(comm, method, node_id)
+    number = {k: n for n, k in enumerate(dict.fromkeys(keys))}
+    node_of = tuple(number[k] for k in keys)
+    rank = comm.Get_rank()
+    node_comm = comm.Split(node_of[rank], rank)
+    local = node_comm.Get_rank()
+    min_ppn = min(node_of.count(n) for n in range(len(number)))
+    leader_comm = comm.Split(0 if local == 0 else MPI.UNDEFINED, rank)
+    shard_comm = comm.Split(local if local < min_ppn else MPI.UNDEFINED, node_of[rank])
+    none = MPI.COMM_NULL
+    return Topology(
+        comm,
+        method,
+        node_of,
+        node_comm,
+        None if leader_comm == none else leader_comm,
+        None if shard_comm == none else shard_comm,
+    )
+
+
+_keyval: int | None = None
+
+
+def _delete(comm: MPI.Comm, keyval: int, topo: Topology) -> None:
+    topo.free()
+
+
+def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: int | None = None) -> Topology:
+    """The cached :class:`Topology` of ``comm`` (collective on first use).
+
+    ``method`` and ``node_id`` default to ``commlib.config``'s ``node_detect``
+    and ``node_id``; they only matter when the topology is built.
+    """
+    global _keyval
+    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
+        raise TypeError(f"topology: expected an intra-communicator, got {type(comm).__name__}")
+    if _keyval is None:
+        _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
+    topo = comm.Get_attr(_keyval)
+    if topo is None:
+        from commlib.config import config
+
+        topo = _build(
+            comm,
+            config.node_detect if method is None else method,
+            config.node_id if node_id is None else node_id,
+        )
+        comm.Set_attr(_keyval, topo)
+    return topo
+
+
+def release(comm: MPI.Intracomm) -> None:
+    """Drop ``comm``'s cached topology and free its communicators (collective, like ``Comm.Free``)."""
+    if _keyval is not None and comm.Get_attr(_keyval) is not None:
+        comm.Delete_attr(_keyval)
