@@ -46,7 +46,7 @@ __all__ = [
 
 Progress = Callable[[], Any] | None
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-TILE_BYTES = 8 << 20  # score-matrix bytes per query tile
+TILE_BYTES = 2 << 20  # score-matrix bytes per query tile (a tile is also the unit between progress calls)
 
 _cupy: Any = None
 
@@ -211,7 +211,7 @@ def _sequence_major(y: Any, rows: int, heads: int) -> Any:
 
 
 def _tile_rows(batch: int, heads: int, keys: int) -> int:
-    return max(1, TILE_BYTES // (4 * batch * heads * keys))
+    return max(1, TILE_BYTES // (4 * batch * heads * max(keys, 1)))
 
 
 def _causal_bias(xp: Any, first_row: int, rows: int, keys: int, group: int, dtype: np.dtype) -> Any:
@@ -237,6 +237,8 @@ def block_attention(
     group = heads // kv_heads
     kt = _heads_major(k, kv_heads, acc)  # [B, Hkv, Lk, D]
     vt = _heads_major(v, kv_heads, acc)
+    if keys == 0:  # nothing to see: zero output, lse = -inf
+        return xp.zeros((rows, batch, heads, dim), acc), xp.full((rows, batch, heads), -xp.inf, acc)
     out = xp.empty((rows, batch, heads, dim), acc)
     lse = xp.empty((rows, batch, heads), acc)
     step = _tile_rows(batch, heads, keys)

@@ -42,13 +42,46 @@ from .attention import (
     to_sequence_major,
 )
 from .ringexchange import RingExchange, RingStats, RowLayout, open_channels
-from .sequence import attention_blocks, query_start
+from .sequence import AttentionBlock, attention_blocks, query_start
 
-__all__ = ["token_ring_attention", "token_ring_attention_backward"]
+__all__ = ["auto_pieces", "token_ring_attention", "token_ring_attention_backward"]
 
 # (fields to fill for rows [start, L) of the result message, given the query rows held and the blocks)
 Remote = Callable[[dict[str, Any], int, list], dict[str, Any]]
 Fold = Callable[[int, dict[str, Any]], None]
+
+
+def auto_pieces(length: int) -> int:
+    """Pieces per message when the caller does not choose: about 128 rows each, at most 8."""
+    return min(8, max(1, length // 128))
+
+
+def _check_pieces(op: str, pieces: int | None, length: int) -> int:
+    if pieces is None:
+        return auto_pieces(length)
+    if not isinstance(pieces, int) or isinstance(pieces, bool) or not 1 <= pieces <= length:
+        raise ValueError(f"{op}: pieces must be an int in 1..L={length} (or None), got {pieces!r}")
+    return pieces
+
+
+def _pieces(first: int, length: int, pieces: int) -> list[tuple[int, int, int]]:
+    """``(index, start, stop)`` of rows ``[first, length)`` cut on the grid of ``pieces`` equal pieces of the shard.
+
+    Sender and receiver cut any suffix of the shard the same way, so a forwarded suffix needs no re-cutting.
+    """
+    size = -(-length // pieces)
+    cut = ((j, max(first, j * size), min(length, (j + 1) * size)) for j in range(pieces))
+    return [(j, a, b) for j, a, b in cut if a < b]
+
+
+def _restrict(blocks: list[AttentionBlock], lo: int, hi: int) -> list[AttentionBlock]:
+    """The parts of ``blocks`` whose query rows fall in ``[lo, hi)``."""
+    out = []
+    for blk in blocks:
+        a, b = max(blk.q_rows.start, lo), min(blk.q_rows.stop, hi)
+        if a < b:
+            out.append(AttentionBlock(slice(a, b), blk.kv_rows, blk.diagonal))
+    return out
 
 
 def _rotate_queries(
@@ -57,6 +90,7 @@ def _rotate_queries(
     length: int,
     layout: str,
     causal: bool,
+    pieces: int,
     bundle: RowLayout,
     own: dict[str, Any],
     local: Callable[[], None],
@@ -68,8 +102,10 @@ def _rotate_queries(
 
     ``own`` holds this rank's bundle fields (sequence-major arrays of ``length`` rows); ``local()``
     does the step on its own keys, once the first transfers are under way. ``remote(views, start,
-    blocks)`` computes the result fields for query rows ``[start, length)`` of a foreign bundle;
-    ``fold(start, views)`` merges a returned result.
+    blocks)`` computes the result fields for the query rows of ``views`` (from row ``start``) over
+    ``blocks``; ``fold(start, views)`` merges a returned result. Every message is cut into row
+    pieces: a piece is forwarded as soon as it arrives, computed, and its result sent back while
+    the next piece is still on its way.
     """
     world, me = comm.Get_size(), comm.Get_rank()
     prev, nxt = (me - 1) % world, (me + 1) % world
@@ -81,60 +117,72 @@ def _rotate_queries(
         """First query row of ``owner`` that its holders at ``step`` and after need (``length``: none)."""
         return min((start(owner, (owner - u) % world) for u in range(step, world)), default=length)
 
-    held, held_start = None, 0
-    incoming: tuple[MPI.Request | None, np.ndarray | None, int] = (None, None, length)
-    results: list[tuple[MPI.Request, np.ndarray, int, int]] = []  # (request, buffer, first row, step posted)
+    def tag(step: int, piece: int) -> int:
+        return step * pieces + piece
+
+    def post(channel: int, buf: np.ndarray, first: int, source: int, step: int) -> list[tuple[int, int, int, Any]]:
+        """Receives of the pieces of rows ``[first, length)`` into ``buf``: ``(index, start, stop, request)``."""
+        cut = _pieces(first, length, pieces)
+        return [(j, a, b, ex.irecv(channel, buf[a - first : b - first], source, tag(step, j))) for j, a, b in cut]
+
+    held, held_start, held_pieces = None, length, []
+    incoming: tuple[Any, int, list] = (None, length, [])
+    results: list[tuple[int, int, np.ndarray, list]] = []  # (step, first row, buffer, pieces)
     for t in range(world):
         ex.step = t
         owner = (me + t) % world
         if t > 0:
-            req, buf, held_start = incoming
-            if req is not None:
-                ex.wait(req)
-            held = buf
+            held, held_start, held_pieces = incoming
+        incoming = (None, length, [])
         if t + 1 < world:
-            next_owner = (owner + 1) % world  # what ``nxt`` holds now
-            first = carried(next_owner, t + 1)
-            incoming = (None, None, length)
+            first = carried((owner + 1) % world, t + 1)  # what ``nxt`` holds now, from the row we need
             if first < length:
                 buf = bundle.empty(length - first)
-                incoming = (ex.irecv(0, buf, nxt, t + 1), buf, first)
-            first = carried(owner, t + 1)
-            if first < length:
-                if t == 0:
-                    with ex.compute():
-                        out_buf = bundle.fill(bundle.empty(length - first), **{n: a[first:] for n, a in own.items()})
-                else:
-                    out_buf = held[first - held_start :]
-                ex.isend(0, out_buf, prev, t + 1)
-        if t == 0:
-            with ex.compute():
-                local()
-        else:
+                incoming = (buf, first, post(0, buf, first, nxt, t + 1))
+        if t > 0:
             source = (me - t) % world
             first = start(me, source)
             if first < length:
                 buf = result.empty(length - first)
-                results.append((ex.irecv(1, buf, source, t), buf, first, t))
-            blocks = attention_blocks(owner, me, world, length, layout, causal)
-            if blocks:
-                first = start(owner, me)
+                results.append((t, first, buf, post(1, buf, first, source, t)))
+        forward = carried(owner, t + 1) if t + 1 < world else length
+        if t == 0:
+            if forward < length:
                 with ex.compute():
-                    views = {n: bundle.view(held, n)[first - held_start :] for n, _, _ in bundle.fields}
-                    fields = remote(views, first, blocks)
-                    reply = result.fill(result.empty(length - first), **fields)
-                ex.isend(1, reply, owner, t)
-        while results and results[0][3] < t:
+                    out_buf = bundle.fill(bundle.empty(length - forward), **{n: a[forward:] for n, a in own.items()})
+                for j, a, b in _pieces(forward, length, pieces):
+                    ex.isend(0, out_buf[a - forward : b - forward], prev, tag(t + 1, j))
+            with ex.compute():
+                local()
+        else:
+            blocks = attention_blocks(owner, me, world, length, layout, causal)
+            mine = start(owner, me)
+            for j, a, b, req in held_pieces:
+                ex.wait(req)
+                lo = max(a, forward)
+                if lo < b:
+                    ex.isend(0, held[lo - held_start : b - held_start], prev, tag(t + 1, j))
+                lo = max(a, mine)
+                part = _restrict(blocks, lo, b)
+                if part:
+                    with ex.compute():
+                        rows = held[lo - held_start : b - held_start]
+                        fields = remote({n: bundle.view(rows, n) for n, _, _ in bundle.fields}, lo, part)
+                        reply = result.fill(result.empty(b - lo), **fields)
+                    ex.isend(1, reply, owner, tag(t, j))
+        while results and results[0][0] < t:
             _fold(ex, results.pop(0), result, fold)
     while results:
         _fold(ex, results.pop(0), result, fold)
 
 
-def _fold(ex: RingExchange, entry: tuple[MPI.Request, np.ndarray, int, int], result: RowLayout, fold: Fold) -> None:
-    req, buf, first, _ = entry
-    ex.wait(req)
-    with ex.compute():
-        fold(first, {n: result.view(buf, n) for n, _, _ in result.fields})
+def _fold(ex: RingExchange, entry: tuple[int, int, np.ndarray, list], result: RowLayout, fold: Fold) -> None:
+    _, first, buf, pieces = entry
+    for _, a, b, req in pieces:
+        ex.wait(req)
+        with ex.compute():
+            rows = buf[a - first : b - first]
+            fold(a, {n: result.view(rows, n) for n, _, _ in result.fields})
 
 
 def token_ring_attention(
@@ -146,6 +194,7 @@ def token_ring_attention(
     layout: str = "zigzag",
     softmax_scale: float | None = None,
     *,
+    pieces: int | None = None,
     stats: RingStats | None = None,
 ) -> tuple[Any, Any]:
     """Attention of this rank's queries over the whole sequence, keys and values staying in place.
@@ -155,12 +204,15 @@ def token_ring_attention(
     attention), and a zigzag shard must have even ``L``. ``causal`` masks keys after each query.
     Returns ``(out, lse)``: ``out`` like ``q`` in ``q``'s dtype, ``lse [(B,) L, H]`` (the log-sum-exp
     of the scaled scores) in float32 (float64 for float64 inputs), the accumulation dtype.
-    Partial results travel in ``q``'s dtype (``lse`` in the accumulation dtype). Pass a
-    :class:`RingStats` as ``stats`` to get bytes and compute/wait times per step.
+    Partial results travel in ``q``'s dtype (``lse`` in the accumulation dtype). Each step's
+    messages are cut into ``pieces`` row pieces (default :func:`auto_pieces`), so that computing one
+    piece overlaps receiving the next and returning the last. Pass a :class:`RingStats` as ``stats``
+    to get bytes and compute/wait times per step.
     """
     op = "token_ring_attention"
     shape = check_attention_inputs(op, q, k, v, layout, softmax_scale)
-    channels = open_channels(op, comm, attention_signature(op, shape, causal, layout))
+    pieces = _check_pieces(op, pieces, shape.length)
+    channels = open_channels(op, comm, {**attention_signature(op, shape, causal, layout), "pieces": pieces})
     xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     acc = accumulation_dtype(shape.dtype)
@@ -178,7 +230,8 @@ def token_ring_attention(
         return {"out": o, "lse": s}
 
     def fold(first: int, views: dict[str, Any]) -> None:
-        merge_partial(acc_out[0][first:], acc_out[1][first:], xp.asarray(views["out"]), xp.asarray(views["lse"]))
+        rows = slice(first, first + views["out"].shape[0])
+        merge_partial(acc_out[0][rows], acc_out[1][rows], xp.asarray(views["out"]), xp.asarray(views["lse"]))
 
     _rotate_queries(
         ex,
@@ -186,6 +239,7 @@ def token_ring_attention(
         length,
         layout,
         causal,
+        pieces,
         RowLayout.of(("q", shape.dtype, (b, h, shape.head_dim))),
         {"q": qs},
         local,
@@ -210,6 +264,7 @@ def token_ring_attention_backward(
     layout: str = "zigzag",
     softmax_scale: float | None = None,
     *,
+    pieces: int | None = None,
     stats: RingStats | None = None,
 ) -> tuple[Any, Any, Any]:
     """Gradients ``(dq, dk, dv)`` of this rank's shard, given ``dout`` and the forward pass's ``out`` and ``lse``.
@@ -221,7 +276,8 @@ def token_ring_attention_backward(
     """
     op = "token_ring_attention_backward"
     shape = check_attention_inputs(op, q, k, v, layout, softmax_scale, dout=dout, out=out, lse=lse)
-    channels = open_channels(op, comm, attention_signature(op, shape, causal, layout))
+    pieces = _check_pieces(op, pieces, shape.length)
+    channels = open_channels(op, comm, {**attention_signature(op, shape, causal, layout), "pieces": pieces})
     xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     acc = accumulation_dtype(shape.dtype)
@@ -241,7 +297,7 @@ def token_ring_attention_backward(
 
     def remote(views: dict[str, Any], first: int, blocks: list) -> dict[str, Any]:
         got = {n: xp.asarray(a) for n, a in views.items()}
-        part = xp.zeros((length - first, b, h, d), acc)
+        part = xp.zeros((got["q"].shape[0], b, h, d), acc)
         blocks_attention_backward(
             got["dout"],
             got["q"],
@@ -260,13 +316,13 @@ def token_ring_attention_backward(
         return {"dq": part}
 
     def fold(first: int, views: dict[str, Any]) -> None:
-        dq[first:] += xp.asarray(views["dq"])
+        dq[first : first + views["dq"].shape[0]] += xp.asarray(views["dq"])
 
     bundle = RowLayout.of(
         ("q", shape.dtype, (b, h, d)), ("dout", shape.dtype, (b, h, d)), ("lse", acc, (b, h)), ("delta", acc, (b, h))
     )
     own = {"q": qs, "dout": dos, "lse": lses, "delta": delta}
     dq_layout = RowLayout.of(("dq", acc, (b, h, d)))
-    _rotate_queries(ex, comm, length, layout, causal, bundle, own, local, dq_layout, remote, fold)
+    _rotate_queries(ex, comm, length, layout, causal, pieces, bundle, own, local, dq_layout, remote, fold)
     ex.finish()
     return tuple(from_sequence_major(g.astype(shape.dtype), shape.batched) for g in (dq, dk, dv))
