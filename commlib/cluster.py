@@ -37,14 +37,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from commlib.mpirun import MPIRunResult, mpiexec, run_command
 from commlib.netns import (
     PREFIX,
     ClusterError,
+    batch,
     clean_stale_namespaces,
-    delete_namespace,
+    delete_namespaces,
     kill_processes_in,
     namespaces,
     tool,
@@ -66,6 +68,8 @@ STAR_SUBNET = "198.18.0."
 LOOPBACK_SUBNET = "198.19.0."
 MAX_NODES = 250
 MAX_PATHS = 8
+_NODE_INDEX = 100
+_PEER_INDEX = 1000
 
 _counter = itertools.count()
 _live: set[EmulatedCluster] = set()
@@ -181,7 +185,8 @@ class EmulatedCluster:
         _install_handlers()
         try:
             self._build()
-            self._reshape(*range(nodes))
+            if rate is not None:
+                self._reshape(*range(nodes))
         except BaseException:
             self.close()
             raise
@@ -253,40 +258,61 @@ class EmulatedCluster:
         if self._closed:
             raise ClusterError(f"EmulatedCluster.{what}: cluster {self.name!r} is closed")
 
-    def _add_namespace(self, ns: str) -> None:
-        tool("ip", "netns", "add", ns)
-        self._made.append(ns)
-        tool("ip", "-n", ns, "link", "set", "lo", "up")
-
     def _build(self) -> None:
+        """Make the namespaces and links with one ``ip -batch`` in the root namespace and one per namespace."""
+        # Each veth end gets an ifindex unlike its peer's: the kernel defers (by up to 1 s) the carrier of a veth
+        # whose ifindex equals its peer's, and UCX ignores a device without carrier.
+        made = [*([self.hub] if self.hub else []), *self.namespaces]
+        self._made = list(made)  # before creating: close() deletes whatever of these exists
+        root = [f"netns add {ns}" for ns in made]
+        per_ns: dict[str, list[str]] = {ns: ["link set lo up"] for ns in made}
         if self.hub is not None:
-            self._add_namespace(self.hub)
-            tool("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
-            tool("ip", "-n", self.hub, "link", "set", "br0", "up")
-        for ns in self.namespaces:
-            self._add_namespace(ns)
-        if self.hub is not None:
+            per_ns[self.hub] += ["link add br0 type bridge", "link set br0 up"]
             for i, ns in enumerate(self.namespaces):
-                port = f"p{i}"
-                tool("ip", "link", "add", DEVICE, "netns", ns, "type", "veth", "peer", "name", port, "netns", self.hub)
-                tool("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
-                tool("ip", "-n", ns, "addr", "add", f"{self.addresses[i]}/24", "dev", DEVICE)
-                tool("ip", "-n", ns, "link", "set", DEVICE, "up")
-            return
-        a, b = self.namespaces
-        for p, dev in enumerate(self.devices):
-            tool("ip", "link", "add", dev, "netns", a, "type", "veth", "peer", "name", dev, "netns", b)
-            for i, ns in enumerate(self.namespaces):
-                tool("ip", "-n", ns, "addr", "add", f"{self.path_addresses(i)[p]}/24", "dev", dev)
-                tool("ip", "-n", ns, "link", "set", dev, "up")
-        for i, ns in enumerate(self.namespaces):
-            peer = 1 - i
-            tool("ip", "-n", ns, "addr", "add", f"{self.addresses[i]}/32", "dev", "lo")
-            tool("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1")
-            hops = []
+                node_end = f"{DEVICE} index {_NODE_INDEX} netns {ns}"
+                root.append(f"link add {node_end} type veth peer name p{i} index {_PEER_INDEX + i} netns {self.hub}")
+                per_ns[self.hub].append(f"link set p{i} master br0 up")
+                per_ns[ns] += [f"addr add {self.addresses[i]}/24 dev {DEVICE}", f"link set {DEVICE} up"]
+        else:
+            a, b = self.namespaces
             for p, dev in enumerate(self.devices):
-                hops += ["nexthop", "via", self.path_addresses(peer)[p], "dev", dev]
-            tool("ip", "-n", ns, "route", "add", f"{self.addresses[peer]}/32", "src", self.addresses[i], *hops)
+                ends = (f"{dev} index {_NODE_INDEX + p} netns {a}", f"{dev} index {_PEER_INDEX + p} netns {b}")
+                root.append(f"link add {ends[0]} type veth peer name {ends[1]}")
+                for i, ns in enumerate(self.namespaces):
+                    per_ns[ns] += [f"addr add {self.path_addresses(i)[p]}/24 dev {dev}", f"link set {dev} up"]
+            for i, ns in enumerate(self.namespaces):
+                peer = 1 - i
+                hops = " ".join(
+                    f"nexthop via {self.path_addresses(peer)[p]} dev {dev}" for p, dev in enumerate(self.devices)
+                )
+                per_ns[ns] += [
+                    f"addr add {self.addresses[i]}/32 dev lo",
+                    f"route add {self.addresses[peer]}/32 src {self.addresses[i]} {hops}",
+                ]
+        batch("ip", root)
+        for ns, lines in per_ns.items():
+            batch("ip", lines, ns)
+        if self.hub is None:
+            for ns in self.namespaces:
+                tool("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1")
+        self._wait_links_up()
+
+    def _wait_links_up(self, timeout: float = 10.0) -> None:
+        """Wait until every node device reports carrier: the kernel raises it asynchronously after ``link set up``,
+        and UCX ignores a device that is not yet up."""
+        deadline = time.monotonic() + timeout
+        pending = list(range(len(self)))
+        while pending:
+            pending = [node for node in pending if not self._links_up(node)]
+            if pending and time.monotonic() > deadline:
+                raise ClusterError(f"EmulatedCluster: links of nodes {pending} not up after {timeout:g} s")
+            if pending:
+                time.sleep(0.02)
+
+    def _links_up(self, node: int) -> bool:
+        out = tool("ip", "-n", self.namespaces[node], "-j", "link", "show").stdout
+        state = {link.get("ifname"): link.get("operstate") for link in json.loads(out)}
+        return all(state.get(dev) == "UP" for dev in self.devices)
 
     # ------------------------------------------------------------------ shaping
     def _shape(self, node: int) -> None:
@@ -482,8 +508,7 @@ class EmulatedCluster:
             return result
         finally:
             if not ok:
-                for ns in self.namespaces:
-                    kill_processes_in(ns)
+                kill_processes_in(*self.namespaces)
 
     def measure_throughput(
         self,
@@ -535,17 +560,15 @@ class EmulatedCluster:
     def close(self) -> None:
         """Kill what still runs on the nodes and delete every namespace (and so every link) made; idempotent.
 
-        Safe to re-enter from the signal handler: a namespace leaves the list
-        only once it is deleted, so an interrupted close is finished by the next.
+        Safe to re-enter from the signal handler: the namespaces leave the list
+        only once deleted, so an interrupted close is finished by the next.
         """
         if os.getpid() != self._pid:
             return
         self._closed = True
-        while self._made:
-            ns = self._made[-1]
-            delete_namespace(ns)
-            if self._made and self._made[-1] == ns:
-                self._made.pop()
+        if self._made:
+            delete_namespaces(*self._made)
+            self._made = []
         with _lock:
             _live.discard(self)
         left = {*self.namespaces, *([self.hub] if self.hub else [])} & set(namespaces())
@@ -622,3 +645,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib cluster")
         print(f"{prog}: job did not finish within {ns.timeout:g} s and was killed", file=sys.stderr)
         return 124
     return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,14 +15,17 @@ import subprocess
 __all__ = [
     "PREFIX",
     "ClusterError",
+    "batch",
     "clean_stale_namespaces",
-    "delete_namespace",
+    "delete_namespaces",
     "kill_processes_in",
     "namespaces",
+    "processes_in",
     "tool",
 ]
 
 PREFIX = "commlib-"
+NETNS_DIR = "/var/run/netns"  # where ip netns keeps its named namespaces
 _NAME = re.compile(rf"^{re.escape(PREFIX)}(\d+)-(\d+)-")
 
 
@@ -30,10 +33,13 @@ class ClusterError(RuntimeError):
     """Building, shaping, using or tearing down an emulated cluster failed."""
 
 
-def tool(*args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    """Run one ``ip``/``tc``/``sysctl`` command; a failure raises :class:`ClusterError` with its stderr."""
+def tool(
+    *args: str, check: bool = True, timeout: float = 30.0, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run one ``ip``/``tc``/``sysctl`` command (``input`` on its stdin); a failure raises :class:`ClusterError`."""
+    stdin = subprocess.DEVNULL if input is None else None
     try:
-        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=stdin, input=input)
     except FileNotFoundError as exc:
         raise ClusterError(f"cluster: {args[0]} not found ({exc})") from None
     except subprocess.TimeoutExpired:
@@ -43,28 +49,61 @@ def tool(*args: str, check: bool = True, timeout: float = 30.0) -> subprocess.Co
     return proc
 
 
+def batch(program: str, lines: list[str], ns: str | None = None, timeout: float = 60.0) -> None:
+    """Run ``lines`` as one ``-batch`` of ``program`` (``ip``, ``tc``) in namespace ``ns``; the first error raises.
+
+    The error names the failing line's number (``Command failed -:N``).
+    """
+    if lines:
+        tool(program, *(["-n", ns] if ns else []), "-batch", "-", input="\n".join(lines) + "\n", timeout=timeout)
+
+
 def namespaces() -> list[str]:
     """Names of all network namespaces ``ip netns`` knows."""
     out = tool("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def kill_processes_in(ns: str) -> list[int]:
-    """SIGKILL every process inside namespace ``ns`` (only harness-started processes live there); return pids."""
-    killed = []
-    for word in tool("ip", "netns", "pids", ns, check=False).stdout.split():
+def processes_in(*names: str) -> list[int]:
+    """Pids of the processes whose network namespace is one of ``names`` (what ``ip netns pids`` reports)."""
+    wanted = set()
+    for ns in names:
         try:
-            os.kill(int(word), signal.SIGKILL)
-            killed.append(int(word))
-        except (ProcessLookupError, ValueError):
+            st = os.stat(os.path.join(NETNS_DIR, ns))
+        except OSError:
+            continue
+        wanted.add((st.st_dev, st.st_ino))
+    pids = []
+    if not wanted:
+        return pids
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in wanted:
+                pids.append(int(entry))
+    return pids
+
+
+def kill_processes_in(*names: str) -> list[int]:
+    """SIGKILL every process inside the namespaces ``names`` (only harness-started processes live there)."""
+    killed = []
+    for pid in processes_in(*names):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
             pass
     return killed
 
 
-def delete_namespace(ns: str) -> None:
-    """Kill the processes in ``ns`` and delete it; its veth links go with it."""
-    kill_processes_in(ns)
-    tool("ip", "netns", "del", ns, check=False)
+def delete_namespaces(*names: str) -> None:
+    """Kill the processes in ``names`` and delete those namespaces (missing ones are skipped); links go with them."""
+    if names:
+        kill_processes_in(*names)
+        tool("ip", "-force", "-batch", "-", check=False, input="".join(f"netns del {ns}\n" for ns in names))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -87,6 +126,6 @@ def clean_stale_namespaces() -> list[str]:
     for ns in namespaces():
         m = _NAME.match(ns)
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            delete_namespace(ns)
             removed.append(ns)
+    delete_namespaces(*removed)
     return removed
