@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -272,3 +273,13 @@ def test_cli_runs_a_program_on_emulated_nodes(tmp_path, capsys):
     start = time.monotonic()
     assert main(["--nodes", "1", "--", "-c", "raise SystemExit(3)"]) != 0
     assert time.monotonic() - start < 120
+
+
+def test_cluster_rates_benchmark_smoke(tmp_path, capsys):
+    from commlib.bench.cluster_rates import main as bench_main
+
+    out = tmp_path / "rates.json"
+    assert bench_main(["--rates", "100mbit", "--reps", "1", "--seconds", "0.1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["rate"] == "100mbit" and all(row["median_mbit"][k] > 0 for k in ("tcp", "tcp_64kb", "htb", "mpi"))
+    assert "tbf adaptive" in capsys.readouterr().out

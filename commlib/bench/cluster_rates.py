@@ -7,7 +7,7 @@ per-pair htb class (:meth:`EmulatedCluster.set_link_rate`), and an MPI
 ``Send`` between one rank per node (UCX over TCP, one launch per rate, best
 transfer per launch). Medians in Mbit/s and as a fraction of the rate; the
 unshaped row is the ceiling. With ``--paths``, also 1, 2 and 4 TCP streams over
-two parallel paths at the first rate (separate connections may hash onto
+two parallel paths at ``--paths-rate`` each (separate connections may hash onto
 different paths). Prints a table and writes JSON.
 """
 
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--rates", nargs="+", default=["10mbit", "100mbit", "1gbit", "unshaped"])
     parser.add_argument("--reps", type=int, default=5, help="TCP transfers per variant and rate (5)")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one transfer at the rate (1.0)")
-    parser.add_argument("--paths", action="store_true", help="also 1/2/4 streams over two paths at the first rate")
+    parser.add_argument("--paths", action="store_true", help="also 1/2/4 TCP streams over two shaped paths")
+    parser.add_argument("--paths-rate", default="1gbit", help="rate of each path with --paths (1gbit)")
     parser.add_argument("--quick", action="store_true", help="100mbit and 1gbit, 2 reps of 0.3 s, with --paths")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per MPI launch before it is killed")
     parser.add_argument("--json", default="results/cluster_rates.json")
@@ -123,9 +124,8 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         print(f"{row['rate']:>9} | " + " | ".join(cells), flush=True)
     paths = []
     if args.paths:
-        first = next((r for r in rates if r is not None), "1gbit")
-        print(f"\ntwo paths at {first} each: TCP streams over the multipath route (Mbit/s, median)")
-        for row in _paths_rows(first, args.reps, args.seconds):
+        print(f"\ntwo paths at {args.paths_rate} each: TCP streams over the multipath route (Mbit/s, median)")
+        for row in _paths_rows(args.paths_rate, args.reps, args.seconds):
             paths.append(row)
             print(f"  {row['streams']} stream(s): {row['median_mbit']:9.1f}", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
