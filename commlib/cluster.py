@@ -112,10 +112,14 @@ def cluster_available() -> tuple[bool, str]:
 
 
 def _close_all() -> None:
+    """Close every live cluster of this process; a failure is reported and the others are still closed."""
     with _lock:
         clusters = list(_live)
     for cl in clusters:
-        cl.close()
+        try:
+            cl.close()
+        except Exception as exc:
+            print(f"commlib.cluster: teardown of {cl.name!r} failed: {exc}", file=sys.stderr)
 
 
 def _on_signal(signum: int, frame) -> None:
