@@ -31,7 +31,7 @@ from .attention import (
     softmax_scale_for,
     to_sequence_major,
 )
-from .ringexchange import RingExchange, RingStats, RowLayout, open_channels
+from .ringexchange import RingExchange, RingStats, RowLayout, message_namespace, open_channels
 from .sequence import attention_blocks
 
 __all__ = ["ring_attention", "ring_attention_backward"]
@@ -59,7 +59,8 @@ def ring_attention(
     prev, nxt = (me - 1) % world, (me + 1) % world
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     qs, ks, vs = (to_sequence_major(x, shape.batched) for x in (q, k, v))
-    kv = RowLayout.of(*((name, shape.dtype, (shape.batch, shape.kv_heads, shape.head_dim)) for name in ("k", "v")))
+    wire = message_namespace(xp)
+    kv = RowLayout.of(*((n, shape.dtype, (shape.batch, shape.kv_heads, shape.head_dim)) for n in "kv"), xp=wire)
     ex = RingExchange(channels, world, ("k+v", "unused"), stats)
     out = lse = held = None
     incoming = None
@@ -114,10 +115,11 @@ def ring_attention_backward(
     prev, nxt = (me - 1) % world, (me + 1) % world
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     acc = accumulation_dtype(shape.dtype)
+    wire = message_namespace(xp)
     b, h, hkv, d = shape.batch, shape.heads, shape.kv_heads, shape.head_dim
     qs, ks, vs, dos, outs, lses = (to_sequence_major(x, shape.batched) for x in (q, k, v, dout, out, lse))
-    kv = RowLayout.of(("k", shape.dtype, (b, hkv, d)), ("v", shape.dtype, (b, hkv, d)))
-    grads = RowLayout.of(("dk", acc, (b, hkv, d)), ("dv", acc, (b, hkv, d)))
+    kv = RowLayout.of(("k", shape.dtype, (b, hkv, d)), ("v", shape.dtype, (b, hkv, d)), xp=wire)
+    grads = RowLayout.of(("dk", acc, (b, hkv, d)), ("dv", acc, (b, hkv, d)), xp=wire)
     ex = RingExchange(channels, world, ("k+v", "dk+dv"), stats)
     with ex.compute():
         lses = lses.astype(acc)

@@ -10,7 +10,8 @@
 * :class:`RingExchange`: nonblocking sends and receives that account bytes per step, channel and
   peer, and time split into compute and waiting (:class:`RingStats`).
 
-Buffers given to MPI are host (numpy) memory; device arrays are staged through it.
+Buffers given to MPI are host (numpy) memory, and device (cupy) arrays are staged through it,
+unless ``commlib.config.cuda_aware_mpi`` (``COMMLIB_CUDA_AWARE_MPI=1``) says MPI takes device buffers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["RingExchange", "RingStats", "RowLayout", "agree", "open_channels", "ring_channels"]
+from commlib.config import config
+
+from .attention import array_namespace
+
+__all__ = ["RingExchange", "RingStats", "RowLayout", "agree", "message_namespace", "open_channels", "ring_channels"]
 
 _keyval: int | None = None
 
@@ -66,6 +71,11 @@ def agree(comm: MPI.Intracomm, op: str, signature: dict[str, int]) -> None:
         raise ValueError(f"{op}: the ranks disagree on their arguments ({detail})")
 
 
+def message_namespace(xp: Any) -> Any:
+    """Where message buffers for arrays of ``xp`` live: on the device only with a CUDA-aware MPI."""
+    return xp if xp is not np and config.cuda_aware_mpi else np
+
+
 def open_channels(op: str, comm: Any, signature: dict[str, int]) -> tuple[MPI.Intracomm, MPI.Intracomm]:
     """The ring channels of ``comm`` after checking that every rank passed ``signature``.
 
@@ -87,9 +97,10 @@ class RowLayout:
     fields: tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
     offsets: tuple[int, ...]
     record: int  # bytes per row
+    xp: Any = np  # where message buffers live: numpy (host), or cupy with a CUDA-aware MPI
 
     @classmethod
-    def of(cls, *fields: tuple[str, Any, tuple[int, ...]]) -> RowLayout:
+    def of(cls, *fields: tuple[str, Any, tuple[int, ...]], xp: Any = np) -> RowLayout:
         offsets, at, widest = [], 0, 1
         norm = []
         for name, dtype, shape in fields:
@@ -99,11 +110,11 @@ class RowLayout:
             at += dt.itemsize * int(np.prod(shape, dtype=np.int64))
             widest = max(widest, dt.itemsize)
             norm.append((name, dt, tuple(shape)))
-        return cls(tuple(norm), tuple(offsets), -(-at // widest) * widest)
+        return cls(tuple(norm), tuple(offsets), -(-at // widest) * widest, xp)
 
-    def empty(self, rows: int) -> np.ndarray:
+    def empty(self, rows: int) -> Any:
         """A message buffer of ``rows`` records (uint8 ``[rows, record]``)."""
-        return np.empty((rows, self.record), np.uint8)
+        return self.xp.empty((rows, self.record), np.uint8)
 
     def view(self, buf: np.ndarray, name: str) -> np.ndarray:
         """Field ``name`` of every row of ``buf``, as ``[rows, *shape]`` of its dtype (a view)."""
@@ -113,11 +124,12 @@ class RowLayout:
                 return buf[:, off : off + width].view(dt).reshape(buf.shape[0], *shape)
         raise KeyError(name)
 
-    def fill(self, buf: np.ndarray, **values: Any) -> np.ndarray:
+    def fill(self, buf: Any, **values: Any) -> Any:
         """Copy ``values`` (numpy or device arrays of shape ``[rows, *shape]``) into ``buf``; returns ``buf``."""
         for name, value in values.items():
             view = self.view(buf, name)
-            view[...] = value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else value
+            on_device = not isinstance(value, np.ndarray) and hasattr(value, "get")
+            view[...] = value.get() if on_device and isinstance(buf, np.ndarray) else value
         return buf
 
 
@@ -162,6 +174,8 @@ class RingExchange:
     def isend(self, channel: int, buf: np.ndarray, dest: int, tag: int) -> MPI.Request:
         """Start sending ``buf`` (kept alive until :meth:`finish`) and count its bytes."""
         t0 = time.perf_counter()
+        if not isinstance(buf, np.ndarray):  # a device buffer: what was written into it must be done
+            array_namespace(buf).cuda.get_current_stream().synchronize()
         req = self.comms[channel].Isend(buf, dest, tag)
         self._sends.append(req)
         self._active.append(req)

@@ -41,7 +41,7 @@ from .attention import (
     softmax_scale_for,
     to_sequence_major,
 )
-from .ringexchange import RingExchange, RingStats, RowLayout, open_channels
+from .ringexchange import RingExchange, RingStats, RowLayout, message_namespace, open_channels
 from .sequence import AttentionBlock, attention_blocks, query_start
 
 __all__ = ["auto_pieces", "token_ring_attention", "token_ring_attention_backward"]
@@ -163,8 +163,8 @@ def _rotate_queries(
                 if lo < b:
                     ex.isend(0, held[lo - held_start : b - held_start], prev, tag(t + 1, j))
                 lo = max(a, mine)
-                part = _restrict(blocks, lo, b)
-                if part:
+                if lo < b:  # the owner waits for exactly these rows (pieces of [mine, length))
+                    part = _restrict(blocks, lo, b)
                     with ex.compute():
                         rows = held[lo - held_start : b - held_start]
                         fields = remote({n: bundle.view(rows, n) for n, _, _ in bundle.fields}, lo, part)
@@ -216,6 +216,7 @@ def token_ring_attention(
     xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     acc = accumulation_dtype(shape.dtype)
+    wire = message_namespace(xp)
     qs, ks, vs = (to_sequence_major(x, shape.batched) for x in (q, k, v))
     b, h = shape.batch, shape.heads
     ex = RingExchange(channels, world, ("q", "out+lse"), stats)
@@ -240,10 +241,10 @@ def token_ring_attention(
         layout,
         causal,
         pieces,
-        RowLayout.of(("q", shape.dtype, (b, h, shape.head_dim))),
+        RowLayout.of(("q", shape.dtype, (b, h, shape.head_dim)), xp=wire),
         {"q": qs},
         local,
-        RowLayout.of(("out", shape.dtype, (b, h, shape.head_dim)), ("lse", acc, (b, h))),
+        RowLayout.of(("out", shape.dtype, (b, h, shape.head_dim)), ("lse", acc, (b, h)), xp=wire),
         remote,
         fold,
     )
@@ -281,6 +282,7 @@ def token_ring_attention_backward(
     xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     acc = accumulation_dtype(shape.dtype)
+    wire = message_namespace(xp)
     b, h, hkv, d = shape.batch, shape.heads, shape.kv_heads, shape.head_dim
     qs, ks, vs, dos, outs, lses = (to_sequence_major(x, shape.batched) for x in (q, k, v, dout, out, lse))
     ex = RingExchange(channels, world, ("q+dout+lse+delta", "dq"), stats)
@@ -318,11 +320,10 @@ def token_ring_attention_backward(
     def fold(first: int, views: dict[str, Any]) -> None:
         dq[first : first + views["dq"].shape[0]] += xp.asarray(views["dq"])
 
-    bundle = RowLayout.of(
-        ("q", shape.dtype, (b, h, d)), ("dout", shape.dtype, (b, h, d)), ("lse", acc, (b, h)), ("delta", acc, (b, h))
-    )
+    fields = [("q", shape.dtype, (b, h, d)), ("dout", shape.dtype, (b, h, d)), ("lse", acc, (b, h))]
+    bundle = RowLayout.of(*fields, ("delta", acc, (b, h)), xp=wire)
     own = {"q": qs, "dout": dos, "lse": lses, "delta": delta}
-    dq_layout = RowLayout.of(("dq", acc, (b, h, d)))
+    dq_layout = RowLayout.of(("dq", acc, (b, h, d)), xp=wire)
     _rotate_queries(ex, comm, length, layout, causal, pieces, bundle, own, local, dq_layout, remote, fold)
     ex.finish()
     return tuple(from_sequence_major(g.astype(shape.dtype), shape.batched) for g in (dq, dk, dv))
