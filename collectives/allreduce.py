@@ -26,8 +26,10 @@ bitwise the same result, run after run. Algorithms (:data:`ALGORITHMS`):
     ``native`` unless another algorithm is predicted clearly faster.
 
 ``model`` (optional, the same on every rank) is any object with
-``alpha_beta(level) -> (alpha, beta)`` for ``"intra"`` and ``"inter"``;
-without it the documented defaults of :mod:`collectives.allreduce_cost` apply.
+``alpha_beta(level) -> (alpha, beta)`` for ``"intra"`` and ``"inter"`` (and
+optionally ``reduce_beta(dtype)``); without it, commlib's model of the process
+(``datatypes.model.current()``: the calibration, else analytic defaults) or,
+where that module is absent, the defaults of :mod:`collectives.allreduce_cost`.
 Rank 0's figures are used everywhere, so all ranks choose alike.
 
 What commlib does not handle - intercommunicators, user-defined operations,
@@ -41,18 +43,20 @@ matching type signatures. Device (cupy) arrays go to MPI as they are when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
+from commlib.config import config
+
 from . import allreduce_cost as cost
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
-from .bufspec import TypedBuffer, typed_buffer
+from .bufspec import TypedBuffer, datatype_of, typed_buffer
 from .reduction import Reducer, array_module, reducer
-from .topology import Topology, topology
+from .topology import Topology, cached_topology, topology
 
 __all__ = ["ALGORITHMS", "allreduce", "handles", "plan", "try_allreduce"]
 
@@ -61,15 +65,13 @@ _HIERARCHICAL = {"hierarchical-root": node_root, "hierarchical-shard": shard_par
 _PLAN_CACHE_LIMIT = 4096
 
 
-@dataclass(frozen=True)
 class _Call:
     """One allreduce, validated: ``send`` is ``None`` for ``MPI.IN_PLACE``."""
 
-    send: Any | None
-    recv: Any
-    datatype: MPI.Datatype
-    op: MPI.Op
-    reduce: Reducer
+    __slots__ = ("datatype", "op", "recv", "reduce", "send")
+
+    def __init__(self, send: Any | None, recv: Any, datatype: MPI.Datatype, op: MPI.Op, reduce: Reducer) -> None:
+        self.send, self.recv, self.datatype, self.op, self.reduce = send, recv, datatype, op, reduce
 
 
 def _check_algorithm(algorithm: str) -> str:
@@ -78,10 +80,30 @@ def _check_algorithm(algorithm: str) -> str:
     return algorithm
 
 
+def _plain(sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
+    """The call for the common case - C-contiguous numpy arrays that match - else ``None``."""
+    rflags = recvbuf.flags
+    if not (rflags.c_contiguous and rflags.writeable):
+        return None
+    if sendbuf is MPI.IN_PLACE:
+        send = None
+    elif sendbuf.flags.c_contiguous and sendbuf.dtype == recvbuf.dtype and sendbuf.size == recvbuf.size:
+        send = sendbuf.reshape(-1)
+    else:
+        return None
+    datatype = datatype_of(recvbuf.dtype)
+    red = None if datatype is None else reducer(op, datatype)
+    return None if red is None else _Call(send, recvbuf.reshape(-1), datatype, op, red)
+
+
 def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
     """The validated call, or ``None`` for what goes to MPI untouched; bad specs raise here."""
     if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
         return None
+    if type(recvbuf) is np.ndarray and (sendbuf is MPI.IN_PLACE or type(sendbuf) is np.ndarray):
+        call = _plain(sendbuf, recvbuf, op)
+        if call is not None:
+            return call
     recv = typed_buffer(recvbuf, "recvbuf", writable=True)
     if recv is None:
         return None
@@ -109,76 +131,94 @@ def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
 
 
 def handles(comm: Any, sendbuf: Any, recvbuf: Any, op: Any = MPI.SUM) -> bool:
-    """Whether commlib runs this allreduce itself (else it belongs to MPI untouched); raises on bad specs."""
+    """Whether commlib's algorithms take these buffers and op (else MPI gets them untouched); raises on bad specs."""
     return _prepare(comm, sendbuf, recvbuf, op) is not None
 
 
-def _costs(topo: Topology, model: Any) -> tuple[Any, cost.Costs]:
+def _process_model() -> Any:
+    """commlib's cost model of this process (``datatypes.model.current()``), where that module exists."""
+    try:
+        from datatypes import model as models
+    except ImportError:
+        return None
+    current = getattr(models, "current", None)
+    return current() if current is not None else None
+
+
+def _costs(topo: Topology, model: Any) -> cost.Costs:
+    """The cost figures, rank 0's, agreed once per communicator and model."""
     if model is None:
-        return None, topo.agree(("costs", None), cost.default_costs())
+        key = ("costs", None)
+        if key not in topo.agreed:
+            process_model = _process_model()
+            local = cost.default_costs() if process_model is None else cost.costs_from_model(process_model)
+            return topo.agree(key, local)
+        return topo.agreed[key]
     key = ("costs", id(model))
     topo.agreed.setdefault(("model", id(model)), model)  # keeps the id from being reused while the key lives
-    return key, topo.agree(key, cost.costs_from_model(model))
+    return topo.agree(key, cost.costs_from_model(model))
 
 
-def plan(comm: MPI.Intracomm, nbytes: int, algorithm: str = "auto", *, model: Any = None) -> tuple[str, str]:
-    """What ``algorithm`` runs for ``nbytes`` bytes on ``comm``: ``(algorithm, inner)``.
+def plan(comm: MPI.Intracomm, nbytes: int, algorithm: str = "auto", *, model: Any = None) -> tuple[str, str, int]:
+    """What ``algorithm`` runs for ``nbytes`` bytes on ``comm``: ``(algorithm, inner, segments)``.
 
-    ``inner`` is the flat algorithm between nodes of a hierarchical variant
-    (else equal to the algorithm). Collective the first time per
-    communicator (it may build the topology and agree on the cost figures).
+    ``inner`` is the flat algorithm between nodes of a hierarchical variant and
+    ``segments`` the number of pipelined segments (for the others: the
+    algorithm itself and 1). Collective the first time per communicator (it
+    may build the topology and agree on the cost figures).
     """
-    _check_algorithm(algorithm)
     if algorithm in ("native", "ring", "star"):
-        return algorithm, algorithm
+        return algorithm, algorithm, 1
     topo = topology(comm)
-    model_key, costs = _costs(topo, model)
-    decisions = topo.agreed.setdefault("allreduce plans", {})
-    key = (model_key, algorithm, nbytes)
+    decisions = topo.plans
+    key = (None if model is None else id(model), algorithm, nbytes)
     found = decisions.get(key)
     if found is not None:
         return found
+    _check_algorithm(algorithm)
+    costs = _costs(topo, model)
     shape = cost.Shape(topo.node_of)
     chosen = algorithm
     if chosen == "auto":
         chosen = cost.choose(nbytes, shape, costs)
     if chosen == "hierarchical":
         chosen = cost.hierarchical_variant(nbytes, shape, costs)
-    inner = chosen
+    decision = (chosen, chosen, 1)
     if chosen in _HIERARCHICAL:
-        shards = min(topo.ppn) if chosen == "hierarchical-shard" else 1
-        per_rank = nbytes // shards
-        inner = cost.inner_algorithm(per_rank, topo.n_nodes, costs, shards) if topo.n_nodes > 1 else "native"
+        how = cost.plan_hierarchical(chosen, nbytes, shape, costs)
+        decision = (chosen, how.inner, how.segments)
     if len(decisions) >= _PLAN_CACHE_LIMIT:
         decisions.clear()
-    decisions[key] = (chosen, inner)
-    return chosen, inner
+    decisions[key] = decision
+    return decision
 
 
-def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any) -> None:
+def _native(comm: MPI.Intracomm, call: _Call) -> None:
+    source = MPI.IN_PLACE if call.send is None else [call.send, call.datatype]
+    MPI.Comm.Allreduce(comm, source, [call.recv, call.datatype], call.op)
+
+
+def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native_ok: bool) -> bool:
+    """Run ``call`` with ``algorithm``; ``False`` (nothing touched) when it comes to MPI's own and not ``native_ok``."""
     send, buf = call.send, call.recv
-    if comm.Get_size() == 1 or buf.size == 0:
-        if send is not None and buf.size:
-            buf[...] = send
-        return
-    if algorithm == "native":
-        source = MPI.IN_PLACE if send is None else [send, call.datatype]
-        MPI.Comm.Allreduce(comm, source, [buf, call.datatype], call.op)
-        return
-    chosen, inner = plan(comm, int(buf.nbytes), algorithm, model=model)
+    chosen, inner, segments = "native", "native", 1
+    if comm.Get_size() > 1 and buf.size:
+        chosen, inner, segments = plan(comm, int(buf.nbytes), algorithm, model=model)
     if chosen == "native":
-        _run(comm, call, "native", model)
-        return
+        if native_ok:
+            _native(comm, call)
+        return native_ok
     topo = topology(comm)
     if chosen in _HIERARCHICAL:
-        _HIERARCHICAL[chosen](topo, send, buf, call.reduce, call.datatype, call.op, inner)
-        return
+        _HIERARCHICAL[chosen](topo, send, buf, call.reduce, call.datatype, call.op, inner, segments)
+        return True
     if send is not None:
         buf[...] = send
     if chosen == "ring":
         FLAT["ring"](topo.comm, buf, call.reduce, call.datatype, call.op, topo.ring_order)
     else:
         FLAT[chosen](topo.comm, buf, call.reduce, call.datatype, call.op)
+    return True
 
 
 def _staged(call: _Call) -> tuple[_Call, Any]:
@@ -187,6 +227,15 @@ def _staged(call: _Call) -> tuple[_Call, Any]:
     host_recv = xp.asnumpy(call.recv)
     host_send = None if call.send is None else xp.asnumpy(call.send)
     return _Call(host_send, host_recv, call.datatype, call.op, call.reduce), host_recv
+
+
+def _on_host(spec: Any) -> bool:
+    """Whether a buffer spec certainly names host memory (cheap: true whenever cupy is not even imported)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return True
+    buf = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    return not isinstance(buf, cupy.ndarray)
 
 
 def try_allreduce(
@@ -200,27 +249,34 @@ def try_allreduce(
 ) -> Any:
     """Run the allreduce and return ``None``, or return ``NotImplemented`` without touching anything.
 
-    ``NotImplemented`` means "give this call to MPI untouched" (see the module
-    docstring). ``algorithm`` defaults to ``commlib.config.allreduce``.
+    ``NotImplemented`` means "give this call to MPI's own ``Allreduce`` as it
+    is": what commlib does not handle (see the module docstring), and host
+    buffers for which the algorithm (or ``auto``'s choice) is ``native``.
+    ``algorithm`` defaults to ``commlib.config.allreduce``. On one node,
+    ``auto`` costs one attribute lookup before MPI gets the call.
     """
     if algorithm is None:
-        from commlib.config import config
-
         algorithm = config.allreduce
+    host = _on_host(recvbuf)
+    if host and algorithm in ("native", "auto"):
+        if algorithm == "native":
+            return NotImplemented
+        topo = cached_topology(comm)
+        if topo is not None and topo.n_nodes == 1:
+            return NotImplemented
+        if type(recvbuf) is np.ndarray and isinstance(comm, MPI.Intracomm):
+            if plan(comm, recvbuf.nbytes, algorithm, model=model)[0] == "native":
+                return NotImplemented
     _check_algorithm(algorithm)
     call = _prepare(comm, sendbuf, recvbuf, op)
     if call is None:
         return NotImplemented
-    if array_module(call.recv) is not np:
-        from commlib.config import config
-
-        if not config.cuda_aware_mpi:
-            host_call, host_out = _staged(call)
-            _run(comm, host_call, algorithm, model)
-            call.recv.set(host_out)
-            return None
-    _run(comm, call, algorithm, model)
-    return None
+    if not host and not config.cuda_aware_mpi:
+        host_call, host_out = _staged(call)
+        _run(comm, host_call, algorithm, model, native_ok=True)
+        call.recv.set(host_out)
+        return None
+    return None if _run(comm, call, algorithm, model, native_ok=not host) else NotImplemented
 
 
 def allreduce(
@@ -234,7 +290,8 @@ def allreduce(
 ) -> None:
     """``MPI_Allreduce`` of ``sendbuf`` (or ``MPI.IN_PLACE``) into ``recvbuf`` with ``algorithm``.
 
-    Calls commlib does not handle go to MPI's own ``Allreduce`` unchanged.
+    Calls commlib does not handle, and those it gives to MPI's own algorithm,
+    go to ``MPI_Allreduce`` unchanged.
     """
     if try_allreduce(comm, sendbuf, recvbuf, op, algorithm, model=model) is NotImplemented:
         MPI.Comm.Allreduce(comm, sendbuf, recvbuf, op)

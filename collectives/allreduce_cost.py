@@ -8,7 +8,7 @@ nodes). When several ranks of a node send off the node in the same step,
 they share its link: the step costs ``alpha + (their bytes) * beta``.
 
 ``native`` is modelled as MPICH's documented flat choice - recursive doubling
-up to 2 KiB (or fewer elements than ranks), Rabenseifner's reduce-scatter +
+up to 2 KiB, Rabenseifner's reduce-scatter +
 allgather above, folding the ranks beyond a power of two in and out - played
 step by step on the actual placement of ranks on nodes. :func:`choose` picks
 ``native`` unless another algorithm is predicted to take at most ``margin``
@@ -26,10 +26,13 @@ __all__ = [
     "ALGORITHMS",
     "Costs",
     "Link",
+    "Plan",
     "Shape",
     "choose",
     "costs_from_model",
     "default_costs",
+    "hierarchical_variant",
+    "plan_hierarchical",
     "predict",
     "predict_all",
 ]
@@ -37,6 +40,8 @@ __all__ = [
 SHORT_MSG = 2048  # MPICH's MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE and reduce/bcast short thresholds
 BCAST_SHORT = 12288  # MPICH's MPIR_CVAR_BCAST_SHORT_MSG_SIZE
 MARGIN = 0.75
+MIN_SEGMENT = 1 << 20  # bytes per segment of a pipelined hierarchical allreduce
+MAX_SEGMENTS = 8
 
 
 @dataclass(frozen=True)
@@ -101,16 +106,25 @@ def default_costs() -> Costs:
     return Costs(intra=_LOOPBACK if nolocal else _SHM, inter=_NETWORK, reduce=_REDUCE, call=_CALL)
 
 
+def _figure(value: float, what: str) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"allreduce cost model: {what} gave {value}")
+    return float(value)
+
+
 def costs_from_model(model: object, base: Costs | None = None) -> Costs:
-    """``base`` (the defaults) with both levels' alpha and beta from ``model.alpha_beta(level)``."""
+    """``base`` (the defaults) with both levels' alpha and beta from ``model.alpha_beta(level)``
+    and, when the model has it, the reduction cost from ``model.reduce_beta("float64")``."""
     base = base or default_costs()
     levels = {}
     for level in ("intra", "inter"):
         alpha, beta = model.alpha_beta(level)  # type: ignore[attr-defined]
-        if not (math.isfinite(alpha) and math.isfinite(beta) and alpha >= 0 and beta >= 0):
-            raise ValueError(f"allreduce cost model: alpha_beta({level!r}) gave ({alpha}, {beta})")
-        levels[level] = Link(float(alpha), float(beta))
-    return replace(base, intra=levels["intra"], inter=levels["inter"])
+        what = f"alpha_beta({level!r}) = ({alpha}, {beta})"
+        levels[level] = Link(_figure(alpha, what), _figure(beta, what))
+    reduce = base.reduce
+    if callable(getattr(model, "reduce_beta", None)):
+        reduce = _figure(model.reduce_beta("float64"), "reduce_beta('float64')")  # type: ignore[attr-defined]
+    return replace(base, intra=levels["intra"], inter=levels["inter"], reduce=reduce)
 
 
 def _step(pairs: list[tuple[int, int]], nbytes: float, shape: Shape, c: Costs) -> float:
@@ -126,7 +140,7 @@ def _step(pairs: list[tuple[int, int]], nbytes: float, shape: Shape, c: Costs) -
     return c.intra.alpha + nbytes * c.intra.beta
 
 
-def _native(n: float, shape: Shape, c: Costs, count: int | None = None) -> float:
+def _native(n: float, shape: Shape, c: Costs) -> float:
     p = shape.size
     if p == 1:
         return 0.0
@@ -142,8 +156,7 @@ def _native(n: float, shape: Shape, c: Costs, count: int | None = None) -> float
         pairs = [(real[i], real[i ^ mask]) for i in range(pof2)]
         return _step(pairs, nbytes, shape, c)
 
-    elements = count if count is not None else n
-    if n <= SHORT_MSG or elements < pof2:
+    if n <= SHORT_MSG:
         return t + sum(exchange(m, n) + n * c.reduce for m in masks)
     t += sum(exchange(m, n / (2 * m)) + n / (2 * m) * c.reduce for m in masks)  # reduce-scatter
     return t + sum(exchange(m, n / (2 * m)) for m in reversed(masks))  # allgather
@@ -202,24 +215,62 @@ def _node_bcast(n: float, q: int, c: Costs) -> float:
     return (_lg(q) + q - 1) * a + 2 * n * (q - 1) / q * b
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a hierarchical variant runs: the flat algorithm between nodes, the segments, the predicted time."""
+
+    algorithm: str
+    inner: str
+    segments: int
+    seconds: float
+
+
+def _stages(variant: str, n: float, shape: Shape, c: Costs) -> tuple[float, tuple[str, float], float]:
+    """Time inside the node before, (flat algorithm, time) between nodes, time inside the node after."""
+    q, s = max(shape.ppn), min(shape.ppn)
+    a, b = c.intra.alpha, c.intra.beta
+    if variant == "hierarchical-root":
+        inner = _best_flat(n, shape.n_nodes, c) if shape.n_nodes > 1 else ("native", 0.0)
+        return _node_reduce(n, q, c), inner, _node_bcast(n, q, c)
+    shard = n / s
+    before = after = 0.0
+    if q > 1:
+        before = _lg(q) * a + (q - 1) * shard * (b + c.reduce)
+        after = _lg(q) * a + (n - shard) * b
+    inner = ("native", 0.0)
+    if shape.n_nodes > 1:  # s shards cross every node's link at once
+        inner = _best_flat(shard, shape.n_nodes, replace(c, inter=Link(c.inter.alpha, c.inter.beta * s)))
+    return before, inner, after
+
+
+def plan_hierarchical(variant: str, nbytes: int, shape: Shape, costs: Costs) -> Plan:
+    """The fastest way to run ``variant`` (``hierarchical-root`` or ``-shard``) for ``nbytes``.
+
+    Pipelined in ``K`` segments of at least :data:`MIN_SEGMENT` bytes (native
+    step between nodes only), three steps take ``t1 + t2 + t3`` for the first
+    segment and ``max(t1, t2, t3)`` for each further one.
+    """
+    n = float(nbytes)
+    before, (inner, between), after = _stages(variant, n, shape, costs)
+    best = Plan(variant, inner, 1, before + between + after + 3 * costs.call)
+    if inner != "native":
+        return best
+    k = 2
+    while k <= MAX_SEGMENTS and n / k >= MIN_SEGMENT:
+        t1, (_, t2), t3 = _stages(variant, n / k, shape, costs)
+        seconds = t1 + t2 + t3 + (k - 1) * max(t1, t2, t3) + 5 * k * costs.call
+        if seconds < best.seconds:
+            best = Plan(variant, inner, k, seconds)
+        k *= 2
+    return best
+
+
 def _hier_root(n: float, shape: Shape, c: Costs) -> float:
-    q = max(shape.ppn)
-    inner = _best_flat(n, shape.n_nodes, c)[1] if shape.n_nodes > 1 else 0.0
-    return _node_reduce(n, q, c) + inner + _node_bcast(n, q, c) + 3 * c.call
+    return plan_hierarchical("hierarchical-root", int(n), shape, c).seconds
 
 
 def _hier_shard(n: float, shape: Shape, c: Costs) -> float:
-    q, s = max(shape.ppn), min(shape.ppn)
-    a, b = c.intra.alpha, c.intra.beta
-    shard = n / s
-    within = 0.0
-    if q > 1:
-        within = 2 * _lg(q) * a + (q - 1) * shard * (b + c.reduce) + (n - shard) * b
-    inner = 0.0
-    if shape.n_nodes > 1:  # s shards cross every node's link at once
-        shared = replace(c, inter=Link(c.inter.alpha, c.inter.beta * s))
-        inner = _best_flat(shard, shape.n_nodes, shared)[1]
-    return within + inner + 3 * c.call
+    return plan_hierarchical("hierarchical-shard", int(n), shape, c).seconds
 
 
 _ALL: dict[str, Callable[[float, Shape, Costs], float]] = {
@@ -246,12 +297,6 @@ def predict(algorithm: str, nbytes: int, shape: Shape, costs: Costs) -> float:
 def predict_all(nbytes: int, shape: Shape, costs: Costs) -> dict[str, float]:
     """Predicted seconds of every algorithm."""
     return {name: fn(float(nbytes), shape, costs) for name, fn in _ALL.items()}
-
-
-def inner_algorithm(nbytes: int, nodes: int, costs: Costs, shards: int = 1) -> str:
-    """The flat algorithm for the step between nodes of a hierarchical allreduce of ``nbytes`` per rank."""
-    shared = replace(costs, inter=Link(costs.inter.alpha, costs.inter.beta * shards))
-    return _best_flat(float(nbytes), nodes, shared)[0]
 
 
 def hierarchical_variant(nbytes: int, shape: Shape, costs: Costs) -> str:

@@ -6,9 +6,9 @@ collectives accept - an array or any buffer object, ``[buf, datatype]``,
 ``[buf, count, datatype]``, ``[buf, (count, displ), datatype]`` and
 ``[buf, count, displ, datatype]`` - and returns a 1-D view of exactly those
 elements in the caller's memory (numpy or cupy), or ``None`` for what it
-leaves to MPI: ``IN_PLACE``/``BOTTOM``/``None``, datatypes that are neither
-predefined nor a contiguous run of one predefined type, and element types no
-reduction is defined on. Specs that are wrong whoever handles them (too small,
+leaves to MPI: ``IN_PLACE``/``BOTTOM``/``None``, derived datatypes (MPI
+defines its predefined operations on predefined types only, pair types aside),
+and element types no reduction is defined on. Specs that are wrong whoever handles them (too small,
 read-only or non-contiguous buffers) raise before any memory is touched.
 """
 
@@ -22,7 +22,7 @@ from mpi4py import MPI
 
 from .reduction import array_module, element_dtype
 
-__all__ = ["TypedBuffer", "elementary", "typed_buffer"]
+__all__ = ["TypedBuffer", "datatype_of", "typed_buffer"]
 
 
 @dataclass(frozen=True)
@@ -39,31 +39,6 @@ class TypedBuffer:
     @property
     def nbytes(self) -> int:
         return int(self.array.nbytes)
-
-
-def elementary(datatype: MPI.Datatype) -> tuple[MPI.Datatype, int] | None:
-    """``(named, k)`` when ``datatype`` is ``k`` contiguous elements of the predefined ``named`` type.
-
-    Duplicates and (nested) contiguous types of a predefined type qualify;
-    every intermediate type ``decode`` returns is freed.
-    """
-    multiple = 1
-    owned: list[MPI.Datatype] = []
-    current = datatype
-    try:
-        while not current.is_predefined:
-            base, combiner, params = current.decode()
-            if not base.is_predefined:
-                owned.append(base)
-            if combiner == "CONTIGUOUS":
-                multiple *= int(params["count"])
-            elif combiner != "DUP":
-                return None
-            current = base
-        return current, multiple
-    finally:
-        for t in owned:
-            t.Free()
 
 
 def _type_name(datatype: MPI.Datatype) -> str:
@@ -99,6 +74,27 @@ def _writeable(arr: Any) -> bool:
     return bool(getattr(flags, "writeable", True))
 
 
+_DATATYPE_OF: dict[Any, MPI.Datatype | None] = {}
+
+
+def datatype_of(dtype: Any) -> MPI.Datatype | None:
+    """The predefined reducible datatype mpi4py infers for arrays of ``dtype``, else ``None`` (cached)."""
+    try:
+        return _DATATYPE_OF[dtype]
+    except KeyError:
+        pass
+    datatype = None
+    if dtype.isnative:
+        try:
+            datatype = MPI.Datatype.fromcode(dtype.char)
+        except (ValueError, KeyError):
+            datatype = None
+        if datatype is not None and element_dtype(datatype) != dtype:
+            datatype = None
+    _DATATYPE_OF[dtype] = datatype
+    return datatype
+
+
 def _is_count(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -112,15 +108,8 @@ def typed_buffer(spec: Any, what: str, *, writable: bool) -> TypedBuffer | None:
         return None
     if not isinstance(spec, (list, tuple)):
         flat = _flat(spec, what, writable)
-        if not flat.dtype.isnative:
-            return None
-        try:
-            datatype = MPI.Datatype.fromcode(flat.dtype.char)
-        except (ValueError, KeyError):
-            return None
-        if element_dtype(datatype) != flat.dtype:
-            return None
-        return TypedBuffer(flat, datatype)
+        datatype = datatype_of(flat.dtype)
+        return None if datatype is None else TypedBuffer(flat, datatype)
     count: int | None = None
     displ = 0
     if len(spec) == 2:
@@ -137,24 +126,22 @@ def typed_buffer(spec: Any, what: str, *, writable: bool) -> TypedBuffer | None:
         return None
     if buf is None or buf is MPI.IN_PLACE or buf is MPI.BOTTOM or datatype == MPI.DATATYPE_NULL:
         return None
-    found = elementary(datatype)
-    if found is None:
-        return None
-    named, multiple = found
-    dtype = element_dtype(named)
+    if not datatype.is_predefined:
+        return None  # MPI defines the predefined operations on predefined datatypes only (pairs aside)
+    dtype = element_dtype(datatype)
     if dtype is None:
         return None
     flat = _flat(buf, what, writable)
     raw = flat.view(array_module(flat).uint8)
-    size, extent = datatype.Get_size(), datatype.Get_extent()[1]
+    size = datatype.Get_size()
     if count is None:
-        if extent <= 0 or raw.size % extent:
+        if size <= 0 or raw.size % size:
             return None
-        count = raw.size // extent
-    start, stop = int(displ) * extent, int(displ) * extent + int(count) * size
+        count = raw.size // size
+    start, stop = int(displ) * size, (int(displ) + int(count)) * size
     if count < 0 or displ < 0 or stop > raw.size:
         raise ValueError(
             f"allreduce: {what} holds {raw.size} bytes, but count={count} displacement={displ} "
-            f"of {_type_name(datatype)} (size {size}, extent {extent}) needs bytes [{start}, {stop})"
+            f"of {_type_name(datatype)} ({size} bytes each) needs bytes [{start}, {stop})"
         )
-    return TypedBuffer(raw[start:stop].view(dtype), named)
+    return TypedBuffer(raw[start:stop].view(dtype), datatype)

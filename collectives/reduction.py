@@ -112,16 +112,26 @@ class Reducer:
         fn(acc, x, out=acc)
 
 
+_REDUCERS: dict[tuple[int, int], Reducer | None] = {}
+
+
 def reducer(op: MPI.Op, datatype: MPI.Datatype) -> Reducer | None:
     """The local reduction for ``op`` on ``datatype``, or ``None`` when commlib leaves the pair to MPI."""
     if not isinstance(op, MPI.Op) or not isinstance(datatype, MPI.Datatype):
         return None
+    key = (op.handle, datatype.handle)
+    try:
+        return _REDUCERS[key]
+    except KeyError:
+        pass
     name = _OP_NAME.get(op.handle)
     group = _GROUP_OF.get(datatype.handle)
-    if name is None or group is None:
-        return None
-    function, groups = _OPS[name]
-    dtype = element_dtype(datatype)
-    if group not in groups or dtype is None:
-        return None
-    return Reducer(name, function, dtype)
+    found = None
+    if name is not None and group is not None:
+        function, groups = _OPS[name]
+        dtype = element_dtype(datatype)
+        if group in groups and dtype is not None:
+            found = Reducer(name, function, dtype)
+    if name is not None or found is not None:  # user-defined ops' handles may be reused: never cached
+        _REDUCERS[key] = found
+    return found

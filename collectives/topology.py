@@ -32,7 +32,7 @@ from typing import Any
 
 from mpi4py import MPI
 
-__all__ = ["Topology", "release", "topology"]
+__all__ = ["Topology", "cached_topology", "release", "topology"]
 
 
 @dataclass(eq=False)
@@ -51,6 +51,10 @@ class Topology:
     leader_comm: MPI.Intracomm | None  # local rank 0 of every node (None elsewhere)
     shard_comm: MPI.Intracomm | None  # local rank L of every node, for L < min_ppn (None elsewhere)
     agreed: dict[Any, Any] = field(default_factory=dict)  # values every rank took from rank 0, by key
+    plans: dict[Any, Any] = field(default_factory=dict)  # decisions of the collectives, by their own keys
+
+    def __post_init__(self) -> None:
+        self._n_nodes = max(self.node_of) + 1
 
     @property
     def rank(self) -> int:
@@ -70,7 +74,7 @@ class Topology:
 
     @property
     def n_nodes(self) -> int:
-        return max(self.node_of) + 1
+        return self._n_nodes
 
     @property
     def node(self) -> int:
@@ -168,10 +172,20 @@ def _build(parent: MPI.Intracomm, method: str, node_id: int) -> Topology:
 
 
 _keyval: int | None = None
+_by_handle: dict[int, Topology] = {}  # the attribute's value by communicator handle: a cheaper lookup
 
 
 def _delete(comm: MPI.Comm, keyval: int, topo: Topology) -> None:
+    _by_handle.pop(comm.handle, None)
     topo.free()
+
+
+def cached_topology(comm: Any) -> Topology | None:
+    """``comm``'s topology if it was built already, else ``None`` (never communicates)."""
+    try:
+        return _by_handle.get(comm.handle)
+    except AttributeError:
+        return None
 
 
 def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: int | None = None) -> Topology:
@@ -181,24 +195,26 @@ def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: int | N
     and ``node_id``; they only matter when the topology is built.
     """
     global _keyval
+    topo = cached_topology(comm)
+    if topo is not None:
+        return topo
     if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
         raise TypeError(f"topology: expected an intra-communicator, got {type(comm).__name__}")
     if _keyval is None:
         _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
-    topo = comm.Get_attr(_keyval)
-    if topo is None:
-        from commlib.config import config
+    from commlib.config import config
 
-        topo = _build(
-            comm,
-            config.node_detect if method is None else method,
-            config.node_id if node_id is None else node_id,
-        )
-        comm.Set_attr(_keyval, topo)
+    topo = _build(
+        comm,
+        config.node_detect if method is None else method,
+        config.node_id if node_id is None else node_id,
+    )
+    comm.Set_attr(_keyval, topo)
+    _by_handle[comm.handle] = topo
     return topo
 
 
 def release(comm: MPI.Intracomm) -> None:
     """Drop ``comm``'s cached topology and free its communicators (collective, like ``Comm.Free``)."""
-    if _keyval is not None and comm.Get_attr(_keyval) is not None:
+    if cached_topology(comm) is not None:
         comm.Delete_attr(_keyval)

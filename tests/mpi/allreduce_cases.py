@@ -23,6 +23,7 @@ from mpi4py import MPI
 
 from collectives import allreduce_cost as cost
 from collectives.allreduce import ALGORITHMS, allreduce, handles, plan, try_allreduce
+from collectives.allreduce_hierarchical import node_root, shard_parallel
 from collectives.reduction import reducer
 from collectives.topology import release, topology
 
@@ -141,7 +142,31 @@ def _run_cases(comm: MPI.Intracomm, algorithms: list[str], quick: bool) -> tuple
                 failures.append(f"{label}: differs from the numpy reference (max abs error {err})")
             digests.append(hashlib.sha256(_significant(results[0])).hexdigest())
             case += 1
+    failures += _pipelined_cases(comm, digests)
     return case, [*failures, *_spec_cases(comm, algorithms, digests)], digests
+
+
+def _pipelined_cases(comm: MPI.Intracomm, digests: list[str]) -> list[str]:
+    """Both hierarchical variants in segments (also more segments than elements), in place and not."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    topo = topology(comm)
+    failures = []
+    for k, (variant, segments, count, op_name, code) in enumerate(
+        itertools.product((node_root, shard_parallel), (2, 3, 5), (2, 37, 1001), ("SUM", "MAX", "BXOR"), ("f8", "i4"))
+    ):
+        dtype, op = np.dtype(code), getattr(MPI, op_name)
+        red = reducer(op, MPI.Datatype.fromcode(code))
+        if red is None:
+            continue
+        xs = _inputs(10_000 + k, size, dtype, op_name, count)
+        ref = _reference(xs, op_name)
+        y = xs[rank].copy()
+        send = None if k % 2 else xs[rank].copy()
+        variant(topo, send, y, red, MPI.Datatype.fromcode(code), op, "native", segments)
+        if not _close(y, xs, ref, op_name):
+            failures.append(f"{variant.__name__} segments={segments} {op_name} {code} n={count}: wrong result")
+        digests.append(hashlib.sha256(y.tobytes()).hexdigest())
+    return failures
 
 
 def _spec_cases(comm: MPI.Intracomm, algorithms: list[str], digests: list[str]) -> list[str]:
@@ -158,9 +183,11 @@ def _spec_cases(comm: MPI.Intracomm, algorithms: list[str], digests: list[str]) 
             if not (np.all(out[2:12] == expected) and np.all(out[:2] == 0) and np.all(out[12:] == 0)):
                 failures.append(f"{alg}: [buf, count, dt] / [buf, (count, displ), dt] gave {out}")
             out = np.zeros(12)
-            allreduce(comm, [a, 3, 1, contiguous3], [out, 3, 1, contiguous3], MPI.SUM, alg)
-            if not (np.all(out[3:12] == expected) and np.all(out[:3] == 0)):
-                failures.append(f"{alg}: contiguous derived datatype with displacement gave {out}")
+            allreduce(comm, [a, 3, 1, MPI.DOUBLE], [out, 3, 2, MPI.DOUBLE], MPI.SUM, alg)
+            if not (np.all(out[2:5] == expected) and np.all(out[:2] == 0) and np.all(out[5:] == 0)):
+                failures.append(f"{alg}: [buf, count, displ, dt] gave {out}")
+            if try_allreduce(comm, [a, 2, contiguous3], [out, 2, contiguous3], MPI.SUM, alg) is not NotImplemented:
+                failures.append(f"{alg}: took a derived datatype, which MPI's operations do not define")
             raw = bytearray(np.arange(8, dtype=np.int32) * (rank + 1))
             allreduce(comm, MPI.IN_PLACE, [raw, MPI.INT], MPI.SUM, alg)
             if not np.array_equal(np.frombuffer(raw, np.int32), np.arange(8) * expected):
@@ -172,6 +199,9 @@ def _spec_cases(comm: MPI.Intracomm, algorithms: list[str], digests: list[str]) 
                 failures.append(f"{alg}: Fortran-ordered 2-D arrays gave {res}")
             empty = np.zeros(0)
             allreduce(comm, np.zeros(0), empty, MPI.SUM, alg)
+            ours = size > 1 and plan(comm, a.nbytes, alg)[0] != "native"
+            if (try_allreduce(comm, a, np.empty_like(a), MPI.SUM, alg) is None) != ours:
+                failures.append(f"{alg}: try_allreduce should {'run it' if ours else 'hand it to MPI'}")
             digests.append(hashlib.sha256(out.tobytes()).hexdigest())
         # what commlib leaves to MPI still works through allreduce, and try_allreduce declines it
         user = MPI.Op.Create(lambda x, y, dt: None, commute=False)
