@@ -90,12 +90,13 @@ class Shape:
         return cls(tuple(k for k, q in enumerate(ppn) for _ in range(q)))
 
 
-# Figures measured on the development machine (2 cores, MPICH 5.0.2 ch4, numpy 2); see the notes.
+# Figures measured on the development machine (2 cores shared with other jobs, MPICH 5.0.2 ch4,
+# numpy 2): ping-pong minimum over samples for alpha, 1 MiB vs 4 MiB for beta; see the notes.
 _SHM = Link(alpha=1.5e-6, beta=0.25e-9)  # shared memory
-_LOOPBACK = Link(alpha=30e-6, beta=0.6e-9)  # MPICH over TCP loopback (MPIR_CVAR_NOLOCAL=1)
-_NETWORK = Link(alpha=60e-6, beta=8.4e-9)  # TCP over a 1 Gbit/s link
-_REDUCE = 0.25e-9
-_CALL = 4e-6
+_LOOPBACK = Link(alpha=20e-6, beta=2.0e-9)  # MPICH over TCP loopback (MPIR_CVAR_NOLOCAL=1)
+_NETWORK = Link(alpha=30e-6, beta=8.5e-9)  # TCP over a 1 Gbit/s link (0.94 Gbit/s of goodput)
+_REDUCE = 0.25e-9  # numpy add of float64 out of cache
+_CALL = 4e-6  # one mpi4py call from Python, with its argument handling
 
 
 def default_costs() -> Costs:

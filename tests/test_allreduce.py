@@ -197,8 +197,10 @@ def test_cost_model_picks_native_on_one_node_and_hierarchical_for_large_multi_no
         assert cost.choose(nbytes, one_node, costs) == "native"
     two_by_four = cost.Shape.blocks([4, 4])
     times = cost.predict_all(16 << 20, two_by_four, costs)
-    # MPICH's recursive halving on ranks placed node by node already sends n bytes per node link
-    assert abs(times["hierarchical-shard"] / times["native"] - 1) < 0.05
+    # MPICH's recursive halving on ranks placed node by node already sends n bytes per node link:
+    # hierarchical only overlaps steps, not enough for auto's margin
+    assert 0.8 < times["hierarchical-shard"] / times["native"] <= 1.0
+    assert cost.choose(16 << 20, two_by_four, costs) == "native"
     interleaved = cost.Shape((0, 1, 0, 1))
     times = cost.predict_all(16 << 20, interleaved, costs)
     assert times["hierarchical-shard"] < 0.6 * times["native"]  # there it crosses nodes with n/2 per rank
@@ -269,6 +271,14 @@ def test_every_algorithm_op_and_dtype_on_one_node(nprocs):
 def test_every_algorithm_on_uneven_and_even_nodes(nodes):
     out = _launch([(n, str(k)) for k, n in enumerate(nodes)], [])
     assert f"OK allreduce on {sum(nodes)} ranks" in out and f"nodes {list(nodes)} by env" in out
+
+
+@pytest.mark.mpi
+def test_same_bits_run_after_run():
+    args = ["--quick", "--algorithms", "star", "ring", "hierarchical-root", "hierarchical-shard"]
+    first, second = (_launch([(2, "0"), (2, "1")], args) for _ in range(2))
+    digest = [line.split("results ")[1] for line in (first, second) if "OK allreduce" in line]
+    assert len(digest) == 2 and digest[0] == digest[1]
 
 
 @pytest.mark.mpi
