@@ -58,11 +58,12 @@ class Config:
         canonical-form packer where the type allows, ``mpi`` always uses
         ``MPI_Pack``/``MPI_Unpack``.
     pack_min_bytes [COMMLIB_PACK_MIN_BYTES=16384]
-        under ``auto``, messages with fewer packed bytes go to MPI: below this
-        the fixed Python cost of the strided packer exceeds MPI's whole pack.
+        under ``auto`` without a calibration, messages with fewer packed bytes
+        go to MPI: below this the fixed Python cost of the strided packer
+        exceeds MPI's whole pack (the analytic cost model's crossover).
     pack_min_block [COMMLIB_PACK_MIN_BLOCK=4]
-        under ``auto``, types whose contiguous blocks are shorter than this
-        go to MPI: both are bound by memory latency there and MPI is not slower.
+        under ``auto`` without a calibration, types whose contiguous blocks are
+        shorter than this go to MPI: both are bound by memory latency there.
     interpose [COMMLIB_INTERPOSE=1]
         ``python -m commlib`` installs the interposer (``--no-interpose``: 0).
     report [COMMLIB_REPORT=0]
@@ -82,6 +83,25 @@ class Config:
         algorithm of the interposed ``Allreduce``: ``auto`` (cost model),
         ``native``, ``ring``, ``star``, ``hierarchical`` (its two variants by
         cost), ``hierarchical-root`` or ``hierarchical-shard``.
+    model [COMMLIB_MODEL=auto]
+        the cost model behind the pack-vs-native and engine choices
+        (:mod:`datatypes.model`): ``auto`` loads this machine's calibration
+        from the cache directory when a valid one exists, else analytic
+        defaults; ``analytic`` never reads a file; any other value is the path
+        of a calibration file.
+    cache_dir [COMMLIB_CACHE_DIR=]
+        where ``python -m commlib calibrate`` writes and the model looks for
+        calibrations; empty: ``$XDG_CACHE_HOME/commlib``, else ``~/.cache/commlib``.
+    model_max_age [COMMLIB_MODEL_MAX_AGE=90]
+        days after which a calibration is stale (a warning, analytic defaults);
+        0: never stale.
+    model_save [COMMLIB_MODEL_SAVE=0]
+        at exit, rank 0 writes what the model learned from observed times back
+        into its calibration file.
+    record [COMMLIB_RECORD=]
+        at exit, each session writes its recorded run (per shape: calls, time,
+        choice) to this JSON path, ``{rank}`` replaced by the rank, for
+        ``python -m commlib explain``; empty: no record.
     """
 
     pack_engine: str = "auto"
@@ -93,6 +113,11 @@ class Config:
     node_detect: str = "auto"
     node_id: int = -1
     allreduce: str = "auto"
+    model: str = "auto"
+    cache_dir: str = ""
+    model_max_age: int = 90
+    model_save: bool = False
+    record: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -106,6 +131,11 @@ class Config:
             node_detect=_env_choice("COMMLIB_NODE_DETECT", cls.node_detect, _NODE_DETECT),
             node_id=_env_int("COMMLIB_NODE_ID", cls.node_id),
             allreduce=_env_choice("COMMLIB_ALLREDUCE", cls.allreduce, _ALLREDUCE_ALGORITHMS),
+            model=os.environ.get("COMMLIB_MODEL", "").strip() or cls.model,
+            cache_dir=os.environ.get("COMMLIB_CACHE_DIR", "").strip(),
+            model_max_age=_env_int("COMMLIB_MODEL_MAX_AGE", cls.model_max_age),
+            model_save=_env_bool("COMMLIB_MODEL_SAVE", cls.model_save),
+            record=os.environ.get("COMMLIB_RECORD", "").strip(),
         )
 
     def reload(self) -> None:

@@ -2,44 +2,97 @@
 
 Every wrapped communicator refers to one session (derived communicators
 share their parent's). ``decide(op, message)`` returns ``"pack"`` (pack with
-commlib, send contiguous) or ``"native"`` (hand the derived type to MPI);
-the default asks the packer which engine it would use for the message. A
-cost model plugs in by passing its own ``decision`` callable, and learns from
+commlib, send contiguous) or ``"native"`` (hand the derived type to MPI).
+By default the cost model decides (:mod:`datatypes.model`: the process's
+calibrated model, or the one passed as ``model=``); ``COMMLIB_PACK=strided``
+always packs and ``COMMLIB_PACK=mpi`` never does. Any other rule plugs in as
+a ``decision`` callable.
+
 ``observe(op, message, choice, seconds)``, which the communicators call with
-the measured time of every blocking intercepted operation. ``monitor``, when
-set, is told of every communication call (see :mod:`commlib.tracing`).
+the measured time of every blocking intercepted operation, teaches the model
+(whatever decided) and feeds the report and the recorded run: per shape,
+calls, time and choice, which ``python -m commlib explain`` reads back.
+``monitor``, when set, is told of every communication call (see
+:mod:`commlib.tracing`).
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import datatypes
+from datatypes import model as cost_model
+from datatypes.canonical import cache_entry
 
-__all__ = ["Decision", "Session", "default_decision"]
+from .config import config
+
+__all__ = ["Decision", "RECORD_SCHEMA", "Session", "default_decision", "model_decision"]
 
 Decision = Callable[[str, Any], str]
+RECORD_SCHEMA = "commlib-recorded-run"
+MAX_RECORDED_SHAPES = 256
 
 
-def default_decision(op: str, message: Any) -> str:
-    """``"pack"`` where commlib's strided packer beats MPI's for this type and size, else ``"native"``."""
-    return "pack" if datatypes.choose_engine(message.count, message.datatype) == "strided" else "native"
+def model_decision(model: cost_model.Model | None = None) -> Decision:
+    """A decision asking ``model`` (default: the process's current model) for the faster strategy."""
+
+    def decide(op: str, message: Any) -> str:
+        return _choose(model or cost_model.current(), op, message, cost_model.features(message.count, message.datatype))
+
+    return decide
+
+
+def _choose(model: cost_model.Model, op: str, message: Any, f: cost_model.Features | None) -> str:
+    engine = config.pack_engine
+    if engine != "auto":
+        return "pack" if engine == "strided" else "native"
+    return "native" if f is None else model.choose(op, f)
+
+
+default_decision: Decision = model_decision()
+default_decision.__doc__ = "``pack`` where the process's cost model predicts it faster than MPI's derived-type path."
 
 
 class Session:
-    """Decision hook plus counters: per operation, how many calls and bytes each choice took."""
+    """Decision hook, cost model and counters: per operation, how many calls, bytes and seconds each choice took."""
 
-    def __init__(self, decision: Decision | None = None) -> None:
-        self.decision = decision or default_decision
+    def __init__(self, decision: Decision | None = None, model: cost_model.Model | None = None) -> None:
+        self._own_decision = None if model is None else model_decision(model)
+        self.decision = decision or self._own_decision or default_decision
+        self._model = model
+        self._last: tuple[Any, cost_model.Features | None] = (None, None)
         self.calls: dict[tuple[str, str], int] = defaultdict(int)
         self.bytes: dict[tuple[str, str], int] = defaultdict(int)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self.monitor: Any = None
+        self._shapes: dict[tuple, dict[str, Any]] = {}
+        self._rank = _world_rank()
+        if config.record or config.model_save:
+            atexit.register(self._at_exit)
+
+    @property
+    def model(self) -> cost_model.Model:
+        """The cost model this session decides with and teaches."""
+        return self._model or cost_model.current()
+
+    def _features(self, message: Any) -> cost_model.Features | None:
+        """The message's features; the same message object (decide, then observe) is looked up once."""
+        last = self._last
+        if last[0] is message:
+            return last[1]
+        f = cost_model.features(message.count, message.datatype)
+        self._last = (message, f)
+        return f
 
     def decide(self, op: str, message: Any) -> str:
-        choice = self.decision(op, message)
+        if self.decision is default_decision or self.decision is self._own_decision:
+            choice = _choose(self.model, op, message, self._features(message))
+        else:
+            choice = self.decision(op, message)
         if choice not in ("pack", "native"):
             raise ValueError(f"decision for {op}: expected 'pack' or 'native', got {choice!r}")
         return choice
@@ -51,9 +104,59 @@ class Session:
     def observe(self, op: str, message: Any, choice: str, seconds: float) -> None:
         """The measured time of one blocking intercepted operation (pack and unpack included)."""
         self.seconds[op, choice] += seconds
+        try:
+            f = self._features(message)
+        except (TypeError, ValueError):
+            return
+        if f is None:
+            return
+        self.model.observe(op, f, choice, seconds)
+        key = (op, choice, f, message.count)
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) >= MAX_RECORDED_SHAPES:
+                return
+            shape = self._shapes[key] = {
+                "op": op,
+                "choice": choice,
+                "count": message.count,
+                "nbytes": f.nbytes,
+                "block": f.block,
+                "levels": f.levels,
+                "canonical": _canonical(message.datatype),
+                "calls": 0,
+                "seconds": 0.0,
+            }
+        shape["calls"] += 1
+        shape["seconds"] += seconds
+
+    def recorded_run(self) -> dict[str, Any]:
+        """What this session observed, per (operation, choice, shape), as JSON-ready data."""
+        return {
+            "schema": RECORD_SCHEMA,
+            "version": 1,
+            "rank": self._rank,
+            "model": self.model.describe(),
+            "shapes": [dict(shape) for shape in self._shapes.values()],
+        }
+
+    def save_run(self, path: str | Path) -> Path:
+        """Write :meth:`recorded_run` to ``path`` (``{rank}`` in it is replaced by this rank)."""
+        path = Path(str(path).replace("{rank}", str(self._rank)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.recorded_run(), indent=1) + "\n", encoding="utf-8")
+        return path
+
+    def _at_exit(self) -> None:
+        if not self._shapes:
+            return  # a session that saw nothing (e.g. a helper wrap) leaves others' files alone
+        if config.record:
+            self.save_run(config.record)
+        if config.model_save and self._rank == 0:
+            self.model.save()
 
     def report(self) -> str:
-        """One line per intercepted operation: calls and bytes per choice."""
+        """One line per intercepted operation: calls and bytes per choice; then the cost model's line."""
         if not self.calls:
             return "no operation with a strided derived datatype was intercepted"
         lines = []
@@ -65,4 +168,19 @@ class Session:
                 if (op, choice) in self.calls
             ]
             lines.append(f"{op}: " + ", ".join(parts))
+        if self.decision is default_decision or self.decision is self._own_decision:
+            lines.append(self.model.describe())
         return "\n".join(lines)
+
+
+def _canonical(datatype: Any) -> dict[str, Any] | None:
+    block = cache_entry(datatype).block
+    if block is None:
+        return None
+    return {"start": block.start, "counts": list(block.counts), "strides": list(block.strides), "extent": block.extent}
+
+
+def _world_rank() -> int:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank() if MPI.Is_initialized() and not MPI.Is_finalized() else 0

@@ -24,6 +24,7 @@ from mpi4py import MPI
 from commlib.config import config
 
 from .canonical import StridedBlock, cache_entry
+from .model import current as _current_model
 
 __all__ = ["check_buffer", "choose_engine", "pack", "packed_size", "unpack", "unpack_partial"]
 
@@ -185,16 +186,19 @@ def _use_strided(plan: _Plan, engine: str | None) -> bool:
         return False
     if engine == "strided":
         return True
-    return plan.packed >= config.pack_min_bytes and plan.block >= config.pack_min_block
+    # one cached dict lookup per (bytes, block, levels) after the first call
+    return _current_model().engine_for(plan.packed, plan.block, len(plan.shape) + 1) == "strided"
 
 
 def choose_engine(count: int, datatype: Typelike, engine: str | None = None) -> str:
     """``"strided"`` or ``"mpi"``: which engine packs ``count`` objects of ``datatype``.
 
-    The default rule (``COMMLIB_PACK=auto``) uses MPI where the strided packer
-    is not faster: types without a canonical form, messages under
-    ``pack_min_bytes`` (the strided packer's fixed Python cost) and blocks
-    under ``pack_min_block`` bytes (both engines are memory-latency bound).
+    Under ``COMMLIB_PACK=auto`` the cost model (:mod:`datatypes.model`)
+    picks the engine with the smaller predicted pack + unpack time for the
+    packed bytes, block length and levels; types without a canonical form
+    always go to MPI. Without a calibration its crossover is at
+    ``pack_min_bytes`` (the strided packer's fixed Python cost) and
+    ``pack_min_block`` (both engines are memory-latency bound below it).
     A ``StridedBlock`` has no MPI type and is always packed strided.
     """
     plan = _resolve("choose_engine", count, datatype)
