@@ -16,6 +16,8 @@ __all__ = ["Config", "config"]
 _PACK_ENGINES = ("auto", "strided", "mpi")
 _NODE_DETECT = ("auto", "shared", "name", "env")
 _ALLREDUCE_ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
+_MONITOR_ACTIONS = ("warn", "dump", "abort")
+_MONITOR_BOOTSTRAPS = ("auto", "file", "mpi")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -28,6 +30,19 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r}: expected an integer") from None
     if value < 0:
         raise ValueError(f"{name}={raw!r}: expected a non-negative integer")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
+    if not value >= 0:
+        raise ValueError(f"{name}={raw!r}: expected a non-negative number")
     return value
 
 
@@ -102,6 +117,46 @@ class Config:
         at exit, each session writes its recorded run (per shape: calls, time,
         choice) to this JSON path, ``{rank}`` replaced by the rank, for
         ``python -m commlib explain``; empty: no record.
+    monitor [COMMLIB_MONITOR=1]
+        ``python -m commlib`` and ``commlib.interpose()`` start the
+        fault-detection monitor (:mod:`transport.monitor`; ``--no-monitor``: 0).
+    monitor_action [COMMLIB_MONITOR_ACTION=warn]
+        on a hang: ``warn`` reports and keeps waiting, ``dump`` also writes
+        every rank's flight record, ``abort`` reports and aborts the job.
+    monitor_floor [COMMLIB_MONITOR_FLOOR=60]
+        seconds an operation may block before it can count as hung.
+    monitor_multiple [COMMLIB_MONITOR_MULTIPLE=10]
+        the limit is this multiple of the operation's usual duration (90th
+        percentile of its recent calls on that communicator), if above the floor.
+    monitor_timeout [COMMLIB_MONITOR_TIMEOUT=2]
+        seconds a rank waits for a peer's side-channel answer.
+    monitor_report [COMMLIB_MONITOR_REPORT=]
+        JSON-lines file of the monitor's findings, ``{rank}`` replaced by the
+        rank (``python -m commlib monitor FILE`` summarises it); empty: none.
+    monitor_ring [COMMLIB_MONITOR_RING=4096]
+        completed calls kept per rank by the flight recorder.
+    monitor_interval [COMMLIB_MONITOR_INTERVAL=0.5]
+        seconds between two collections of collective arrival times (straggler
+        detection, on the lowest monitored rank).
+    monitor_window [COMMLIB_MONITOR_WINDOW=8]
+        collectives per communicator in the straggler detector's sliding window.
+    monitor_skew [COMMLIB_MONITOR_SKEW=0.01]
+        seconds: the least median lateness that makes a straggler.
+    monitor_probe [COMMLIB_MONITOR_PROBE=0]
+        seconds between two probes of the node-to-node latency/bandwidth
+        matrix; 0: probe only when collectives slow down.
+    monitor_dir [COMMLIB_MONITOR_DIR=]
+        directory, shared by all ranks, where they publish their side-channel
+        addresses; empty: the system's temporary directory.
+    monitor_address [COMMLIB_MONITOR_ADDRESS=]
+        address the side channel listens on; empty: what the host name resolves
+        to, else the first non-loopback address of the network namespace.
+    monitor_bootstrap [COMMLIB_MONITOR_BOOTSTRAP=auto]
+        how ranks find each other: ``file`` (the directory above, no MPI call),
+        ``mpi`` (one collective at start-up), ``auto`` (file when the job has a
+        name, else mpi).
+    monitor_job [COMMLIB_MONITOR_JOB=]
+        the job's name for the directory; empty: from the launcher (PMIx, Slurm, Hydra).
     """
 
     pack_engine: str = "auto"
@@ -113,6 +168,22 @@ class Config:
     node_detect: str = "auto"
     node_id: int = -1
     allreduce: str = "auto"
+    monitor: bool = True
+    monitor_action: str = "warn"
+    monitor_floor: float = 60.0
+    monitor_multiple: float = 10.0
+    monitor_timeout: float = 2.0
+    monitor_report: str = ""
+    monitor_ring: int = 4096
+    monitor_interval: float = 0.5
+    monitor_window: int = 8
+    monitor_skew: float = 0.01
+    monitor_probe: float = 0.0
+    monitor_dir: str = ""
+    monitor_address: str = ""
+    monitor_bootstrap: str = "auto"
+    monitor_job: str = ""
+
     model: str = "auto"
     cache_dir: str = ""
     model_max_age: int = 90
@@ -131,6 +202,21 @@ class Config:
             node_detect=_env_choice("COMMLIB_NODE_DETECT", cls.node_detect, _NODE_DETECT),
             node_id=_env_int("COMMLIB_NODE_ID", cls.node_id),
             allreduce=_env_choice("COMMLIB_ALLREDUCE", cls.allreduce, _ALLREDUCE_ALGORITHMS),
+            monitor=_env_bool("COMMLIB_MONITOR", cls.monitor),
+            monitor_action=_env_choice("COMMLIB_MONITOR_ACTION", cls.monitor_action, _MONITOR_ACTIONS),
+            monitor_floor=_env_float("COMMLIB_MONITOR_FLOOR", cls.monitor_floor),
+            monitor_multiple=_env_float("COMMLIB_MONITOR_MULTIPLE", cls.monitor_multiple),
+            monitor_timeout=_env_float("COMMLIB_MONITOR_TIMEOUT", cls.monitor_timeout),
+            monitor_report=os.environ.get("COMMLIB_MONITOR_REPORT", "").strip(),
+            monitor_ring=_env_int("COMMLIB_MONITOR_RING", cls.monitor_ring),
+            monitor_interval=_env_float("COMMLIB_MONITOR_INTERVAL", cls.monitor_interval),
+            monitor_window=_env_int("COMMLIB_MONITOR_WINDOW", cls.monitor_window),
+            monitor_skew=_env_float("COMMLIB_MONITOR_SKEW", cls.monitor_skew),
+            monitor_probe=_env_float("COMMLIB_MONITOR_PROBE", cls.monitor_probe),
+            monitor_dir=os.environ.get("COMMLIB_MONITOR_DIR", "").strip(),
+            monitor_address=os.environ.get("COMMLIB_MONITOR_ADDRESS", "").strip(),
+            monitor_bootstrap=_env_choice("COMMLIB_MONITOR_BOOTSTRAP", cls.monitor_bootstrap, _MONITOR_BOOTSTRAPS),
+            monitor_job=os.environ.get("COMMLIB_MONITOR_JOB", "").strip(),
             model=os.environ.get("COMMLIB_MODEL", "").strip() or cls.model,
             cache_dir=os.environ.get("COMMLIB_CACHE_DIR", "").strip(),
             model_max_age=_env_int("COMMLIB_MODEL_MAX_AGE", cls.model_max_age),

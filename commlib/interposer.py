@@ -10,6 +10,8 @@ puts mpi4py's objects back. Code that imported ``COMM_WORLD`` by name before
 
 from __future__ import annotations
 
+from typing import Any
+
 from mpi4py import MPI
 
 from .comm import wrap
@@ -22,12 +24,21 @@ _saved: dict[str, object] = {}
 _session: Session | None = None
 
 
-def interpose(decision: Decision | None = None) -> Session:
-    """Install the interposer (idempotent) and return its session (decision hook and report)."""
+def interpose(decision: Decision | None = None, monitor: Any = None) -> Session:
+    """Install the interposer (idempotent) and return its session (decision hook and report).
+
+    ``monitor`` is the session's fault-detection monitor: ``None`` follows
+    ``COMMLIB_MONITOR`` (on by default), ``False`` installs none, ``True`` a
+    default one, or a :class:`transport.monitor.Monitor` (see
+    :func:`transport.monitor.start_monitor`).
+    """
     global _session
     if _session is not None:
         return _session
     session = Session(decision)
+    from transport.monitor import start_monitor
+
+    session.monitor = start_monitor(monitor)
     for name in ("COMM_WORLD", "COMM_SELF", "Request", "Prequest"):
         _saved[name] = getattr(MPI, name)
     MPI.COMM_WORLD = wrap(MPI.COMM_WORLD, session)
@@ -39,8 +50,11 @@ def interpose(decision: Decision | None = None) -> Session:
 
 
 def uninterpose() -> None:
-    """Restore mpi4py's own objects (communicators already wrapped stay wrapped)."""
+    """Restore mpi4py's own objects and stop the monitor (communicators already wrapped stay wrapped)."""
     global _session
+    if _session is not None and _session.monitor is not None:
+        _session.monitor.stop()
+        _session.monitor = None
     for name, value in _saved.items():
         setattr(MPI, name, value)
     _saved.clear()

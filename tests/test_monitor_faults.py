@@ -1,0 +1,125 @@
+"""Fault injection under ``python -m commlib``: hangs, stragglers and healthy runs, with the monitor on.
+
+Every job is bounded by the ``mpirun`` fixture's timeout; a rank that stops
+itself is continued by a helper after a while, and killed here if it is
+still around. Watchdog floors are short so that each case takes seconds.
+"""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+PROGRAM = str(Path(__file__).parent / "mpi" / "monitor_faults.py")
+PREFIX = "[commlib monitor"
+
+
+def _run(mpirun, nprocs, scenario, tmp_path, *extra, env=None, timeout=90):
+    command = [sys.executable, "-m", "commlib", PROGRAM, scenario, *extra]
+    full_env = {
+        "COMMLIB_MONITOR_FLOOR": "2",
+        "COMMLIB_MONITOR_TIMEOUT": "1",
+        "COMMLIB_MONITOR_REPORT": str(tmp_path / "report-{rank}.jsonl"),
+        "COMMLIB_MONITOR_DIR": str(tmp_path / "rendezvous"),
+        **(env or {}),
+    }
+    result = mpirun(nprocs, command, python=False, env=full_env, timeout=timeout, check=False)
+    return result
+
+
+def _records(tmp_path, rank=None):
+    files = sorted(tmp_path.glob("report-*.jsonl")) if rank is None else [tmp_path / f"report-{rank}.jsonl"]
+    return [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines()]
+
+
+def _cleanup(stdout):
+    """Continue and kill any rank of this job still alive (a stopped rank the launcher could not end)."""
+    for pid in map(int, re.findall(r"^PID \d+ (\d+)$", stdout, re.M)):
+        with contextlib.suppress(OSError):
+            if "monitor_faults.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("nprocs, victim", [(3, 1), (2, 0)])
+def test_stopped_rank_is_named_and_the_job_aborted(mpirun, tmp_path, nprocs, victim):
+    result = None
+    try:
+        result = _run(
+            mpirun, nprocs, "stop", tmp_path, "--victim", str(victim), "--seconds", "40",
+            env={"COMMLIB_MONITOR_ACTION": "abort"},
+        )  # fmt: skip
+    finally:
+        if result is not None:
+            _cleanup(result.stdout)
+    assert not result.timed_out and result.returncode != 0, result.stderr[-3000:]
+    leader = 1 if victim == 0 else 0
+    hangs = [r for r in _records(tmp_path) if r["kind"] == "hang"]
+    assert len(hangs) == 1 and hangs[0]["rank"] == leader, result.stderr[-3000:]
+    hang = hangs[0]
+    assert hang["op"] == "Allreduce" and hang["seq"] == 4
+    assert hang["suspects"] == [victim] and hang["silent"] == [victim]
+    assert hang["waited"] < 30
+    text = result.stderr
+    assert f"{PREFIX}, rank {leader}] HANG: Allreduce #4 on COMM_WORLD ({nprocs} ranks)" in text
+    assert f"rank {victim}: no answer on the side channel" in text and "stopped (SIGSTOP)" in text
+    assert "aborting the job with exit code 70" in text
+
+
+def test_late_rank_is_named_with_its_stack_and_the_job_goes_on(mpirun, tmp_path):
+    result = _run(mpirun, 4, "late", tmp_path, "--victim", "2", "--seconds", "6")
+    assert result.returncode == 0 and "OK late on 4 ranks (monitored: True)" in result.stdout, result.stderr[-3000:]
+    hang = next(r for r in _records(tmp_path, 0) if r["kind"] == "hang")
+    assert hang["op"] == "Allreduce" and hang["behind"] == [2] and hang["arrived"] == [0, 1, 3]
+    assert any(frame[2] == "slow_compute" for frame in hang["ranks"]["2"]["stack"])
+    text = result.stderr
+    assert "rank 2 (pid" in text and "has NOT arrived: last entered #3 (Allreduce); running at" in text
+    assert "monitor_faults.py" in text and "in slow_compute (time.sleep(seconds))" in text
+    assert f"{PREFIX}, rank 0] resolved: Allreduce #4 on COMM_WORLD (4 ranks) completed after" in text
+    waits = [r for r in _records(tmp_path) if r["kind"] == "hang-wait"]
+    assert {r["rank"] for r in waits} <= {1, 3} and all(r["leader"] == 0 and r["suspects"] == [2] for r in waits)
+
+
+def test_receive_without_a_send_names_the_peer(mpirun, tmp_path):
+    result = _run(mpirun, 2, "p2p", tmp_path, "--victim", "1", "--seconds", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stderr
+    assert f"{PREFIX}, rank 0] HANG: Recv(source=1, tag=7) #1 on COMM_WORLD (2 ranks)" in text
+    assert "rank 1 did not post the matching send" in text and "in slow_compute" in text
+
+
+def test_sleeping_rank_is_flagged_as_straggler_within_20_iterations(mpirun, tmp_path):
+    result = _run(
+        mpirun, 3, "straggler", tmp_path, "--victim", "2", "--seconds", "0.05", "--iters", "40",
+        env={"COMMLIB_MONITOR_INTERVAL": "0.2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    flags = [r for r in _records(tmp_path) if r["kind"] == "straggler"]
+    assert len(flags) == 1 and flags[0]["straggler"] == 2 and flags[0]["rank"] == 0, result.stderr[-3000:]
+    assert flags[0]["seen_at"] <= 20 and flags[0]["lateness"] > 0.03
+    assert f"{PREFIX}, rank 0] STRAGGLER: rank 2 (pid" in result.stderr
+
+
+def test_healthy_run_of_1000_iterations_raises_no_alarm(mpirun, tmp_path):
+    env = {"COMMLIB_MONITOR_FLOOR": "", "COMMLIB_MONITOR_TIMEOUT": ""}  # the defaults
+    result = _run(mpirun, 4, "healthy", tmp_path, "--iters", "1000", env=env, timeout=240)
+    assert result.returncode == 0 and "OK healthy on 4 ranks (monitored: True)" in result.stdout, result.stderr[-3000:]
+    records = _records(tmp_path)
+    kinds = sorted(r["kind"] for r in records)
+    assert kinds == ["start"] * 4 + ["stop"] * 4, kinds
+    assert all(r["calls"] >= 4000 for r in records if r["kind"] == "stop")
+    assert PREFIX not in result.stderr
+    assert not any((tmp_path / "rendezvous").rglob("rank-*.json"))  # every rank withdrew
+
+
+def test_monitor_off(mpirun, tmp_path):
+    result = _run(mpirun, 2, "healthy", tmp_path, "--iters", "5", env={"COMMLIB_MONITOR": "0"})
+    assert result.returncode == 0 and "(monitored: False)" in result.stdout
+    assert _records(tmp_path) == []

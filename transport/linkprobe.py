@@ -1,0 +1,115 @@
+"""Node-to-node latency and bandwidth matrix over the side channel, and where it is bad.
+
+One rank per node (the lowest) represents its node. For every ordered pair
+of nodes ``(a, b)`` the coordinator asks ``a``'s representative to time a
+round trip and a bulk transfer to ``b``'s representative's side channel
+(:func:`measure`, run in ``a``'s side-channel thread; ``b`` runs
+:func:`sink`), one pair at a time so that transfers do not share links.
+These connections take the same network path as the job's traffic between
+the two nodes.
+
+:func:`localise` reads the matrix as C4 does: a slow node shows as a bad row
+and column (every pair that involves it is slow), a slow link as a bad cell
+(one pair slow, both of its nodes fine with everyone else). A cell is bad
+when its bandwidth is ``ratio`` times below the reference (the median of the
+better half of the cells), or its round trip ``ratio`` times above the
+reference round trip (the median of the better half) and at least
+``min_rtt`` seconds. It needs three nodes to tell a node from a link; with
+two it reports the pair.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+from typing import Any
+
+from .sidechannel import Peer, SideChannelError, connect, receive_message, send_message
+
+__all__ = ["localise", "measure", "sink"]
+
+_CHUNK = 1 << 18
+
+
+def sink(request: dict, sock: socket.socket) -> None:
+    """Stream handler: answer ``rounds`` one-byte pings, then read ``bytes`` bytes and acknowledge them."""
+    deadline = time.monotonic() + float(request.get("timeout", 30.0))
+    sock.settimeout(max(0.1, deadline - time.monotonic()))
+    for _ in range(int(request.get("rounds", 0))):
+        if sock.recv(1) == b"":
+            return
+        sock.sendall(b"p")
+    left = int(request.get("bytes", 0))
+    buf = bytearray(_CHUNK)
+    while left > 0:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        n = sock.recv_into(buf, min(left, _CHUNK))
+        if n == 0:
+            return
+        left -= n
+    send_message(sock, {"received": int(request.get("bytes", 0))})
+
+
+def measure(target: Peer, nbytes: int, rounds: int, timeout: float) -> dict[str, Any]:
+    """Round trip (best of ``rounds``) and bandwidth of ``nbytes`` from this process to ``target``'s sink."""
+    deadline = time.monotonic() + timeout
+    with connect(target, timeout) as sock:
+        send_message(
+            sock, {"q": "sink", "token": target["token"], "rounds": rounds, "bytes": nbytes, "timeout": timeout}
+        )
+        rtts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            sock.sendall(b"p")
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            if sock.recv(1) == b"":
+                raise SideChannelError(f"rank {target['rank']}: link probe connection closed")
+            rtts.append(time.perf_counter() - t0)
+        payload = memoryview(bytearray(min(nbytes, _CHUNK)))
+        t0 = time.perf_counter()
+        left = nbytes
+        while left > 0:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            n = min(left, len(payload))
+            sock.sendall(payload[:n])
+            left -= n
+        receive_message(sock, deadline)
+        seconds = time.perf_counter() - t0
+    return {"rtt": min(rtts) if rtts else None, "seconds": seconds, "bytes": nbytes, "bandwidth": nbytes / seconds}
+
+
+def localise(cells: dict[tuple[Any, Any], dict[str, float]], ratio: float = 3.0, min_rtt: float = 1e-3) -> dict:
+    """Slow nodes and slow links from ``{(node_a, node_b): {"bandwidth": B/s, "rtt": s}}`` (ordered pairs)."""
+    nodes = sorted({n for pair in cells for n in pair}, key=str)
+    if len(nodes) < 2 or not cells:
+        return {"nodes": nodes, "slow_nodes": [], "slow_links": [], "reference": {}, "bad": []}
+    bandwidths = sorted((c["bandwidth"] for c in cells.values()), reverse=True)
+    rtts = sorted(c["rtt"] for c in cells.values() if c.get("rtt") is not None)
+    ref_bw = statistics.median(bandwidths[: max(1, (len(bandwidths) + 1) // 2)])
+    ref_rtt = statistics.median(rtts[: max(1, (len(rtts) + 1) // 2)]) if rtts else None
+    bad = set()
+    for pair, c in cells.items():
+        slow_bw = c["bandwidth"] * ratio < ref_bw
+        slow_rtt = ref_rtt is not None and c.get("rtt") is not None and c["rtt"] > max(ratio * ref_rtt, min_rtt)
+        if slow_bw or slow_rtt:
+            bad.add(pair)
+    slow_nodes = []
+    if len(nodes) >= 3:
+        for n in nodes:
+            mine = [pair for pair in cells if n in pair]
+            others = {p for pair in mine for p in pair if p != n}
+            if mine and len(others) >= 2 and all(pair in bad for pair in mine):
+                slow_nodes.append(n)
+    links = sorted(
+        {tuple(sorted(pair, key=str)) for pair in bad if not (set(pair) & set(slow_nodes))},
+        key=lambda pair: tuple(map(str, pair)),
+    )
+    return {
+        "nodes": nodes,
+        "slow_nodes": slow_nodes,
+        "slow_links": [list(pair) for pair in links],
+        "reference": {"bandwidth": ref_bw, "rtt": ref_rtt},
+        "bad": [list(pair) for pair in sorted(bad, key=lambda pair: tuple(map(str, pair)))],
+        "ambiguous": len(nodes) < 3 and bool(bad),
+    }

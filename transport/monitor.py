@@ -1,0 +1,636 @@
+"""commlib's fault-detection monitor: names the rank, the operation and the probable cause of a hang.
+
+A :class:`Monitor` is what a session's ``monitor`` hook calls (see
+:mod:`commlib.tracing`): its ``enter``/``leave`` are the flight recorder's
+(:mod:`transport.recorder`). Started, it also runs, per rank:
+
+- a side-channel server (:mod:`transport.sidechannel`), found by the other
+  ranks through the job's rendezvous directory (:mod:`transport.rendezvous`),
+  which answers questions about this rank while its main thread is stuck in MPI;
+- one daemon thread that polls the watchdog (:mod:`transport.watchdog`);
+  when an operation runs past its limit it gathers the other members' states
+  over the side channel, places them on the wavefront
+  (:mod:`transport.wavefront`), reports, and warns, dumps or aborts
+  (``COMMLIB_MONITOR_ACTION``). On the lowest monitored rank the same thread
+  collects collective arrival times for straggler and slowdown detection
+  (:mod:`transport.stragglers`) and runs link probes (:mod:`transport.linkprobe`).
+
+Findings go to stderr, to the JSON-lines report file and to callbacks
+(:mod:`transport.reports`). The monitor's threads are daemons, never call
+MPI while the application runs (the ``mpi`` bootstrap aside, at start) and
+swallow their own errors, so the monitor can neither keep a finishing job
+alive nor raise into the application; a healthy run prints nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mpi4py import MPI
+
+from commlib.config import config
+
+from . import linkprobe, rendezvous
+from .recorder import FlightRecorder, ranges
+from .reports import Reporter
+from .sidechannel import SideChannel, SideChannelError, ask
+from .stragglers import Collector, StragglerDetector
+from .watchdog import Stuck, Watchdog, wait_codes
+from .wavefront import analyse, call_text
+
+__all__ = ["ABORT_CODE", "Monitor", "start_monitor"]
+
+ABORT_CODE = 70  # exit status of a job the monitor aborts
+ACTIONS = ("warn", "dump", "abort")
+PROBE_BYTES = 2 << 20
+PROBE_ROUNDS = 5
+MAX_INFLIGHT = 65536  # nonblocking calls never completed beyond this are forgotten
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ranges(ranks) if ranks else "none"
+
+
+def _boot() -> str:
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+class Monitor:
+    """One rank's fault-detection monitor. Keyword arguments override ``commlib.config`` (``COMMLIB_MONITOR_*``)."""
+
+    def __init__(
+        self,
+        *,
+        action: str | None = None,
+        floor: float | None = None,
+        multiple: float | None = None,
+        timeout: float | None = None,
+        report: str | None = None,
+        ring: int | None = None,
+        interval: float | None = None,
+        window: int | None = None,
+        skew: float | None = None,
+        probe: float | None = None,
+        directory: str | None = None,
+        address: str | None = None,
+        bootstrap: str | None = None,
+        job: str | None = None,
+        on_report: Callable[[dict], Any] | None = None,
+    ) -> None:
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        self.action = pick(action, config.monitor_action)
+        self.floor = float(pick(floor, config.monitor_floor))
+        self.multiple = float(pick(multiple, config.monitor_multiple))
+        self.timeout = float(pick(timeout, config.monitor_timeout))
+        self.interval = float(pick(interval, config.monitor_interval))
+        self.probe_every = float(pick(probe, config.monitor_probe))
+        self.bootstrap = pick(bootstrap, config.monitor_bootstrap)
+        self._directory = pick(directory, config.monitor_dir)
+        self._address = pick(address, config.monitor_address)
+        self._job = pick(job, config.monitor_job)
+        if self.action not in ACTIONS:
+            raise ValueError(f"Monitor: action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        if self.bootstrap not in ("auto", "file", "mpi"):
+            raise ValueError(f"Monitor: bootstrap must be auto, file or mpi, got {self.bootstrap!r}")
+        for name in ("floor", "timeout", "interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Monitor: {name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        if not self.multiple > 0 or not self.probe_every >= 0:
+            raise ValueError(
+                f"Monitor: multiple must be > 0 and probe >= 0, got {self.multiple!r}, {self.probe_every!r}"
+            )
+        self.recorder = FlightRecorder(int(pick(ring, config.monitor_ring)))
+        self.enter = self.recorder.enter
+        self.leave = self.recorder.leave
+        world = MPI.COMM_WORLD
+        self.rank, self.size = world.Get_rank(), world.Get_size()
+        self.reporter = Reporter(self.rank, pick(report, config.monitor_report))
+        if on_report is not None:
+            self.reporter.callbacks.append(on_report)
+        self.watchdog = Watchdog(self.recorder, self.floor, self.multiple)
+        self.detector = StragglerDetector(
+            window=int(pick(window, config.monitor_window)), skew=pick(skew, config.monitor_skew)
+        )
+        self.boot = _boot()
+        self.collector = Collector(self.detector, self.boot)
+        self.node = f"node{config.node_id}" if config.node_id >= 0 else MPI.Get_processor_name()
+        self.job: str | None = None
+        self.channel: SideChannel | None = None
+        self.rendezvous: rendezvous.Rendezvous | None = None
+        self._peers: dict[int, dict] = {}
+        self._peers_read = 0.0
+        self._fixed_peers = False
+        self._record: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._abort_at: float | None = None
+        self._next_probe = 0.0
+        self._last_probe = -1e9
+        self._errors = 0
+        self._codes = wait_codes()
+        self._lock = threading.Lock()  # one probe at a time
+
+    # -- lifecycle ----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def add_callback(self, callback: Callable[[dict], Any]) -> None:
+        """Call ``callback(record)`` with every alarm this rank reports (in the monitor's thread)."""
+        self.reporter.callbacks.append(callback)
+
+    def start(self) -> Monitor:
+        """Open the side channel, publish it, start the watchdog thread (idempotent)."""
+        if self._thread is not None:
+            return self
+        note = "single rank: no side channel"
+        if self.size > 1:
+            note = self._open_side_channel()
+        self._next_probe = time.perf_counter() + self.probe_every
+        self._thread = threading.Thread(target=self._run, name="commlib-monitor", daemon=True)
+        self._thread.start()
+        self.reporter.emit(
+            {
+                "kind": "start",
+                "lines": [f"monitor started: {note}"],
+                "node": self.node,
+                "world_size": self.size,
+                "side_channel": note,
+                "settings": {
+                    "action": self.action,
+                    "floor": self.floor,
+                    "multiple": self.multiple,
+                    "timeout": self.timeout,
+                    "interval": self.interval,
+                    "window": self.detector.window,
+                    "skew": self.detector.skew,
+                    "probe": self.probe_every,
+                    "ring": self.recorder.capacity,
+                },
+            }
+        )
+        return self
+
+    def _open_side_channel(self) -> str:
+        self.channel = SideChannel(rendezvous.choose_address(self._address), rendezvous.new_token())
+        self.channel.handle("state", self.state)
+        self.channel.handle("arrivals", self.arrivals)
+        self.channel.handle("dump", self.dump)
+        self.channel.handle("probe", self._probe_request)
+        self.channel.handle_stream("sink", linkprobe.sink)
+        self.channel.start()
+        self._record = {
+            "rank": self.rank,
+            "world_size": self.size,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": self.node,
+            "address": self.channel.address,
+            "port": self.channel.port,
+            "token": self.channel.token,
+            "boot": self.boot,
+        }
+        where = f"{self.channel.address}:{self.channel.port}"
+        self.job = rendezvous.job_key(self._job)
+        if self.bootstrap == "mpi" or (self.bootstrap == "auto" and self.job is None):
+            self._peers = rendezvous.exchange_over_mpi(self._record)
+            self._fixed_peers = True
+            return f"side channel {where}, peers exchanged over MPI"
+        if self.job is None:
+            sys.stderr.write(
+                f"[commlib monitor, rank {self.rank}] no job name for the rendezvous directory: set "
+                "COMMLIB_MONITOR_JOB (same value on every rank) or COMMLIB_MONITOR_BOOTSTRAP=mpi; "
+                "hangs are reported without the other ranks' states\n"
+            )
+            return f"side channel {where}, no rendezvous (no job name)"
+        self.rendezvous = rendezvous.Rendezvous(self.job, self._directory)
+        self.rendezvous.register(self._record)
+        return f"side channel {where}, rendezvous {self.rendezvous.path}"
+
+    def stop(self) -> None:
+        """Stop the thread and the side channel, withdraw from the rendezvous (idempotent, never raises)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            if thread is not threading.current_thread():
+                thread.join(self.timeout + 1.0)
+            self._watch(time.perf_counter(), finishing=True)  # tell what got unstuck since the last poll
+            if self.rendezvous is not None:
+                self.rendezvous.unregister()
+            if self.channel is not None:
+                self.channel.stop()
+            self.reporter.emit(
+                {
+                    "kind": "stop",
+                    "lines": ["monitor stopped"],
+                    "calls": self.recorder.position,
+                    "comms": len(self.recorder.comms()),
+                    "alarms": self.reporter.alarms,
+                }
+            )
+            self.recorder.close()
+
+    # -- side-channel answers ----------------------------------------------------
+    def state(self, request: dict | None = None) -> dict:
+        """This rank now: communicators and their counters, in-flight and recent calls, Python stacks."""
+        now = time.perf_counter()
+        names = {t.ident: t.name for t in threading.enumerate()}
+        threads = {}
+        for ident, frame in sys._current_frames().items():
+            name = names.get(ident, "")
+            if name.startswith("commlib-"):
+                continue
+            stack = [[f.filename, f.lineno, f.name, f.line or ""] for f in traceback.extract_stack(frame, limit=40)]
+            threads[str(ident)] = {"name": name, "stack": stack, "waiting": frame.f_code in self._codes}
+        recent = []
+        for record, end in self.recorder.completed(5):
+            item = self.recorder.describe(record, now)
+            item["duration"] = end - record[0]
+            recent.append(item)
+        return {
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": self.node,
+            "now": now,
+            "main": str(threading.main_thread().ident),
+            "comms": {c.ident: c.describe() for c in self.recorder.comms()},
+            "inflight": [self.recorder.describe(record, now) for _, record in self.recorder.inflight()],
+            "recent": recent,
+            "threads": threads,
+        }
+
+    def arrivals(self, request: dict) -> dict:
+        """Entry and exit times of this rank's recent collectives (multi-rank communicators only)."""
+        position, records = self.recorder.since(int(request.get("since", 0)), int(request.get("limit", 1024)))
+        out, comms = [], {}
+        for record, end in records:
+            state = record[1]
+            if record[6] and len(state.members) > 1:
+                out.append([state.ident, record[3], record[0], end])
+                comms[state.ident] = list(state.members)
+        return {"pos": position, "now": time.perf_counter(), "boot": self.boot, "arrivals": out, "comms": comms}
+
+    def dump(self, request: dict | None = None) -> dict:
+        """The whole flight record: in-flight and completed calls."""
+        now = time.perf_counter()
+        completed = []
+        for record, end in self.recorder.completed():
+            item = self.recorder.describe(record, now)
+            item["duration"] = end - record[0]
+            completed.append(item)
+        inflight = [self.recorder.describe(record, now) for _, record in self.recorder.inflight()]
+        return {"rank": self.rank, "inflight": inflight, "completed": completed}
+
+    def _probe_request(self, request: dict) -> dict:
+        return linkprobe.measure(request["to"], int(request["bytes"]), int(request["rounds"]), self._probe_timeout())
+
+    def _probe_timeout(self) -> float:
+        return self.timeout + PROBE_BYTES / 1.25e6  # down to 10 Mbit/s
+
+    # -- peers -------------------------------------------------------------------
+    def peers(self, refresh: bool = False) -> dict[int, dict]:
+        """Side-channel records of the other monitored ranks, by world rank."""
+        if self.rendezvous is not None and not self._fixed_peers:
+            now = time.monotonic()
+            if refresh or (len(self._peers) < self.size and now - self._peers_read > 1.0):
+                self._peers = self.rendezvous.peers(self.size)
+                self._peers_read = now
+        return {r: p for r, p in self._peers.items() if r != self.rank}
+
+    def _gather(self, ranks: list[int], query: str) -> tuple[dict[int, dict], dict[int, str]]:
+        peers = self.peers(refresh=True)
+        answers: dict[int, dict] = {}
+        silent: dict[int, str] = {}
+        threads = []
+
+        def one(r: int) -> None:
+            try:
+                answers[r] = ask(peers[r], query, self.timeout)
+            except SideChannelError:
+                silent[r] = (
+                    f"no answer on the side channel within {self.timeout:g} s (pid {peers[r].get('pid')} "
+                    f"on {peers[r].get('host')}): stopped, dead or unreachable"
+                )
+
+        for r in ranks:
+            if r == self.rank:
+                answers[r] = self.state() if query == "state" else self.dump()
+            elif r in peers:
+                threads.append(threading.Thread(target=one, args=(r,), name="commlib-monitor-ask", daemon=True))
+            else:
+                silent[r] = "not monitored (no side channel registered for it)"
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.timeout + 1.0)
+        for r in ranks:
+            if r not in answers and r not in silent:
+                silent[r] = f"no answer on the side channel within {self.timeout:g} s: stopped, dead or unreachable"
+        return answers, silent
+
+    def _coordinator(self) -> bool:
+        return self.size > 1 and all(r > self.rank for r in self.peers())
+
+    # -- the thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        poll = max(0.02, min(1.0, self.floor / 4, self.interval))
+        next_pull = time.perf_counter() + self.interval
+        while not self._stop.wait(poll):
+            try:
+                now = time.perf_counter()
+                self._watch(now)
+                if self._abort_at is not None and now >= self._abort_at:
+                    self._abort("the hang reported above did not resolve")
+                if now >= next_pull and self._coordinator():
+                    next_pull = now + self.interval
+                    self._pull()
+                if self.probe_every > 0 and now >= self._next_probe and self._coordinator():
+                    self._next_probe = now + self.probe_every
+                    self.probe_links()
+                self.recorder.prune(MAX_INFLIGHT)
+            except Exception as exc:
+                self._internal_error(exc)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        self._errors += 1
+        if self._errors > 3:
+            return
+        with contextlib.suppress(Exception):
+            lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            self.reporter.emit(
+                {"kind": "error", "lines": [f"internal error (the application is not affected): {exc!r}"]
+                 + "".join(lines).rstrip().splitlines()[-6:]}
+            )  # fmt: skip
+
+    # -- hangs -------------------------------------------------------------------
+    def _watch(self, now: float, finishing: bool = False) -> None:
+        new, reminders, resolved = self.watchdog.poll(now)
+        if finishing:
+            new, reminders = [], []
+        for stuck in new:
+            self._report_hang(stuck)
+        for stuck in reminders:
+            call = call_text(self.recorder.describe(stuck.record, now))
+            self.reporter.emit(
+                {
+                    "kind": "hang-reminder",
+                    "call": call,
+                    "waited": stuck.waited,
+                    "lines": [f"still waiting: {call} for {stuck.waited:.1f} s"],
+                }
+            )
+        for stuck in resolved:
+            call = call_text(self.recorder.describe(stuck.record, now))
+            self.reporter.emit(
+                {
+                    "kind": "hang-resolved",
+                    "call": call,
+                    "waited": stuck.waited,
+                    "lines": [f"resolved: {call} completed after {stuck.waited:.1f} s"],
+                }
+            )
+        if resolved and not self.watchdog.stuck:
+            self._abort_at = None
+
+    def _report_hang(self, stuck: Stuck) -> None:
+        now = time.perf_counter()
+        op = self.recorder.describe(stuck.record, now)
+        op.update(waited=stuck.waited, limit=stuck.limit)
+        state = stuck.record[1]
+        members = list(state.members) or [self.rank]
+        if op["kind"] == "collective":
+            ask_ranks = members
+        else:
+            named = [op[k] for k in ("dest_world", "source_world") if k in op]
+            wildcard = "source" in op and "source_world" not in op
+            ask_ranks = sorted(set(members if wildcard else named) | {self.rank})
+        states, silent = self._gather(ask_ranks, "state")
+        finding = analyse(op, self.rank, members, states, silent)
+        finding["states"] = {str(r): s for r, s in states.items()}
+        leader = self.rank
+        if op["kind"] == "collective":
+            waiting = finding.get("arrived", []) + finding.get("mismatched", [])
+            leader = min([*waiting, self.rank])
+        finding["leader"] = leader
+        if leader != self.rank:
+            self.reporter.emit(
+                {
+                    "kind": "hang-wait",
+                    "call": finding["call"],
+                    "waited": stuck.waited,
+                    "leader": leader,
+                    "suspects": finding["suspects"],
+                    "lines": [
+                        f"waiting in {finding['call']} for {stuck.waited:.1f} s; "
+                        f"suspects: {_ranks(finding['suspects'])}; rank {leader} reports the details"
+                    ],
+                }
+            )
+        else:
+            if self.action == "dump":
+                finding["lines"].append(self._dump_all(ask_ranks))
+            self.reporter.emit(finding)
+        if self.action == "abort":
+            if leader == self.rank:
+                self._abort(f"{finding['call']} hung")
+            elif self._abort_at is None:
+                self._abort_at = now + 2 * self.timeout + 2.0  # leave the leader time to report first
+
+    def _dump_all(self, ranks: list[int]) -> str:
+        records, silent = self._gather(sorted(set(ranks) | set(self.peers()) | {self.rank}), "dump")
+        base = self.reporter.path or f"commlib-monitor-{os.getpid()}"
+        path = f"{base}.dump.json"
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"ranks": {str(r): d for r, d in records.items()}, "silent": silent}, f, default=str)
+        except OSError as exc:
+            return f"  flight records: could not write {path}: {exc}"
+        return f"  flight records of ranks {ranges(list(records))} written to {os.path.abspath(path)}"
+
+    def _abort(self, why: str) -> None:
+        self.reporter.emit(
+            {
+                "kind": "error",
+                "lines": [f"aborting the job with exit code {ABORT_CODE} ({why}; COMMLIB_MONITOR_ACTION=abort)"],
+            }
+        )
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+            sys.stdout.flush()
+        try:
+            MPI.COMM_WORLD.Abort(ABORT_CODE)
+        finally:
+            os._exit(ABORT_CODE)
+
+    # -- stragglers and slowdowns ----------------------------------------------------
+    def _pull(self) -> None:
+        peers = self.peers()
+        answers: dict[int, tuple[dict, float, float]] = {}
+
+        def one(r: int, peer: dict | None) -> None:
+            since = self.collector.cursor.get(r, 0)
+            sent = time.perf_counter()
+            try:
+                answer = (
+                    self.arrivals({"since": since})
+                    if peer is None
+                    else ask(peer, "arrivals", min(self.timeout, max(1.0, self.interval)), since=since)
+                )
+            except SideChannelError:
+                return
+            answers[r] = (answer, sent, time.perf_counter())
+
+        one(self.rank, None)
+        threads = [
+            threading.Thread(target=one, args=(r, p), name="commlib-monitor-pull", daemon=True)
+            for r, p in peers.items()
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.timeout + 1.0)
+        for finding in self.collector.pull(dict(answers)):
+            self._report_pattern(finding)
+
+    def _label(self, ident: str) -> tuple[str, int]:
+        for state in self.recorder.comms():
+            if state.ident == ident:
+                return state.label, state.coll_entered
+        return f"communicator {ident}", 0
+
+    def _report_pattern(self, finding: dict) -> None:
+        label, at = self._label(finding["comm"])
+        finding = {**finding, "label": label, "seen_at": at}
+        if finding["kind"] == "straggler":
+            r = finding["straggler"]
+            peer = self._record if r == self.rank else self.peers().get(r, {})
+            where = f" (pid {peer.get('pid')} on {peer.get('host')}, node {peer.get('node')})" if peer else ""
+            finding["node"] = peer.get("node")
+            finding["lines"] = [
+                f"STRAGGLER: rank {r}{where} arrived last at collectives on {label} in {finding['last']} of the "
+                f"last {finding['window']} (#{finding['first_seq']}-#{finding['last_seq']}), a median "
+                f"{finding['lateness'] * 1e3:.1f} ms after the others (threshold {finding['threshold'] * 1e3:.1f} ms, "
+                f"period {finding['period'] * 1e3:.1f} ms): a compute straggler, slowing every collective it joins"
+            ]
+            self.reporter.emit(finding)
+            return
+        finding["lines"] = [
+            f"SLOWDOWN: collectives on {label} now spend {finding['now'] * 1e3:.2f} ms communicating, "
+            f"{finding['now'] / finding['baseline']:.1f}x their baseline {finding['baseline'] * 1e3:.2f} ms "
+            f"(#{finding['first_seq']}-#{finding['last_seq']}); probing the links"
+        ]
+        self.reporter.emit(finding)
+        if time.perf_counter() - self._last_probe > 30.0:
+            self.probe_links()
+
+    # -- link probe ------------------------------------------------------------------
+    def probe_links(self) -> dict:
+        """Measure the node-to-node matrix now, report slow nodes and links; returns the localisation.
+
+        Callable from any rank's application thread or the monitor's; needs the
+        side channel (a one-rank or one-node job has nothing to compare).
+        """
+        with self._lock:
+            self._last_probe = time.perf_counter()
+            everyone = {**self.peers(refresh=True), self.rank: self._record}
+            reps: dict[str, dict] = {}
+            for r in sorted(everyone):
+                node = str(everyone[r].get("node"))
+                reps.setdefault(node, everyone[r])
+            cells: dict[tuple[str, str], dict] = {}
+            failed: dict[str, str] = {}
+            for a, pa in reps.items():
+                for b, pb in reps.items():
+                    if a == b:
+                        continue
+                    try:
+                        if pa.get("rank") == self.rank:
+                            cells[a, b] = linkprobe.measure(pb, PROBE_BYTES, PROBE_ROUNDS, self._probe_timeout())
+                        else:
+                            timeout = 2 * self._probe_timeout()
+                            cells[a, b] = ask(pa, "probe", timeout, to=pb, bytes=PROBE_BYTES, rounds=PROBE_ROUNDS)
+                    except (SideChannelError, OSError) as exc:
+                        failed[f"{a}->{b}"] = str(exc)
+            result = linkprobe.localise(cells)
+            result["failed"] = failed
+            matrix = {f"{a}->{b}": c for (a, b), c in cells.items()}
+            ref = result["reference"]
+            summary = (
+                f"link probe over {len(reps)} node{'s' if len(reps) != 1 else ''}: reference "
+                + (f"{ref['bandwidth'] * 8 / 1e6:.0f} Mbit/s" if ref.get("bandwidth") else "none")
+                + (f", rtt {ref['rtt'] * 1e6:.0f} us" if ref.get("rtt") else "")
+                + (f"; slow nodes {result['slow_nodes']}" if result["slow_nodes"] else "")
+                + (f"; slow links {result['slow_links']}" if result["slow_links"] else "")
+            )
+            self.reporter.emit({"kind": "links", "lines": [summary], "matrix": matrix, **result})
+            for node in result["slow_nodes"]:
+                cells_of = [c for (a, b), c in cells.items() if node in (a, b)]
+                worst = min(c["bandwidth"] for c in cells_of)
+                self.reporter.emit(
+                    {
+                        "kind": "slow-node",
+                        "node": node,
+                        "lines": [
+                            f"SLOW NODE: {node}: every link to it is slow (bad row and column of the matrix), "
+                            f"down to {worst * 8 / 1e6:.0f} Mbit/s vs {ref['bandwidth'] * 8 / 1e6:.0f} Mbit/s elsewhere"
+                        ],
+                    }
+                )
+            for a, b in result["slow_links"]:
+                both = [cells[p] for p in ((a, b), (b, a)) if p in cells]
+                worst = min(c["bandwidth"] for c in both)
+                ambiguous = " (two nodes only: the link or one of its nodes)" if result.get("ambiguous") else ""
+                self.reporter.emit(
+                    {
+                        "kind": "slow-link",
+                        "link": [a, b],
+                        "lines": [
+                            f"SLOW LINK: {a} <-> {b}: {worst * 8 / 1e6:.0f} Mbit/s vs "
+                            f"{ref['bandwidth'] * 8 / 1e6:.0f} Mbit/s elsewhere (one bad cell of the matrix){ambiguous}"
+                        ],
+                    }
+                )
+            return result
+
+
+def start_monitor(monitor: Monitor | bool | None = None) -> Monitor | None:
+    """The started monitor for ``commlib.interpose(monitor=...)``, or ``None``.
+
+    ``None`` follows ``COMMLIB_MONITOR`` (on by default), ``False`` means no
+    monitor, ``True`` a monitor configured from ``commlib.config``, and a
+    :class:`Monitor` is started as given. A monitor that cannot start (no
+    address to listen on, say) is reported on stderr and the job runs
+    unmonitored: the monitor never stops an application from running.
+    """
+    if monitor is None:
+        monitor = config.monitor
+    if monitor is False:
+        return None
+    try:
+        chosen = Monitor() if monitor is True else monitor
+        if not isinstance(chosen, Monitor):
+            raise TypeError(f"interpose: monitor must be a bool or a Monitor, got {type(monitor).__name__}")
+        return chosen.start()
+    except (OSError, MPI.Exception) as exc:
+        rank = MPI.COMM_WORLD.Get_rank()
+        sys.stderr.write(f"[commlib monitor, rank {rank}] not started: {exc}; the job runs unmonitored\n")
+        return None

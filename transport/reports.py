@@ -1,0 +1,154 @@
+"""The monitor's findings, told three ways, and read back.
+
+:class:`Reporter` writes each finding as human-readable lines on stderr
+(prefixed with the rank), as one JSON object per line in the report file
+(``COMMLIB_MONITOR_REPORT``), and hands it to the registered Python
+callbacks. Alarms (hangs, stragglers, slow links...) go everywhere; notes
+(monitor started and stopped, probe matrices) only to the file, so a healthy
+run prints nothing.
+
+:func:`main` is ``python -m commlib monitor REPORT...``: it summarises one
+or more report files (a run's ranks may each have their own) and exits with
+0 when they hold no alarm, 1 when they do, 2 when they cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TextIO
+
+__all__ = ["ALARMS", "Reporter", "main", "read_reports", "summarise"]
+
+# Kinds of records that are alarms (printed); every other kind is a note.
+ALARMS = frozenset(
+    {"hang", "hang-wait", "hang-reminder", "hang-resolved", "straggler", "slowdown", "slow-node", "slow-link", "error"}
+)
+
+Callback = Callable[[dict], Any]
+
+
+class Reporter:
+    """Where one rank's findings go: stderr, a JSON-lines file, callbacks."""
+
+    def __init__(self, rank: int, path: str = "", stream: TextIO | None = None) -> None:
+        self.rank = rank
+        self.path = path.replace("{rank}", str(rank)) if path else ""
+        self.stream = stream
+        self.callbacks: list[Callback] = []
+        self.alarms = 0
+        self._lock = threading.Lock()
+        self._base = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
+
+    def emit(self, record: dict) -> dict:
+        """Tell ``record`` (with ``kind`` and ``lines``); alarms go to stderr and callbacks too."""
+        full = {"time": time.time(), **self._base, **record}
+        alarm = full.get("kind") in ALARMS
+        with self._lock:
+            if alarm:
+                self.alarms += 1
+                stream = self.stream if self.stream is not None else sys.stderr
+                with contextlib.suppress(Exception):
+                    stream.write("".join(f"[commlib monitor, rank {self.rank}] {line}\n" for line in full["lines"]))
+                    stream.flush()
+            if self.path:
+                with contextlib.suppress(OSError):
+                    with open(self.path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(full, default=str) + "\n")
+        if alarm:
+            for callback in list(self.callbacks):
+                try:
+                    callback(full)
+                except Exception as exc:  # a user's callback must not stop the monitor
+                    with contextlib.suppress(Exception):
+                        (self.stream or sys.stderr).write(
+                            f"[commlib monitor, rank {self.rank}] report callback {callback!r} raised {exc!r}\n"
+                        )
+        return full
+
+
+def read_reports(patterns: list[str]) -> tuple[list[dict], list[str]]:
+    """Every record of the files matching ``patterns`` (sorted by time), and the files read."""
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matched:
+            raise FileNotFoundError(f"no report file matches {pattern!r}")
+        files += matched
+    records = []
+    for name in files:
+        with open(name, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"{name}:{number}: not a JSON line") from None
+                if not isinstance(record, dict) or "kind" not in record:
+                    raise ValueError(f"{name}:{number}: not a monitor record (no 'kind')")
+                records.append(record)
+    records.sort(key=lambda r: r.get("time", 0))
+    return records, files
+
+
+def summarise(records: list[dict]) -> list[str]:
+    """A few lines per run: ranks seen, alarm counts, then one line per alarm that matters."""
+    kinds = Counter(r["kind"] for r in records)
+    started = sorted({r["rank"] for r in records if r["kind"] == "start"})
+    stopped = sorted({r["rank"] for r in records if r["kind"] == "stop"})
+    t0 = min((r.get("time", 0) for r in records), default=0)
+    lines = [f"monitored ranks: {len(started)} started, {len(stopped)} stopped cleanly"]
+    alarms = {k: n for k, n in kinds.items() if k in ALARMS}
+    lines.append("alarms: " + (", ".join(f"{n} {k}" for k, n in sorted(alarms.items())) if alarms else "none"))
+    for r in records:
+        at = f"+{r.get('time', 0) - t0:7.2f}s rank {r.get('rank')}"
+        kind = r["kind"]
+        if kind == "hang":
+            suspects = ",".join(map(str, r.get("suspects", []))) or "none"
+            lines.append(f"{at} HANG {r.get('call')} after {r.get('waited', 0):.1f} s; suspects: {suspects}")
+            lines.append(f"{'':>20} cause: {r.get('cause')}")
+        elif kind == "hang-resolved":
+            lines.append(f"{at} resolved: {r.get('call')} completed after {r.get('waited', 0):.1f} s")
+        elif kind in ("straggler", "slowdown", "slow-node", "slow-link", "error"):
+            lines.append(f"{at} {r['lines'][0] if r.get('lines') else kind}")
+    probes = [r for r in records if r["kind"] == "links"]
+    if probes:
+        last = probes[-1]
+        lines.append(f"link probes: {len(probes)}; last: {last['lines'][0] if last.get('lines') else ''}")
+    return lines
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m commlib monitor") -> int:
+    """Summarise monitor report files; exit 0 without alarms, 1 with alarms, 2 when unreadable."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Summarise the JSON-lines reports of commlib's fault-detection monitor."
+    )
+    parser.add_argument("reports", nargs="+", metavar="REPORT", help="report files or glob patterns")
+    parser.add_argument("--json", action="store_true", help="print the records as one JSON list instead")
+    args = parser.parse_args(argv)
+    try:
+        records, files = read_reports(args.reports)
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(records, indent=1))
+    else:
+        print(f"{len(records)} records from {len(files)} file{'s' if len(files) != 1 else ''}")
+        for line in summarise(records):
+            print(line)
+    return 1 if any(r["kind"] in ALARMS for r in records) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

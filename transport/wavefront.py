@@ -1,0 +1,277 @@
+"""Hang analysis: from every rank's last entered and completed operations, who is holding the others up.
+
+A collective numbered ``s`` on a communicator cannot complete before every
+member has entered it. Given the states the ranks sent over the side channel
+(see :meth:`transport.monitor.Monitor.state`), :func:`analyse` places each
+member on the wavefront: arrived and waiting, not yet arrived (and what it
+is doing instead: blocked in another operation, or running code, with its
+Python stack), arrived in a different operation (a collective mismatch), or
+silent (stopped, dead, unreachable, or not monitored). For a point-to-point
+operation it looks at the peer instead. It returns a finding with the
+probable cause and human-readable lines; it touches neither MPI nor sockets,
+so it is tested on made-up states.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["analyse", "call_text", "doing", "parse_ranges", "user_frame"]
+
+_OURS = tuple(
+    os.path.dirname(os.path.abspath(p)) + os.sep
+    for p in (__file__, os.path.join(os.path.dirname(__file__), "..", "commlib", "__init__.py"))
+)
+_SKIP = ("mpi4py" + os.sep, os.sep + "threading.py", os.sep + "runpy.py")
+
+
+def parse_ranges(text: str) -> list[int]:
+    """``"0-2,5"`` as ``[0, 1, 2, 5]``."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
+def user_frame(stack: list) -> list | None:
+    """The innermost frame of ``stack`` (``[file, line, function, text]`` entries) outside commlib and mpi4py."""
+    for frame in reversed(stack or []):
+        path = os.path.abspath(frame[0])
+        if not path.startswith(_OURS) and not any(s in path for s in _SKIP):
+            return frame
+    return None
+
+
+def _frame_text(frame: list | None) -> str:
+    if frame is None:
+        return "an unknown place"
+    path, line, function, text = frame
+    return f"{os.path.basename(path)}:{line} in {function}" + (f" ({text.strip()})" if text else "")
+
+
+def call_text(op: dict) -> str:
+    """``Recv(source=1, tag=5) #3 on COMM_WORLD``: an operation record as one readable phrase."""
+    fields = [f"{name}={op[name]}" for name in ("root", "dest", "source", "tag") if name in op]
+    world = [
+        f"{name} is world rank {op[name + '_world']}"
+        for name in ("root", "dest", "source")
+        if name + "_world" in op and op[name + "_world"] != op[name] and op.get("label") != "COMM_WORLD"
+    ]
+    suffix = f" [{'; '.join(world)}]" if world else ""
+    call = f"{op['op']}({', '.join(fields)})" if fields else op["op"]
+    return f"{call} #{op['seq']} on {op['label']} ({op['size']} ranks){suffix}"
+
+
+def doing(state: dict) -> str:
+    """What a rank is doing now, from its side-channel state."""
+    blocked = [op for op in state.get("inflight", []) if op.get("blocking")]
+    if blocked:
+        op = blocked[-1]
+        return f"blocked in {call_text(op)} for {op['age']:.1f} s"
+    waiting = [t for t in state.get("threads", {}).values() if t.get("waiting")]
+    pending = state.get("inflight", [])
+    if waiting and pending:
+        ops = ", ".join(call_text(op) for op in pending[:3]) + (" ..." if len(pending) > 3 else "")
+        return f"waiting for {ops}"
+    main = state.get("threads", {}).get(str(state.get("main")), {})
+    return f"running at {_frame_text(user_frame(main.get('stack', [])))}"
+
+
+def _match(state: dict, ident: str) -> dict | None:
+    """The peer's view of the communicator ``ident`` (same handle and members; else same members, if unique)."""
+    comms = state.get("comms", {})
+    if ident in comms:
+        return comms[ident]
+    digest = ident.split("-")[-1]
+    same = [c for key, c in comms.items() if key.split("-")[-1] == digest]
+    return same[0] if len(same) == 1 else None
+
+
+def _op_at(state: dict, ident: str, seq: int) -> dict | None:
+    for op in state.get("inflight", []):
+        if op.get("comm") == ident and op.get("seq") == seq and op.get("kind") == "collective":
+            return op
+    return None
+
+
+def analyse(
+    stuck: dict,
+    me: int,
+    members: list[int],
+    states: dict[int, dict],
+    silent: dict[int, str],
+) -> dict[str, Any]:
+    """The finding for operation ``stuck`` of rank ``me`` (a record with ``waited`` and ``limit`` added).
+
+    ``states`` holds the answers by world rank (``me`` included), ``silent``
+    the reason for every rank that gave none ("no answer ...", "not monitored").
+    """
+    ranks: dict[int, dict[str, Any]] = {}
+    header = f"HANG: {call_text(stuck)} has waited {stuck['waited']:.1f} s (limit {stuck['limit']:.1f} s)"
+    if stuck["kind"] == "collective":
+        finding = _collective(stuck, me, members, states, silent, ranks)
+    else:
+        finding = _point_to_point(stuck, me, members, states, silent, ranks)
+    lines = [header, *finding.pop("lines")]
+    for r in sorted(ranks):
+        info = ranks[r]
+        lines.append(f"  rank {r}{info.get('where_host', '')}: {info['status']}")
+    lines.append(f"  probable cause: {finding['cause']}")
+    return {
+        "kind": "hang",
+        "op": stuck["op"],
+        "comm": stuck["comm"],
+        "label": stuck["label"],
+        "seq": stuck["seq"],
+        "waited": stuck["waited"],
+        "limit": stuck["limit"],
+        "call": call_text(stuck),
+        "members": members,
+        "ranks": {str(r): info for r, info in ranks.items()},
+        **finding,
+        "lines": lines,
+    }
+
+
+def _host(state: dict | None) -> str:
+    if not state:
+        return ""
+    return f" (pid {state.get('pid')} on {state.get('host')})"
+
+
+def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: dict, ranks: dict) -> dict[str, Any]:
+    ident, seq, op = stuck["comm"], stuck["seq"], stuck["op"]
+    arrived, behind, mismatched, unanswered, unmonitored, left = [], [], [], [], [], []
+    for r in members:
+        state = states.get(r)
+        if state is None:
+            reason = silent.get(r, "no answer")
+            (unmonitored if reason.startswith("not monitored") else unanswered).append(r)
+            ranks[r] = {"status": reason}
+            continue
+        view = _match(state, ident)
+        entered = view["coll_entered"] if view else 0
+        done = view["coll_done"] if view else 0
+        info: dict[str, Any] = {"entered": entered, "done": done, "where_host": _host(state) if r != me else ""}
+        main = state.get("threads", {}).get(str(state.get("main")), {})
+        info["stack"] = main.get("stack", [])
+        if view is None:
+            behind.append(r)
+            info["status"] = f"has never used this communicator; {doing(state)}"
+        elif entered < seq:
+            behind.append(r)
+            last = f"last entered #{entered} ({view['last_op']})" if entered else "entered no collective on it yet"
+            info["status"] = f"has NOT arrived: {last}; {doing(state)}"
+        elif done >= seq:
+            left.append(r)
+            info["status"] = f"has completed #{seq} (now at #{entered})"
+        else:
+            theirs = _op_at(state, view["ident"], seq)
+            if theirs is not None and theirs["op"] != op:
+                mismatched.append(r)
+                info["status"] = f"arrived in {theirs['op']} as #{seq}, not {op}: collective MISMATCH"
+            else:
+                arrived.append(r)
+                info["status"] = f"waiting in #{seq} for {theirs['age']:.1f} s" if theirs else f"entered #{seq}"
+        ranks[r] = info
+    lines = [
+        f"  wavefront on {stuck['label']}: {_list(arrived + mismatched)} entered #{seq}"
+        + (f"; {_list(behind)} not yet" if behind else "")
+        + (f"; {_list(unanswered)} silent" if unanswered else "")
+        + (f"; {_list(unmonitored)} unmonitored" if unmonitored else "")
+    ]
+    if unanswered:
+        cause = (
+            f"{_list(unanswered)} do{'es' if len(unanswered) == 1 else ''} not answer on the side channel: "
+            "process stopped (SIGSTOP), dead, or its host unreachable"
+        )
+    elif mismatched:
+        cause = (
+            f"collective mismatch: {_list(mismatched)} called another collective as #{seq} where the others call {op}"
+        )
+    elif behind:
+        blocked = [r for r in behind if "blocked in" in ranks[r]["status"]]
+        if blocked:
+            cause = (
+                f"{_list(behind)} ha{'s' if len(behind) == 1 else 've'} not reached {op} #{seq}; "
+                f"{_list(blocked)} {'is' if len(blocked) == 1 else 'are'} blocked in another operation "
+                "(ordering bug or a chain of waits: see its line)"
+            )
+        else:
+            cause = (
+                f"{_list(behind)} ha{'s' if len(behind) == 1 else 've'} not reached {op} #{seq} and "
+                f"{'is' if len(behind) == 1 else 'are'} running code (slow compute, or a code path that skips it)"
+            )
+    elif unmonitored:
+        cause = (
+            f"{_list(unmonitored)} run{'s' if len(unmonitored) == 1 else ''} without the commlib monitor: state unknown"
+        )
+    else:
+        cause = f"every member entered {op} #{seq} and none left: suspect the network or the MPI library"
+    suspects = unanswered + mismatched + behind + ([] if (unanswered or mismatched or behind) else unmonitored)
+    return {
+        "arrived": arrived,
+        "behind": behind,
+        "mismatched": mismatched,
+        "silent": unanswered,
+        "unmonitored": unmonitored,
+        "left": left,
+        "suspects": suspects,
+        "cause": cause,
+        "lines": lines,
+    }
+
+
+def _point_to_point(
+    stuck: dict, me: int, members: list[int], states: dict, silent: dict, ranks: dict
+) -> dict[str, Any]:
+    peers = sorted({stuck[k] for k in ("dest_world", "source_world") if k in stuck})
+    wildcard = "source" in stuck and "source_world" not in stuck
+    if wildcard:
+        peers = sorted(set(peers) | {r for r in members if r != me})
+    suspects, silent_ranks = [], []
+    for r in peers:
+        state = states.get(r)
+        if state is None:
+            ranks[r] = {"status": silent.get(r, "no answer")}
+            silent_ranks.append(r)
+            suspects.append(r)
+            continue
+        main = state.get("threads", {}).get(str(state.get("main")), {})
+        ranks[r] = {"status": doing(state), "where_host": _host(state), "stack": main.get("stack", [])}
+        suspects.append(r)
+    lines = [f"  peer{'s' if len(peers) != 1 else ''}: {_list(peers) if peers else 'none named'}"]
+    if silent_ranks:
+        cause = (
+            f"{_list(silent_ranks)} do{'es' if len(silent_ranks) == 1 else ''} not answer: stopped, dead or unreachable"
+        )
+    elif peers == [me]:
+        verb = "send" if "source" in stuck else "receive"
+        cause = f"rank {me} waits on itself: none of its threads has posted the matching {verb}"
+    elif any(_waits_on(states.get(r), me) for r in peers):
+        cause = "deadlock: the peer is itself blocked waiting for this rank"
+    elif peers:
+        verb = "post the matching send" if "source" in stuck else "post the matching receive"
+        cause = f"{_list(peers)} did not {verb} (see what it is doing)"
+    else:
+        cause = "no peer named"
+    return {"peers": peers, "silent": silent_ranks, "suspects": suspects, "cause": cause, "lines": lines}
+
+
+def _waits_on(state: dict | None, rank: int) -> bool:
+    if not state:
+        return False
+    for op in state.get("inflight", []):
+        if op.get("blocking") and rank in (op.get("dest_world"), op.get("source_world")):
+            return True
+    return False
+
+
+def _list(ranks: list[int]) -> str:
+    if not ranks:
+        return "no rank"
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    return "ranks " + ",".join(map(str, ranks))
