@@ -321,6 +321,7 @@ def test_benchmark_quick_smoke(tmp_path):
         "native",
         "ring",
         "star",
+        "star-arrival",
         "hierarchical",
         "hierarchical-root",
         "hierarchical-shard",

@@ -6,9 +6,11 @@ reduces its own random float64 vector with every algorithm once and checks
 that all ranks hold the same bytes and that they match MPI's result to
 1e-12 relative; then the algorithms take turns, round after round, each
 timing a batch of back-to-back calls (sized so that MPI's batch lasts about
-``--sample`` seconds); ``native`` is mpi4py's ``Comm.Allreduce`` itself, the
-others go through :func:`collectives.allreduce.allreduce`. A sample is the slowest rank's batch time divided by
-the batch; the reported time is the median sample. Rank 0 writes JSON.
+``--sample`` seconds); ``native`` is mpi4py's ``Comm.Allreduce`` itself,
+``star-arrival`` a star that adds in arrival order (to price the fixed order),
+the others go through :func:`collectives.allreduce.allreduce`. A sample is the slowest rank's batch time divided by
+the batch; the reported time is the median sample (at most 3 rounds for sizes
+where one MPI call takes over ``--long-call`` seconds). Rank 0 writes JSON.
 """
 
 from __future__ import annotations
@@ -37,10 +39,34 @@ def _max_over_ranks(comm: MPI.Intracomm, value: float) -> float:
     return float(buf[0])
 
 
+def _star_arrival(comm: MPI.Intracomm, x: np.ndarray, y: np.ndarray) -> None:
+    """Star that adds contributions in arrival order (not reproducible): the price of star's fixed order."""
+    p, topo_comm = comm.Get_size(), topology(comm).comm
+    y[...] = x
+    if p == 1:
+        return
+    if topo_comm.Get_rank() != 0:
+        topo_comm.Send([y, MPI.BYTE], 0, 21)
+        topo_comm.Recv([y, MPI.BYTE], 0, 22)
+        return
+    slots = np.empty((p - 1, y.size), y.dtype)
+    requests = [topo_comm.Irecv([slots[i - 1], MPI.BYTE], i, 21) for i in range(1, p)]
+    for _ in range(p - 1):
+        np.add(y, slots[MPI.Request.Waitany(requests)], out=y)
+    MPI.Request.Waitall([topo_comm.Isend([y, MPI.BYTE], i, 22) for i in range(1, p)])
+
+
+def _call(comm: MPI.Intracomm, alg: str, x: np.ndarray, y: np.ndarray) -> None:
+    if alg == "star-arrival":
+        _star_arrival(comm, x, y)
+    else:
+        allreduce(comm, x, y, MPI.SUM, alg)
+
+
 def _check(comm: MPI.Intracomm, alg: str, x: np.ndarray, reference: np.ndarray) -> str:
     """'' when ``alg`` gives every rank the same bytes, close to ``reference``; else what is wrong."""
     y = np.empty_like(x)
-    allreduce(comm, x, y, MPI.SUM, alg)
+    _call(comm, alg, x, y)
     digests = comm.allgather(hashlib.sha256(y.tobytes()).hexdigest())
     problems = []
     if len(set(digests)) != 1:
@@ -61,7 +87,7 @@ def _time_batch(comm: MPI.Intracomm, alg: str, x: np.ndarray, y: np.ndarray, bat
     else:
         t0 = time.perf_counter()
         for _ in range(batch):
-            allreduce(comm, x, y, MPI.SUM, alg)
+            _call(comm, alg, x, y)
     return _max_over_ranks(comm, (time.perf_counter() - t0) / batch)
 
 
@@ -72,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sample", type=float, default=0.05, help="target seconds of one MPI batch")
     parser.add_argument("--max-batch", type=int, default=200)
+    parser.add_argument("--long-call", type=float, default=0.25, help="MPI calls this long get at most 3 rounds")
     parser.add_argument("--json", required=True)
     parser.add_argument("--traffic-calls", type=int, default=-1, help="only run each algorithm this many times")
     args = parser.parse_args(argv)
@@ -98,14 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         errors = {alg: _check(comm, alg, x, reference) for alg in args.algorithms}
         first = _time_batch(comm, "native", x, y, 1)
         batch = comm.bcast(int(min(args.max_batch, max(1, args.sample / max(first, 1e-7)))), root=0)
+        rounds = args.rounds if first < args.long_call else min(args.rounds, 3)
         samples: dict[str, list[float]] = {alg: [] for alg in args.algorithms}
-        for r in range(args.rounds):
+        for r in range(rounds):
             k = r % len(args.algorithms)
             for alg in args.algorithms[k:] + args.algorithms[:k]:
                 samples[alg].append(_time_batch(comm, alg, x, y, batch))
         row = {
             "bytes": n * 8,
             "batch": batch,
+            "rounds": rounds,
             "median_s": {alg: statistics.median(ts) for alg, ts in samples.items()},
             "samples_s": samples,
             "errors": errors,
