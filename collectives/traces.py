@@ -43,8 +43,9 @@ class AffinityModel:
             raise ValueError(f"AffinityModel: skew must be >= 0, got {skew}")
         rng = np.random.default_rng(seed)
         window = np.arange(num_experts)[:, None] + np.arange(fanout)[None, :]
-        successors = np.stack([rng.permutation(num_experts)[window % num_experts] for _ in range(num_layers - 1)])
-        successors = successors.reshape(num_layers - 1, num_experts, fanout)
+        successors = np.zeros((num_layers - 1, num_experts, fanout), np.int64)
+        for layer in range(num_layers - 1):
+            successors[layer] = rng.permutation(num_experts)[window % num_experts]
         weights = 1.0 / np.arange(1, num_experts + 1) ** skew
         popularity = np.stack([rng.permutation(weights) for _ in range(num_layers)])
         popularity /= popularity.sum(axis=1, keepdims=True)
