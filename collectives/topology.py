@@ -55,6 +55,10 @@ class Topology:
 
     def __post_init__(self) -> None:
         self._n_nodes = max(self.node_of) + 1
+        members: list[list[int]] = [[] for _ in range(self._n_nodes)]
+        for r, node in enumerate(self.node_of):
+            members[node].append(r)
+        self._nodes = tuple(tuple(m) for m in members)
 
     @property
     def rank(self) -> int:
@@ -67,10 +71,7 @@ class Topology:
     @property
     def nodes(self) -> tuple[tuple[int, ...], ...]:
         """The ranks of every node."""
-        members: list[list[int]] = [[] for _ in range(self.n_nodes)]
-        for r, node in enumerate(self.node_of):
-            members[node].append(r)
-        return tuple(tuple(m) for m in members)
+        return self._nodes
 
     @property
     def n_nodes(self) -> int:
