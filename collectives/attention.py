@@ -27,6 +27,7 @@ from .sequence import LAYOUTS, check_layout
 
 __all__ = [
     "AttentionShape",
+    "KeyValues",
     "accumulation_dtype",
     "array_namespace",
     "attention_signature",
@@ -222,21 +223,52 @@ def _causal_bias(xp: Any, first_row: int, rows: int, keys: int, group: int, dtyp
     return xp.tile(bias, (group, 1))
 
 
+class KeyValues:
+    """One shard's keys and values in the kernels' layout, ``[B, H_kv, L, D]`` in the accumulation dtype.
+
+    Made once per key shard (TokenRing's never move, so once per call) and sliced by rows with
+    ``kv[rows]`` (views). With ``grads=True`` it also holds zeroed key/value gradient accumulators
+    in the same layout, which :func:`block_attention_backward` adds into.
+    """
+
+    def __init__(self, k: Any, v: Any, *, grads: bool = False) -> None:
+        acc = accumulation_dtype(k.dtype)
+        self.kt = _heads_major(k, k.shape[2], acc)
+        self.vt = _heads_major(v, v.shape[2], acc)
+        xp = array_namespace(self.kt)
+        self.dkt = xp.zeros_like(self.kt) if grads else None
+        self.dvt = xp.zeros_like(self.vt) if grads else None
+
+    def __getitem__(self, rows: slice) -> KeyValues:
+        part = object.__new__(KeyValues)
+        part.kt, part.vt = self.kt[:, :, rows], self.vt[:, :, rows]
+        part.dkt = None if self.dkt is None else self.dkt[:, :, rows]
+        part.dvt = None if self.dvt is None else self.dvt[:, :, rows]
+        return part
+
+    @property
+    def length(self) -> int:
+        return self.kt.shape[2]
+
+    def gradients(self) -> tuple[Any, Any]:
+        """The accumulated ``(dk, dv)`` as sequence-major ``[L, B, H_kv, D]`` arrays."""
+        kv_heads = self.kt.shape[1]
+        return _sequence_major(self.dkt, self.length, kv_heads), _sequence_major(self.dvt, self.length, kv_heads)
+
+
 def block_attention(
-    q: Any, k: Any, v: Any, scale: float, diagonal: bool = False, *, progress: Progress = None
+    q: Any, kv: KeyValues, scale: float, diagonal: bool = False, *, progress: Progress = None
 ) -> tuple[Any, Any]:
-    """Attention of queries ``q [Lq, B, H, D]`` over keys/values ``k``, ``v [Lk, B, H_kv, D]``.
+    """Attention of queries ``q [Lq, B, H, D]`` over the keys and values ``kv`` (``Lk`` rows).
 
     Returns ``(out [Lq, B, H, D], lse [Lq, B, H])`` in the accumulation dtype. ``diagonal``
     applies the causal mask of a block on the diagonal (``Lq == Lk``, query ``i`` sees keys ``<= i``).
     """
-    xp = array_namespace(q, k, v)
+    xp = array_namespace(q, kv.kt)
     acc = accumulation_dtype(q.dtype)
     rows, batch, heads, dim = q.shape
-    keys, kv_heads = k.shape[0], k.shape[2]
+    keys, kv_heads = kv.length, kv.kt.shape[1]
     group = heads // kv_heads
-    kt = _heads_major(k, kv_heads, acc)  # [B, Hkv, Lk, D]
-    vt = _heads_major(v, kv_heads, acc)
     if keys == 0:  # nothing to see: zero output, lse = -inf
         return xp.zeros((rows, batch, heads, dim), acc), xp.full((rows, batch, heads), -xp.inf, acc)
     out = xp.empty((rows, batch, heads, dim), acc)
@@ -246,7 +278,7 @@ def block_attention(
         r1 = min(rows, r0 + step)
         seen = r1 if diagonal else keys  # keys past the tile's last row are all masked
         qt = _heads_major(q[r0:r1], kv_heads, acc)  # [B, Hkv, G*T, D]
-        s = qt @ kt[:, :, :seen].swapaxes(-1, -2)
+        s = qt @ kv.kt[:, :, :seen].swapaxes(-1, -2)
         s *= scale
         if diagonal:
             s += _causal_bias(xp, r0, r1 - r0, seen, group, acc)
@@ -255,7 +287,7 @@ def block_attention(
         s -= m[..., None]
         xp.exp(s, out=s)
         total = s.sum(axis=-1)
-        o = s @ vt[:, :, :seen]
+        o = s @ kv.vt[:, :, :seen]
         o /= xp.where(total > 0, total, 1.0)[..., None]
         with np.errstate(divide="ignore"):
             tile_lse = xp.where(total > 0, m + xp.log(total), -xp.inf)
@@ -269,33 +301,28 @@ def block_attention(
 def block_attention_backward(
     dout: Any,
     q: Any,
-    k: Any,
-    v: Any,
+    kv: KeyValues,
     lse: Any,
     delta: Any,
     scale: float,
     diagonal: bool,
     dq: Any,
-    dk: Any,
-    dv: Any,
     *,
     progress: Progress = None,
 ) -> None:
-    """Add this block's gradient contributions into ``dq [Lq, B, H, D]``, ``dk``/``dv [Lk, B, H_kv, D]``.
+    """Add this block's gradient contributions into ``dq [Lq, B, H, D]`` and ``kv``'s key/value gradients.
 
     ``lse [Lq, B, H]`` is the log-sum-exp of the *whole* attention of each query row (from the
     forward pass) and ``delta = sum(dout * out, -1)``, so that blocks can be done in any order
-    and anywhere. The ``d*`` arrays are accumulators in the accumulation dtype (views allowed).
+    and anywhere. ``dq`` is an accumulator in the accumulation dtype (a view is fine); ``kv``
+    must have been made with ``grads=True``.
     """
-    xp = array_namespace(q, k, v)
+    xp = array_namespace(q, kv.kt)
     acc = accumulation_dtype(q.dtype)
     rows, batch, heads, _ = q.shape
-    keys, kv_heads = k.shape[0], k.shape[2]
+    keys, kv_heads = kv.length, kv.kt.shape[1]
     group = heads // kv_heads
-    kt = _heads_major(k, kv_heads, acc)
-    vt = _heads_major(v, kv_heads, acc)
-    dkt = xp.zeros_like(kt)
-    dvt = xp.zeros_like(vt)
+    kt, vt, dkt, dvt = kv.kt, kv.vt, kv.dkt, kv.dvt
     step = _tile_rows(batch, heads, keys)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -320,8 +347,6 @@ def block_attention_backward(
         dkt[:, :, :seen] += ds.swapaxes(-1, -2) @ qt
         if progress is not None:
             progress()
-    dk += _sequence_major(dkt, keys, kv_heads)
-    dv += _sequence_major(dvt, keys, kv_heads)
 
 
 def merge_partial(out: Any, lse: Any, block_out: Any, block_lse: Any) -> None:
@@ -403,7 +428,7 @@ def softmax_scale_for(head_dim: int, softmax_scale: float | None) -> float:
 
 
 def blocks_attention(
-    q: Any, k: Any, v: Any, blocks: Sequence[Any], scale: float, *, q_start: int = 0, progress: Progress = None
+    q: Any, kv: KeyValues, blocks: Sequence[Any], scale: float, *, q_start: int = 0, progress: Progress = None
 ) -> tuple[Any, Any]:
     """Attention of query rows ``[q_start, q_start + len(q))`` of a shard over the listed blocks of a key shard.
 
@@ -412,14 +437,14 @@ def blocks_attention(
     """
     if len(blocks) == 1 and blocks[0].q_rows.start == q_start and blocks[0].q_rows.stop == q_start + q.shape[0]:
         b = blocks[0]
-        return block_attention(q, k[b.kv_rows], v[b.kv_rows], scale, b.diagonal, progress=progress)
-    xp = array_namespace(q, k, v)
+        return block_attention(q, kv[b.kv_rows], scale, b.diagonal, progress=progress)
+    xp = array_namespace(q, kv.kt)
     acc = accumulation_dtype(q.dtype)
     out = xp.zeros(q.shape, acc)
     lse = xp.full(q.shape[:-1], -xp.inf, acc)
     for b in blocks:
         rows = slice(b.q_rows.start - q_start, b.q_rows.stop - q_start)
-        o, s = block_attention(q[rows], k[b.kv_rows], v[b.kv_rows], scale, b.diagonal, progress=progress)
+        o, s = block_attention(q[rows], kv[b.kv_rows], scale, b.diagonal, progress=progress)
         merge_partial(out[rows], lse[rows], o, s)
     return out, lse
 
@@ -427,33 +452,19 @@ def blocks_attention(
 def blocks_attention_backward(
     dout: Any,
     q: Any,
-    k: Any,
-    v: Any,
+    kv: KeyValues,
     lse: Any,
     delta: Any,
     blocks: Sequence[Any],
     scale: float,
     dq: Any,
-    dk: Any,
-    dv: Any,
     *,
     q_start: int = 0,
     progress: Progress = None,
 ) -> None:
-    """Gradient contributions of the listed blocks, added into ``dq`` (rows from ``q_start``), ``dk`` and ``dv``."""
+    """Gradient contributions of the listed blocks, added into ``dq`` (rows from ``q_start``) and ``kv``'s gradients."""
     for b in blocks:
         rows = slice(b.q_rows.start - q_start, b.q_rows.stop - q_start)
         block_attention_backward(
-            dout[rows],
-            q[rows],
-            k[b.kv_rows],
-            v[b.kv_rows],
-            lse[rows],
-            delta[rows],
-            scale,
-            b.diagonal,
-            dq[rows],
-            dk[b.kv_rows],
-            dv[b.kv_rows],
-            progress=progress,
+            dout[rows], q[rows], kv[b.kv_rows], lse[rows], delta[rows], scale, b.diagonal, dq[rows], progress=progress
         )

@@ -21,6 +21,7 @@ from typing import Any
 from mpi4py import MPI
 
 from .attention import (
+    KeyValues,
     accumulation_dtype,
     attention_signature,
     blocks_attention,
@@ -80,11 +81,11 @@ def ring_attention(
         blocks = attention_blocks(me, owner, world, length, layout, causal)
         with ex.compute():
             if t == 0:
-                out, lse = blocks_attention(qs, ks, vs, blocks, scale, progress=ex.progress)
+                out, lse = blocks_attention(qs, KeyValues(ks, vs), blocks, scale, progress=ex.progress)
             elif blocks:
-                k_in, v_in = xp.asarray(kv.view(held, "k")), xp.asarray(kv.view(held, "v"))
+                keys = KeyValues(xp.asarray(kv.view(held, "k")), xp.asarray(kv.view(held, "v")))
                 first = min(b.q_rows.start for b in blocks)
-                o, s = blocks_attention(qs[first:], k_in, v_in, blocks, scale, q_start=first, progress=ex.progress)
+                o, s = blocks_attention(qs[first:], keys, blocks, scale, q_start=first, progress=ex.progress)
                 merge_partial(out[first:], lse[first:], o, s)
     ex.finish()
     return from_sequence_major(out.astype(shape.dtype), shape.batched), from_sequence_major(lse, shape.batched)
@@ -146,9 +147,9 @@ def ring_attention_backward(
         with ex.compute():
             k_in = ks if t == 0 else xp.asarray(kv.view(held, "k"))
             v_in = vs if t == 0 else xp.asarray(kv.view(held, "v"))
-            dk = xp.zeros((length, b, hkv, d), acc)
-            dv = xp.zeros((length, b, hkv, d), acc)
-            blocks_attention_backward(dos, qs, k_in, v_in, lses, delta, blocks, scale, dq, dk, dv, progress=ex.progress)
+            keys = KeyValues(k_in, v_in, grads=True)
+            blocks_attention_backward(dos, qs, keys, lses, delta, blocks, scale, dq, progress=ex.progress)
+            dk, dv = keys.gradients()
         if t > 0:
             ex.wait(running[0])
             with ex.compute():

@@ -31,6 +31,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .attention import (
+    KeyValues,
     accumulation_dtype,
     attention_signature,
     blocks_attention,
@@ -52,8 +53,8 @@ Fold = Callable[[int, dict[str, Any]], None]
 
 
 def auto_pieces(length: int) -> int:
-    """Pieces per message when the caller does not choose: about 128 rows each, at most 8."""
-    return min(8, max(1, length // 128))
+    """Pieces per message when the caller does not choose: at least 64 rows each, at most 8."""
+    return min(8, max(1, length // 64))
 
 
 def _check_pieces(op: str, pieces: int | None, length: int) -> int:
@@ -221,13 +222,16 @@ def token_ring_attention(
     b, h = shape.batch, shape.heads
     ex = RingExchange(channels, world, ("q", "out+lse"), stats)
     acc_out: list[Any] = []
+    kv: KeyValues | None = None
 
     def local() -> None:
+        nonlocal kv
+        kv = KeyValues(ks, vs)  # in the kernels' layout once: the keys never move
         blocks = attention_blocks(me, me, world, length, layout, causal)
-        acc_out.extend(blocks_attention(qs, ks, vs, blocks, scale, progress=ex.progress))
+        acc_out.extend(blocks_attention(qs, kv, blocks, scale, progress=ex.progress))
 
     def remote(views: dict[str, Any], first: int, blocks: list) -> dict[str, Any]:
-        o, s = blocks_attention(xp.asarray(views["q"]), ks, vs, blocks, scale, q_start=first, progress=ex.progress)
+        o, s = blocks_attention(xp.asarray(views["q"]), kv, blocks, scale, q_start=first, progress=ex.progress)
         return {"out": o, "lse": s}
 
     def fold(first: int, views: dict[str, Any]) -> None:
@@ -283,19 +287,20 @@ def token_ring_attention_backward(
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     acc = accumulation_dtype(shape.dtype)
     wire = message_namespace(xp)
-    b, h, hkv, d = shape.batch, shape.heads, shape.kv_heads, shape.head_dim
+    b, h, d = shape.batch, shape.heads, shape.head_dim
     qs, ks, vs, dos, outs, lses = (to_sequence_major(x, shape.batched) for x in (q, k, v, dout, out, lse))
     ex = RingExchange(channels, world, ("q+dout+lse+delta", "dq"), stats)
     with ex.compute():
         lses = lses.astype(acc)
         delta = (dos.astype(acc) * outs.astype(acc)).sum(axis=-1)
         dq = xp.zeros((length, b, h, d), acc)
-        dk = xp.zeros((length, b, hkv, d), acc)
-        dv = xp.zeros((length, b, hkv, d), acc)
+    kv: KeyValues | None = None
 
     def local() -> None:
+        nonlocal kv
+        kv = KeyValues(ks, vs, grads=True)  # the keys and their gradients stay here for the whole call
         blocks = attention_blocks(me, me, world, length, layout, causal)
-        blocks_attention_backward(dos, qs, ks, vs, lses, delta, blocks, scale, dq, dk, dv, progress=ex.progress)
+        blocks_attention_backward(dos, qs, kv, lses, delta, blocks, scale, dq, progress=ex.progress)
 
     def remote(views: dict[str, Any], first: int, blocks: list) -> dict[str, Any]:
         got = {n: xp.asarray(a) for n, a in views.items()}
@@ -303,15 +308,12 @@ def token_ring_attention_backward(
         blocks_attention_backward(
             got["dout"],
             got["q"],
-            ks,
-            vs,
+            kv,
             got["lse"],
             got["delta"],
             blocks,
             scale,
             part,
-            dk,
-            dv,
             q_start=first,
             progress=ex.progress,
         )
@@ -325,5 +327,7 @@ def token_ring_attention_backward(
     own = {"q": qs, "dout": dos, "lse": lses, "delta": delta}
     dq_layout = RowLayout.of(("dq", acc, (b, h, d)), xp=wire)
     _rotate_queries(ex, comm, length, layout, causal, pieces, bundle, own, local, dq_layout, remote, fold)
+    with ex.compute():
+        dk, dv = kv.gradients()
     ex.finish()
     return tuple(from_sequence_major(g.astype(shape.dtype), shape.batched) for g in (dq, dk, dv))

@@ -19,7 +19,7 @@ from collectives import (
     token_ring_attention_backward,
     unshard_sequence,
 )
-from collectives.attention import block_attention, block_attention_backward, merge_partial
+from collectives.attention import KeyValues, block_attention, block_attention_backward, merge_partial
 from collectives.sequence import attention_blocks, query_start
 
 HERE = Path(__file__).parent / "mpi"
@@ -98,15 +98,15 @@ def test_blocks_cover_exactly_the_causal_mask(layout, world):
 def test_block_kernels_match_the_reference(monkeypatch, causal, heads, kv_heads):
     monkeypatch.setattr(attention, "TILE_BYTES", 4 * heads * 23 * 5)  # several query tiles
     q, k, v, dout = (_rand((23, h, 8), s, np.float32) for s, h in enumerate((heads, kv_heads, kv_heads, heads)))
-    out, lse = block_attention(q[:, None], k[:, None], v[:, None], 0.3, causal)
+    out, lse = block_attention(q[:, None], KeyValues(k[:, None], v[:, None]), 0.3, causal)
     ref_out, ref_lse = reference_attention(q, k, v, causal, softmax_scale=0.3)
     np.testing.assert_allclose(out[:, 0], ref_out, rtol=0, atol=2e-6)
     np.testing.assert_allclose(lse[:, 0], ref_lse, rtol=0, atol=2e-6)
     dq = np.zeros((23, 1, heads, 8), np.float32)
-    dk, dv = np.zeros((23, 1, kv_heads, 8), np.float32), np.zeros((23, 1, kv_heads, 8), np.float32)
+    kv = KeyValues(k[:, None], v[:, None], grads=True)
     delta = (dout * out[:, 0]).sum(-1)[:, None]
-    block_attention_backward(dout[:, None], q[:, None], k[:, None], v[:, None], lse, delta, 0.3, causal, dq, dk, dv)
-    for got, want in zip((dq, dk, dv), reference_attention_backward(dout, q, k, v, causal, softmax_scale=0.3)):
+    block_attention_backward(dout[:, None], q[:, None], kv, lse, delta, 0.3, causal, dq)
+    for got, want in zip((dq, *kv.gradients()), reference_attention_backward(dout, q, k, v, causal, softmax_scale=0.3)):
         np.testing.assert_allclose(got[:, 0], want, rtol=0, atol=5e-6)
 
 
@@ -127,7 +127,7 @@ def test_merge_guards_minus_infinity():
 def test_a_row_that_sees_no_key_gets_zero_output_and_minus_infinity():
     q = _rand((1, 1, 2, 4), 0, np.float32)
     kv = np.full((1, 1, 2, 4), np.nan, np.float32)[:0]  # no keys at all
-    out, lse = block_attention(q, kv, kv, 1.0)
+    out, lse = block_attention(q, KeyValues(kv, kv), 1.0)
     assert np.all(out == 0) and np.all(lse == -np.inf)
 
 
@@ -251,3 +251,21 @@ def test_benchmark_quick_run_writes_json(tmp_path):
     ring, token = rows
     assert ring["max_abs_diff"] < 1e-4 and ring["total_s"] > 0 and token["total_s"] > 0
     assert token["max_direction_share"] < 0.55  # deterministic byte counts, not a timing
+
+
+@pytest.mark.emulated
+def test_benchmark_runs_on_emulated_nodes(tmp_path):
+    from commlib.cluster import cluster_available
+
+    ok, why = cluster_available()
+    if not ok:
+        pytest.skip(why)
+    from commlib.bench.tokenring import main
+
+    out = tmp_path / "tokenring.json"
+    assert main(["--emulated", "--quick", "--heads", "4/4", "--masks", "full", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["topology"] == {"nodes": 2, "ranks_per_node": 1, "kind": "star", "rate": "100mbit"}
+    assert run["raw"]["nodes"] == [0, 1]  # one rank on each emulated node
+    token = run["rows"][1]
+    assert token["algorithm"] == "tokenring" and token["link_bytes_per_step"] > 0

@@ -7,13 +7,15 @@ algorithm's two channels (``collectives.RingStats``: TokenRing sends queries one
 results the other; ring attention sends ``(k, v)`` one way, and in the backward pass the running
 ``(dk, dv)`` the same way), and its time in kernels/merges (compute) and inside MPI calls (waiting).
 
-Reported per case (medians over repetitions): bytes one rank sends per step on each channel,
+Reported per case (medians over repetitions): bytes one rank sends per step in each direction,
 compute and waiting per step (mean over ranks and steps), end-to-end time (the slowest rank's
-call, barrier to return), the largest channel's bytes relative to ring attention's largest, the
-busiest link's bytes per step (a link = one direction between two nodes; on one node each rank is
-its own node), and the end-to-end time relative to ring attention. ``--emulated`` runs the job on
-emulated nodes (``commlib.cluster``, root only) whose links are rate limited: ``star`` shapes each
-node's link to the switch, ``mesh`` leaves nodes unshaped and limits every node pair separately.
+call, barrier to return), the larger direction's bytes relative to ring attention's, the busiest
+link's bytes over the call per step (a link = one direction of a node's connection to the switch,
+or of a node pair; on one node each rank counts as a node), and the end-to-end time relative to
+ring attention. The two algorithms' results are compared (exit code 1 if they differ).
+``--emulated`` runs the job on emulated nodes (``commlib.cluster``, root only) whose links are rate
+limited: ``star`` shapes each node's link to the switch, ``mesh`` leaves nodes unshaped and limits
+every node pair separately (point-to-point links, as between GPUs joined by NVLink).
 """
 
 from __future__ import annotations
@@ -160,27 +162,23 @@ def _worker(argv: list[str]) -> int:
 
 
 def _link_bytes_per_step(sample: dict[str, Any], nodes: list[int], kind: str) -> float:
-    """Mean over steps of the busiest link's bytes in that step (star: a node's up- or downlink; else a node pair)."""
+    """Bytes the busiest link carries over the whole call, per communication step (``W - 1`` of them).
+
+    A link is one direction of a node's connection to the switch (``star``: its uplink or downlink)
+    or of one node pair (``mesh``, and one node where every rank counts as a node).
+    """
     ranks = sample["ranks"]
-    steps = len(ranks[0]["sent_to"])
-    busiest = []
-    for t in range(steps):
-        pair: dict[tuple[int, int], int] = {}
-        for src, r in enumerate(ranks):
-            for dst, nbytes in r["sent_to"][t].items():
+    load: dict[tuple, int] = {}
+    for src, r in enumerate(ranks):
+        for step in r["sent_to"]:
+            for dst, nbytes in step.items():
                 a, b = nodes[src], nodes[int(dst)]
-                if a != b:
-                    pair[(a, b)] = pair.get((a, b), 0) + nbytes
-        if kind == "star":
-            up: dict[int, int] = {}
-            down: dict[int, int] = {}
-            for (a, b), n in pair.items():
-                up[a] = up.get(a, 0) + n
-                down[b] = down.get(b, 0) + n
-            busiest.append(max([*up.values(), *down.values()], default=0))
-        else:
-            busiest.append(max(pair.values(), default=0))
-    return sum(busiest) / max(steps - 1, 1)
+                if a == b:
+                    continue
+                links = [("up", a), ("down", b)] if kind == "star" else [(a, b)]
+                for link in links:
+                    load[link] = load.get(link, 0) + nbytes
+    return max(load.values(), default=0) / max(len(ranks) - 1, 1)
 
 
 def summarize(raw: dict[str, Any], topology: Topology) -> list[dict[str, Any]]:
@@ -287,7 +285,7 @@ def _topology(text: str, rate: str) -> Topology:
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4], help="rank counts on one node (2 4)")
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help="shard length per rank (1024; emulated 512)")
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help="shard length per rank (1024; emulated 256)")
     p.add_argument("--heads", default=["8/8", "8/2"], nargs="+", help="H/H_kv pairs (8/8 8/2)")
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--masks", nargs="+", default=["full", "causal"], choices=["full", "causal"])
@@ -327,7 +325,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         topologies = [_topology(t, args.rate) for t in args.topologies]
     else:
         topologies = [Topology(0, r, "local", None) for r in args.ranks]
-    lengths = args.lengths or ([512] if args.emulated else [1024])
+    lengths = args.lengths or ([256] if args.emulated else [1024])
     directions = args.directions
     if args.quick:
         lengths, args.reps, directions = [min(lengths[0], 128)], 2, ["forward"]
