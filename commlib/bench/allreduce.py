@@ -3,7 +3,9 @@
 Configurations: ``1node`` (``--ranks`` ranks on this machine, shared memory)
 and ``2x2``, ``2x4`` (2 emulated nodes x 2 or 4 ranks, network namespaces
 joined by ``--rate`` links, MPICH forced onto TCP; see
-:mod:`commlib.cluster`; skipped with the reason where they cannot be built).
+:mod:`commlib.cluster`; skipped with the reason where they cannot be built),
+with ranks numbered node by node, and ``2x2rr``, ``2x4rr``, the same with
+ranks alternating between the nodes (as ``mpiexec`` places them round-robin).
 Each configuration is one ``mpiexec`` job (:mod:`commlib.bench.allreduce_worker`)
 that, per size, checks every algorithm against MPI's result (same bytes on all
 ranks, 1e-12 relative to MPI), then times them in turns: a sample is a batch
@@ -50,7 +52,7 @@ SHORT = {
 }
 FULL_SIZES = (8, 64, 512, 4096, 32768, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 QUICK_SIZES = (8, 4096, 262144, 1 << 20, 4 << 20)
-CONFIGS = ("1node", "2x2", "2x4")
+CONFIGS = ("1node", "2x2", "2x4", "2x2rr", "2x4rr")
 WORKER = ["-m", "commlib.bench.allreduce_worker"]
 HIER_TARGET, AUTO_TARGET, HIER_FROM = 0.6, 1.1, 1 << 20
 
@@ -78,6 +80,26 @@ def _worker_args(args: argparse.Namespace, out: Path) -> list[str]:
     ]
 
 
+def _launch(cl: Any, ppn: int, interleaved: bool, worker: list[str], timeout: float) -> None:
+    """Run ``worker`` with ``ppn`` ranks on each of the two nodes: ranks node by node, or alternating."""
+    if not interleaved:
+        cl.mpirun([ppn, ppn], worker, timeout=timeout)
+        return
+    from commlib.mpirun import mpiexec, run_command
+    from commlib.netns import kill_processes_in
+
+    program = [sys.executable, "-m", "mpi4py", *worker]
+    command = [mpiexec(), "-genvall"]
+    for rank in range(2 * ppn):
+        command += [":"] if rank else []
+        command += ["-n", "1", "-env", "COMMLIB_NODE_ID", str(rank % 2), *cl.node_command(rank % 2, program)]
+    try:
+        run_command(command, timeout=timeout, env=cl.mpi_env())
+    except BaseException:
+        kill_processes_in(*cl.namespaces)
+        raise
+
+
 def _run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "allreduce.json"
@@ -90,25 +112,29 @@ def _run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             from commlib.cluster import EmulatedCluster
 
-            ppn = int(name.split("x")[1])
+            interleaved = name.endswith("rr")
+            ppn = int(name.removesuffix("rr").split("x")[1])
             with EmulatedCluster(nodes=2, rate=args.rate) as cl:
-                cl.mpirun([ppn, ppn], worker, timeout=args.timeout)
+                _launch(cl, ppn, interleaved, worker, args.timeout)
                 result = json.loads(out.read_text())
                 if args.traffic:
-                    result["traffic"] = _traffic(cl, ppn, args)
-            result["description"] = f"2 emulated nodes x {ppn} ranks, {args.rate} links, MPICH over TCP"
+                    result["traffic"] = _traffic(cl, ppn, interleaved, args)
+            placement = "alternating between the nodes" if interleaved else "node by node"
+            result["description"] = (
+                f"2 emulated nodes x {ppn} ranks numbered {placement}, {args.rate} links, MPICH over TCP"
+            )
         result["elapsed_s"] = time.monotonic() - start
         return result
 
 
-def _traffic(cl: Any, ppn: int, args: argparse.Namespace) -> dict[str, float]:
+def _traffic(cl: Any, ppn: int, interleaved: bool, args: argparse.Namespace) -> dict[str, float]:
     """Bytes per call leaving node 0 over its link, per algorithm (3 calls per job, minus a job of 0 calls)."""
 
     def sent(calls: int, alg: str) -> int:
         before = cl.link_bytes(0)[cl.device][1]
         worker = [*WORKER, "--sizes", str(args.traffic_size), "--algorithms", alg, "--traffic-calls", str(calls)]
         with tempfile.TemporaryDirectory() as tmp:
-            cl.mpirun([ppn, ppn], [*worker, "--json", str(Path(tmp) / "t.json")], timeout=args.timeout)
+            _launch(cl, ppn, interleaved, [*worker, "--json", str(Path(tmp) / "t.json")], args.timeout)
         return cl.link_bytes(0)[cl.device][1] - before
 
     base = sent(0, "native")
