@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             y = np.empty_like(x)
             for alg in args.algorithms:
                 for _ in range(args.traffic_calls):
-                    allreduce(comm, x, y, MPI.SUM, alg)
+                    _call(comm, alg, x, y)
         comm.Barrier()
         return 0
     shape = cost.Shape(topo.node_of)
