@@ -5,8 +5,10 @@ At step ``t`` rank ``r`` holds the queries of rank ``r+t`` (they moved one rank 
 step, on one communicator), attends them over its own keys, and sends the partial result
 ``(block_out, block_lse)`` straight back to their owner on a second communicator, which merges it
 into its running result. Queries travel one way and results the other, so both directions of the
-links carry traffic at once; nonblocking transfers overlap the block computation, and the owner
-folds in each partial result one step later, while the next block is being computed.
+links carry traffic at once. Nonblocking transfers overlap the block computation: every message is
+cut into row pieces, and a piece is passed on as soon as it arrives, then computed, and its result
+sent back while the next piece is still on its way; the owner folds results in one step later.
+The keys are laid out for the kernels once per call, since they never move.
 
 Under a causal mask only what the mask lets through is computed and sent: in the zigzag layout a
 foreign shard is met either by all queries against the first key chunk, or by the second query
@@ -47,8 +49,9 @@ from .sequence import AttentionBlock, attention_blocks, query_start
 
 __all__ = ["auto_pieces", "token_ring_attention", "token_ring_attention_backward"]
 
-# (fields to fill for rows [start, L) of the result message, given the query rows held and the blocks)
+# remote(views of the query rows held, their first row, blocks) -> result fields for those rows
 Remote = Callable[[dict[str, Any], int, list], dict[str, Any]]
+# fold(first row, views of a returned result piece): merge it into this rank's result
 Fold = Callable[[int, dict[str, Any]], None]
 
 

@@ -65,6 +65,10 @@ def test_lengths_that_do_not_divide_are_rejected(seq, world, layout, needed):
         shard_positions(16, 0, 4, "striped")
     with pytest.raises(ValueError, match="rank 4 is outside 0..3"):
         shard_positions(16, 4, 4)
+    with pytest.raises(ValueError, match="shards must all have the same shape"):
+        unshard_sequence([np.zeros((4, 2, 4)), np.zeros((6, 2, 4))])
+    with pytest.raises(ValueError, match="zigzag shards hold two equal chunks, but their length is 3"):
+        unshard_sequence([np.zeros((3, 2, 4))] * 2)
 
 
 @pytest.mark.parametrize("layout", ["zigzag", "contiguous"])
