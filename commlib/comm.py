@@ -6,14 +6,17 @@ handle, so ``isinstance`` checks and every mpi4py method keep working.
 Communicators derived from a wrapped one (``Dup``, ``Split``,
 ``Create_cart``, ``Sub``, ...) come back wrapped too.
 
-Point-to-point operations whose buffer spec has a strided derived datatype
-are intercepted: when the session's decision is ``"pack"``, the data travel
-packed as the type signature's base type (see :mod:`commlib.messages`);
-otherwise, and for everything else, the call goes to mpi4py untouched.
+Point-to-point operations, and the collectives of
+:mod:`commlib.packed_collectives`, whose buffer spec has a strided derived
+datatype are intercepted: when the session's decision is ``"pack"``, the data
+travel packed as the type signature's base type (see
+:mod:`commlib.messages` and :mod:`commlib.pieces`); otherwise, and for
+everything else, the call goes to mpi4py untouched.
 """
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from mpi4py import MPI
@@ -21,6 +24,8 @@ from mpi4py import MPI
 import datatypes
 
 from .messages import Message, Packed, derived
+from .packed_collectives import Collectives, NeighborCollectives
+from .pieces import PackedPieces
 from .requests import Prequest, with_action
 from .session import Session
 from .tracing import BLOCKING, NONBLOCKING, traced
@@ -29,6 +34,11 @@ __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "
 
 ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
+
+
+def _named(name: str) -> MPI.Comm:
+    """``MPI.COMM_WORLD`` or ``MPI.COMM_SELF`` as they are now (wrapped while the interposer is installed)."""
+    return getattr(MPI, name)
 
 
 def _adopting(mpi_class: type, name: str) -> Any:
@@ -53,43 +63,81 @@ class _Interposed:
         """Wrap a communicator derived from this one, in this one's session."""
         return wrap(comm, self._session)
 
-    def _packing(self, op: str, spec: Any, *, writable: bool = False) -> Message | None:
-        """The message to pack for ``op``, or ``None`` to call mpi4py with ``spec`` as is.
-
-        Every derived-type buffer is bounds-checked here, whatever the choice:
-        a buffer too small raises before MPI sees it.
-        """
-        message = derived(spec)
-        if message is None:
-            return None
-        message.check(op, writable=writable)
+    def _decide(self, op: str, message: Message) -> bool:
+        """Ask the session whether to pack ``message`` for ``op``, and count the choice."""
         session = self._session
         choice = "native"
         if message.packable and session is not None:
             choice = session.decide(op, message)
         if session is not None:
             session.record(op, choice, message.nbytes)
-        return message if choice == "pack" else None
+        return choice == "pack"
 
-    def _outgoing(self, op: str, spec: Any) -> Any:
-        message = self._packing(op, spec)
-        return spec if message is None else Packed.for_send(message).spec
+    def _message(self, op: str, spec: Any, *, writable: bool = False) -> tuple[Message | None, bool]:
+        """``(message, pack?)`` for a spec with a derived datatype, ``(None, False)`` to pass ``spec`` as is.
+
+        Every derived-type buffer is bounds-checked here, whatever the choice:
+        a buffer too small raises before MPI sees it.
+        """
+        message = derived(spec)
+        if message is None:
+            return None, False
+        message.check(op, writable=writable)
+        return message, self._decide(op, message)
+
+    def _stage_one(self, op: str, spec: Any, *, send: bool) -> tuple[Any, Packed | None]:
+        """The spec to give MPI for one message, and its staging buffer when it is packed."""
+        message, pack = self._message(op, spec, writable=not send)
+        if not pack:
+            return spec, None
+        packed = Packed.for_send(message) if send else Packed.for_recv(message)
+        return packed.spec, packed
+
+    def _stage(self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool) -> tuple[Any, Any]:
+        """The spec to give MPI for a buffer of per-peer pieces (see :mod:`commlib.pieces`), and its staging."""
+        pieces = read(spec, blocks)
+        if pieces is None:
+            return spec, None
+        pieces.check(op, writable=not send)
+        if not self._decide(op, pieces.message()):
+            return spec, None
+        staged = PackedPieces.pack(pieces) if send else PackedPieces.layout(pieces)
+        return getattr(staged, form)(), staged
+
+    def _observe(self, op: str, message: Message, packed: bool, start: float) -> None:
+        if self._session is not None:
+            self._session.observe(op, message, "pack" if packed else "native", perf_counter() - start)
 
     # -- blocking point to point ---------------------------------------------
     def Send(self, buf: Any, dest: int, tag: int = 0) -> None:
-        super().Send(self._outgoing("Send", buf) if buf.__class__ in _SPECS else buf, dest, tag)
+        message, pack = self._message("Send", buf) if buf.__class__ in _SPECS else (None, False)
+        if message is None:
+            return super().Send(buf, dest, tag)
+        start = perf_counter()
+        super().Send(Packed.for_send(message).spec if pack else buf, dest, tag)
+        self._observe("Send", message, pack, start)
 
     def Ssend(self, buf: Any, dest: int, tag: int = 0) -> None:
-        super().Ssend(self._outgoing("Ssend", buf), dest, tag)
+        message, pack = self._message("Ssend", buf)
+        if message is None:
+            return super().Ssend(buf, dest, tag)
+        start = perf_counter()
+        super().Ssend(Packed.for_send(message).spec if pack else buf, dest, tag)
+        self._observe("Ssend", message, pack, start)
 
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
-        message = self._packing("Recv", buf, writable=True) if buf.__class__ in _SPECS else None
+        message, pack = self._message("Recv", buf, writable=True) if buf.__class__ in _SPECS else (None, False)
         if message is None:
             return super().Recv(buf, source, tag, status)
-        packed = Packed.for_recv(message)
-        st = status if status is not None else MPI.Status()
-        super().Recv(packed.spec, source, tag, st)
-        packed.unpack(st)
+        start = perf_counter()
+        if pack:
+            packed = Packed.for_recv(message)
+            st = status if status is not None else MPI.Status()
+            super().Recv(packed.spec, source, tag, st)
+            packed.unpack(st)
+        else:
+            super().Recv(buf, source, tag, status)
+        self._observe("Recv", message, pack, start)
 
     def Sendrecv(
         self,
@@ -101,9 +149,9 @@ class _Interposed:
         recvtag: int = ANY_TAG,
         status: MPI.Status | None = None,
     ) -> None:
-        outgoing = self._outgoing("Sendrecv", sendbuf)
-        message = self._packing("Sendrecv", recvbuf, writable=True)
-        if message is None:
+        outgoing, _ = self._stage_one("Sendrecv", sendbuf, send=True)
+        message, pack = self._message("Sendrecv", recvbuf, writable=True)
+        if not pack:
             return super().Sendrecv(outgoing, dest, sendtag, recvbuf, source, recvtag, status)
         packed = Packed.for_recv(message)
         st = status if status is not None else MPI.Status()
@@ -119,32 +167,40 @@ class _Interposed:
         recvtag: int = ANY_TAG,
         status: MPI.Status | None = None,
     ) -> None:
-        message = self._packing("Sendrecv_replace", buf, writable=True)
+        message, pack = self._message("Sendrecv_replace", buf, writable=True)
         if message is None:
             return super().Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
-        packed = Packed.for_send(message)
-        st = status if status is not None else MPI.Status()
-        super().Sendrecv_replace(packed.spec, dest, sendtag, source, recvtag, st)
-        packed.unpack(st)
+        start = perf_counter()
+        if pack:
+            packed = Packed.for_send(message)
+            st = status if status is not None else MPI.Status()
+            super().Sendrecv_replace(packed.spec, dest, sendtag, source, recvtag, st)
+            packed.unpack(st)
+        else:
+            super().Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
+        self._observe("Sendrecv_replace", message, pack, start)
 
     # -- nonblocking and persistent ------------------------------------------
     def Isend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
         # the request keeps the packed data alive until it completes
-        return super().Isend(self._outgoing("Isend", buf) if buf.__class__ in _SPECS else buf, dest, tag)
+        if buf.__class__ in _SPECS:
+            buf, _ = self._stage_one("Isend", buf, send=True)
+        return super().Isend(buf, dest, tag)
 
     def Issend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
-        return super().Issend(self._outgoing("Issend", buf), dest, tag)
+        return super().Issend(self._stage_one("Issend", buf, send=True)[0], dest, tag)
 
     def Irecv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Request:
-        message = self._packing("Irecv", buf, writable=True) if buf.__class__ in _SPECS else None
-        if message is None:
+        if buf.__class__ not in _SPECS:
             return super().Irecv(buf, source, tag)
-        packed = Packed.for_recv(message)
-        return with_action(super().Irecv(packed.spec, source, tag), packed.unpack)
+        spec, packed = self._stage_one("Irecv", buf, send=False)
+        if packed is None:
+            return super().Irecv(buf, source, tag)
+        return with_action(super().Irecv(spec, source, tag), packed.unpack)
 
     def _send_init(self, op: str, init: Any, buf: Any, dest: int, tag: int) -> MPI.Prequest:
-        message = self._packing(op, buf)
-        if message is None:
+        message, pack = self._message(op, buf)
+        if not pack:
             return init(buf, dest, tag)
         packed = Packed.for_send(message)
         request = Prequest(init(packed.spec, dest, tag))
@@ -159,19 +215,24 @@ class _Interposed:
         return self._send_init("Ssend_init", super().Ssend_init, buf, dest, tag)
 
     def Recv_init(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Prequest:
-        message = self._packing("Recv_init", buf, writable=True)
-        if message is None:
+        spec, packed = self._stage_one("Recv_init", buf, send=False)
+        if packed is None:
             return super().Recv_init(buf, source, tag)
-        packed = Packed.for_recv(message)
-        request = Prequest(super().Recv_init(packed.spec, source, tag))
+        request = Prequest(super().Recv_init(spec, source, tag))
         request._persistent_action = packed.unpack
         return request
+
+    def __reduce__(self) -> Any:
+        for name in ("COMM_WORLD", "COMM_SELF"):
+            if getattr(MPI, name) is self:
+                return _named, (name,)
+        return super().__reduce__()
 
     Dup = _adopting(MPI.Comm, "Dup")
     Clone = _adopting(MPI.Comm, "Clone")
 
 
-class Intracomm(_Interposed, MPI.Intracomm):
+class Intracomm(Collectives, _Interposed, MPI.Intracomm):
     """A wrapped intra-communicator."""
 
     Split = _adopting(MPI.Intracomm, "Split")
@@ -185,7 +246,7 @@ class Intracomm(_Interposed, MPI.Intracomm):
     Create_intercomm = _adopting(MPI.Intracomm, "Create_intercomm")
 
 
-class Topocomm(Intracomm, MPI.Topocomm):
+class Topocomm(NeighborCollectives, Intracomm, MPI.Topocomm):
     """What the wrapped topology communicators share: the neighbourhood collectives."""
 
 

@@ -20,7 +20,7 @@ from mpi4py import MPI
 import datatypes
 from datatypes.canonical import named_datatype
 
-__all__ = ["Message", "Packed", "derived"]
+__all__ = ["Message", "Packed", "base_of", "derived"]
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,28 @@ class Message:
         datatypes.check_buffer(op, self.buf, self.count, self.datatype, writable=writable)
 
 
-def _count_from_buffer(buf: Any, datatype: MPI.Datatype) -> int:
+def _has_buffer(buf: Any) -> bool:
+    try:
+        memoryview(buf)
+    except TypeError:
+        return False
+    return True
+
+
+def _count_from_buffer(buf: Any, datatype: MPI.Datatype) -> int | None:
+    """The count mpi4py infers for ``[buf, datatype]``, or ``None`` where it would refuse the spec."""
     extent = datatype.Get_extent()[1]
-    if extent <= 0:
-        raise ValueError("a buffer spec without a count needs a datatype with a positive extent")
-    return memoryview(buf).nbytes // extent
+    try:
+        nbytes = memoryview(buf).nbytes
+    except TypeError:
+        return None
+    if extent <= 0 or nbytes % extent:
+        return None
+    return nbytes // extent
 
 
-def _base(datatype: MPI.Datatype) -> MPI.Datatype | None:
+def base_of(datatype: MPI.Datatype) -> MPI.Datatype | None:
+    """The named type whose elements carry a packed ``datatype``, or ``None`` when commlib cannot pack it."""
     sb = datatypes.canonicalize(datatype)
     if sb is None:
         return None
@@ -84,13 +98,17 @@ def derived(spec: Any) -> Message | None:
     buf = spec[0]
     if buf is None or buf is MPI.IN_PLACE or buf is MPI.BOTTOM:
         return None
+    if type(buf) is not np.ndarray and not _has_buffer(buf):
+        return None  # DLPack or CUDA-array-interface buffers go to mpi4py as they are
     if len(spec) == 3:
         count = spec[1]
         if not isinstance(count, (int, np.integer)) or isinstance(count, bool):
             return None  # (count, displacement) pairs belong to v-collectives: leave them to MPI
     else:
         count = _count_from_buffer(buf, datatype)
-    return Message(buf, int(count), datatype, _base(datatype))
+        if count is None:
+            return None  # mpi4py reports the spec it cannot read
+    return Message(buf, int(count), datatype, base_of(datatype))
 
 
 @dataclass

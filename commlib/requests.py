@@ -70,16 +70,20 @@ class _Completing:
                 requests[i]._finish(cls._status(statuses, i))
 
     @classmethod
+    def _mpi_class(cls) -> type:
+        return next(k for k in cls.__mro__ if k.__module__ == "mpi4py.MPI")
+
+    @classmethod
     def fromhandle(cls, handle: int) -> Any:
-        return cls(_BASE.fromhandle(handle))
+        return cls(cls._mpi_class().fromhandle(handle))
 
     @classmethod
     def f2py(cls, arg: int) -> Any:
-        return cls(_BASE.f2py(arg))
+        return cls(cls._mpi_class().f2py(arg))
 
     @classmethod
     def fromint(cls, arg: int) -> Any:
-        return cls(_BASE.fromint(arg))
+        return cls(cls._mpi_class().fromint(arg))
 
     @classmethod
     def Waitall(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> bool:
@@ -132,11 +136,26 @@ class _Completing:
 _BASE = MPI.Request  # the original class, captured before the interposer rebinds the name
 
 
-class Request(_Completing, MPI.Request):
+class _StandsIn(type):
+    """Metaclass of classes the interposer binds in place of mpi4py's: they pass mpi4py's class checks.
+
+    While ``MPI.Request`` names commlib's class, ``isinstance(req, MPI.Request)``
+    must still hold for every request mpi4py itself returns, and
+    ``issubclass(MPI.Prequest, MPI.Request)`` must still hold.
+    """
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, cls._mpi_class())
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, cls._mpi_class())
+
+
+class Request(_Completing, MPI.Request, metaclass=_StandsIn):
     """An mpi4py request that may carry a completion action."""
 
 
-class Prequest(_Completing, MPI.Prequest):
+class Prequest(_Completing, MPI.Prequest, metaclass=_StandsIn):
     """A persistent request whose action runs at every completion; ``Start`` may re-pack first."""
 
     _before_start: Callable[[], None] | None = None
@@ -150,9 +169,10 @@ class Prequest(_Completing, MPI.Prequest):
     @classmethod
     def Startall(cls, requests: Sequence[MPI.Prequest]) -> None:
         for req in requests:
-            if isinstance(req, Prequest):
-                if req._before_start is not None:
-                    req._before_start()
+            if isinstance(req, _Completing):
+                before = getattr(req, "_before_start", None)
+                if before is not None:
+                    before()
                 req._action = req._persistent_action
         _BASE_PREQUEST.Startall(requests)
 
@@ -172,7 +192,7 @@ def add_action(request: MPI.Request, action: Action) -> MPI.Request:
 
     A persistent request is returned unchanged (its completions are not tied to one call).
     """
-    if isinstance(request, MPI.Prequest) or request == MPI.REQUEST_NULL:
+    if isinstance(request, _BASE_PREQUEST) or request == MPI.REQUEST_NULL:
         return request
     if not isinstance(request, _Completing):
         return with_action(request, action)

@@ -53,8 +53,9 @@ class _Plan:
     strides: tuple[int, ...] = ()
     offset: int = 0  # byte offset of the first element of the strided view
 
-    def view(self, data: np.ndarray) -> np.ndarray:
-        return np.ndarray(self.shape, self.item, buffer=data, offset=self.offset, strides=self.strides)
+    def view(self, data: np.ndarray, displacement: int = 0) -> np.ndarray:
+        offset = self.offset + displacement
+        return np.ndarray(self.shape, self.item, buffer=data, offset=offset, strides=self.strides)
 
     def packed_view(self, packed: np.ndarray) -> np.ndarray:
         return np.ndarray(self.shape, self.item, buffer=packed)
@@ -161,15 +162,19 @@ def _check_bounds(op: str, lo: int, hi: int, nbytes: int, count: int, datatype: 
         )
 
 
-def check_buffer(op: str, buf: Any, count: int, datatype: Typelike, *, writable: bool = False) -> int:
+def check_buffer(
+    op: str, buf: Any, count: int, datatype: Typelike, *, writable: bool = False, displacement: int = 0
+) -> int:
     """Raise ``ValueError`` unless ``buf`` holds ``count`` objects of ``datatype``; return the packed size.
 
     The same check ``pack``/``unpack`` make, for callers (such as a receive)
-    that must refuse a buffer before anything else happens.
+    that must refuse a buffer before anything else happens. ``displacement``
+    (bytes) moves the objects' origin from the start of ``buf``, as the
+    displacements of the vector collectives do.
     """
     plan = _resolve(op, count, datatype)
     data = _byte_view(buf, op, "buffer", writable=writable)
-    _check_bounds(op, plan.lo, plan.hi, data.nbytes, count, datatype, "buffer")
+    _check_bounds(op, plan.lo + displacement, plan.hi + displacement, data.nbytes, count, datatype, "buffer")
     return plan.packed
 
 
@@ -207,6 +212,13 @@ def choose_engine(count: int, datatype: Typelike, engine: str | None = None) -> 
     return "strided" if _use_strided(plan, engine) else "mpi"
 
 
+def _displaced(data: np.ndarray, displacement: int, op: str) -> np.ndarray:
+    """``data`` from byte ``displacement`` on, for MPI (which may reach before it: the bounds were checked)."""
+    if displacement < 0:
+        raise ValueError(f"{op}: a negative displacement ({displacement} bytes) needs the strided engine")
+    return data[displacement:]
+
+
 def _mpi_pack(src: np.ndarray, dst: np.ndarray, plan: _Plan, count: int, datatype: MPI.Datatype) -> None:
     if 0 <= plan.mpi_len <= src.nbytes:
         datatype.Pack(src[: plan.mpi_len], dst, 0, MPI.COMM_SELF)
@@ -239,14 +251,23 @@ def _holding(datatype: MPI.Datatype, count: int, nbytes: int) -> Iterator[MPI.Da
         exact.Free()
 
 
-def pack(buf: Any, count: int, datatype: Typelike, out: Any = None, *, engine: str | None = None) -> np.ndarray:
+def pack(
+    buf: Any,
+    count: int,
+    datatype: Typelike,
+    out: Any = None,
+    *,
+    engine: str | None = None,
+    displacement: int = 0,
+) -> np.ndarray:
     """Pack ``count`` objects of ``datatype`` from ``buf``; returns the packed bytes (uint8).
 
     ``out``, when given, receives the bytes in its first ``packed_size`` bytes
     and the returned array is a view of it. Produces exactly the bytes of
     ``MPI_Pack`` on this (homogeneous) system. ``engine`` overrides
     ``COMMLIB_PACK`` (``auto``, ``strided`` or ``mpi``); a ``StridedBlock``
-    is always packed by the strided engine.
+    is always packed by the strided engine. ``displacement`` (bytes) moves
+    the objects' origin from the start of ``buf``.
     """
     plan = _resolve("pack", count, datatype)
     size = plan.packed
@@ -262,19 +283,22 @@ def pack(buf: Any, count: int, datatype: Typelike, out: Any = None, *, engine: s
         dst = dst[:size]
     if size == 0:
         return dst
-    _check_bounds("pack", plan.lo, plan.hi, src.nbytes, count, datatype, "input buffer")
+    _check_bounds("pack", plan.lo + displacement, plan.hi + displacement, src.nbytes, count, datatype, "input buffer")
     if strided:
-        np.copyto(plan.packed_view(dst), plan.view(src))
+        np.copyto(plan.packed_view(dst), plan.view(src, displacement))
     else:
-        _mpi_pack(src, dst, plan, count, datatype)
+        _mpi_pack(_displaced(src, displacement, "pack"), dst, plan, count, datatype)
     return dst
 
 
-def unpack(packed: Any, buf: Any, count: int, datatype: Typelike, *, engine: str | None = None) -> None:
+def unpack(
+    packed: Any, buf: Any, count: int, datatype: Typelike, *, engine: str | None = None, displacement: int = 0
+) -> None:
     """Unpack ``count`` objects of ``datatype`` from ``packed`` into ``buf``.
 
     Writes exactly the bytes ``MPI_Unpack`` writes and no other. Types that
     may touch a byte twice are unpacked by MPI, which defines the order.
+    ``displacement`` (bytes) moves the objects' origin from the start of ``buf``.
     """
     plan = _resolve("unpack", count, datatype)
     size = plan.packed
@@ -284,11 +308,14 @@ def unpack(packed: Any, buf: Any, count: int, datatype: Typelike, *, engine: str
     if size == 0:
         return
     src = src[:size]
-    _check_bounds("unpack", plan.lo, plan.hi, dst.nbytes, count, datatype, "output buffer")
+    lo, hi = plan.lo + displacement, plan.hi + displacement
+    _check_bounds("unpack", lo, hi, dst.nbytes, count, datatype, "output buffer")
     own = isinstance(datatype, StridedBlock)
     if plan.injective and (own or _use_strided(plan, engine)):
-        np.copyto(plan.view(dst), plan.packed_view(src))
-    elif own:
+        np.copyto(plan.view(dst, displacement), plan.packed_view(src))
+        return
+    dst = _displaced(dst, displacement, "unpack")
+    if own:
         mpi_type = datatype.to_datatype()
         try:
             _mpi_unpack(src, dst, _mpi_plan(mpi_type, count), count, mpi_type)

@@ -47,10 +47,19 @@ def test_interposed_point_to_point_matches_mpi4py(mpirun, nprocs, engine):
     assert f"OK on {nprocs} ranks (interposed" in result.stdout
 
 
-def test_mixed_interposed_and_plain_peers(mpirun):
-    script = str(HERE / "interposer_p2p.py")
-    plain = [sys.executable, "-m", "mpi4py", script]
-    ours = [sys.executable, "-m", "commlib", script]
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_interposed_collectives_match_mpi4py(mpirun, nprocs):
+    script = str(HERE / "interposer_collectives.py")
+    command = [sys.executable, "-m", "commlib", script]
+    result = mpirun(nprocs, command, python=False, env={"COMMLIB_PACK": "strided"}, timeout=180)
+    assert f"OK on {nprocs} ranks (interposed" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["interposer_p2p.py", "interposer_collectives.py"])
+def test_mixed_interposed_and_plain_peers(mpirun, script):
+    path = str(HERE / script)
+    plain = [sys.executable, "-m", "mpi4py", path]
+    ours = [sys.executable, "-m", "commlib", path]
     args = [*ours, ":", "-n", "1", *plain, ":", "-n", "1", *ours]
     result = mpirun(1, args, python=False, env={"COMMLIB_PACK": "strided"}, timeout=180)
     assert "OK on 3 ranks (interposed rank 0)" in result.stdout

@@ -1,0 +1,254 @@
+"""Collective buffer specs with derived datatypes, cut into one piece per peer.
+
+A collective moves one piece of a buffer per peer: ``Gather``'s root receives
+``size`` equal pieces, ``Gatherv`` pieces at displacements counted in
+extents, ``Alltoallw`` pieces at byte displacements, each of its own type.
+:func:`block_pieces`, :func:`vector_pieces` and :func:`typed_pieces` read the
+buffer specs mpi4py accepts for these three shapes (the same forms, the same
+count inference) and return :class:`Pieces`, or ``None`` for anything that
+should go to mpi4py untouched: no derived datatype, ``IN_PLACE``/``BOTTOM``,
+a form commlib does not read. :class:`PackedPieces` is the contiguous
+staging buffer the collective then moves, one piece after another, each as
+elements of its datatype's named base type, so that every peer, interposed
+or not, sees the type signature it expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+import datatypes
+
+from .messages import Message, base_of
+
+__all__ = ["PackedPieces", "Pieces", "block_pieces", "typed_pieces", "vector_pieces"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int_list(values: Any, blocks: int) -> list[int] | None:
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != blocks:
+        return None
+    if not all(_is_int(v) for v in values):
+        return None
+    return [int(v) for v in values]
+
+
+def _plain_buffer(buf: Any) -> bool:
+    """A host buffer commlib can read (not ``None``, ``IN_PLACE``, ``BOTTOM``, DLPack or CUDA arrays)."""
+    if buf is None or buf is MPI.IN_PLACE or buf is MPI.BOTTOM:
+        return False
+    return type(buf) is np.ndarray or _nbytes(buf) is not None
+
+
+def _nbytes(buf: Any) -> int | None:
+    try:
+        return memoryview(buf).nbytes
+    except TypeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """``counts[i]`` objects of ``types[i]`` at byte ``displacements[i]`` of ``buf``, for each peer ``i``."""
+
+    buf: Any
+    counts: tuple[int, ...]
+    displacements: tuple[int, ...]
+    types: tuple[MPI.Datatype, ...]
+    bases: tuple[MPI.Datatype | None, ...]
+
+    @property
+    def packable(self) -> bool:
+        """Every non-empty piece has a canonical form with one named base type."""
+        return all(b is not None or c == 0 for c, b in zip(self.counts, self.bases))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c * t.Get_size() for c, t in zip(self.counts, self.types))
+
+    def message(self) -> Message:
+        """The whole as one message, for the decision hook: the datatype that carries the most bytes."""
+        k = max(range(len(self.counts)), key=lambda i: self.counts[i] * self.types[i].Get_size(), default=0)
+        total = sum(c for c, t in zip(self.counts, self.types) if t == self.types[k]) if self.counts else 0
+        return Message(self.buf, total, self.types[k], self.bases[k] if self.packable else None)
+
+    def check(self, op: str, *, writable: bool) -> None:
+        """Refuse (``ValueError``) a buffer that does not hold every piece, before MPI sees it."""
+        for count, disp, dt in zip(self.counts, self.displacements, self.types):
+            if count:
+                datatypes.check_buffer(op, self.buf, count, dt, writable=writable, displacement=disp)
+
+
+@dataclass
+class PackedPieces:
+    """The pieces laid end to end in ``data``, each as ``elements[i]`` of ``bases[i]``."""
+
+    pieces: Pieces
+    data: np.ndarray
+    offsets: tuple[int, ...]  # byte offset of each piece in data
+    sizes: tuple[int, ...]  # packed bytes of each piece
+
+    @classmethod
+    def layout(cls, pieces: Pieces) -> PackedPieces:
+        """An uninitialised staging buffer for ``pieces``."""
+        sizes = tuple(c * t.Get_size() for c, t in zip(pieces.counts, pieces.types))
+        offsets = tuple(int(x) for x in np.cumsum((0, *sizes[:-1]))) if sizes else ()
+        return cls(pieces, np.empty(sum(sizes), np.uint8), offsets, sizes)
+
+    @classmethod
+    def pack(cls, pieces: Pieces) -> PackedPieces:
+        """Stage ``pieces`` (whose buffer was checked) for sending."""
+        staged = cls.layout(pieces)
+        for i in range(len(pieces.counts)):
+            staged.pack_piece(i)
+        return staged
+
+    def pack_piece(self, i: int) -> None:
+        """Stage piece ``i`` from the user's buffer (an ``IN_PLACE`` contribution)."""
+        p = self.pieces
+        if p.counts[i]:
+            out = self.data[self.offsets[i] : self.offsets[i] + self.sizes[i]]
+            datatypes.pack(p.buf, p.counts[i], p.types[i], out=out, displacement=p.displacements[i])
+
+    def unpack(self, skip: int | None = None) -> None:
+        """Copy every received piece (but piece ``skip``) into the user's buffer."""
+        p = self.pieces
+        for i, (count, disp, dt) in enumerate(zip(p.counts, p.displacements, p.types)):
+            if count and i != skip:
+                src = self.data[self.offsets[i] : self.offsets[i] + self.sizes[i]]
+                datatypes.unpack(src, p.buf, count, dt, displacement=disp)
+
+    def _base(self) -> MPI.Datatype:
+        return next((b for b in self.pieces.bases if b is not None), MPI.BYTE)
+
+    def _elements(self) -> list[int]:
+        return [s // b.Get_size() if b is not None else 0 for s, b in zip(self.sizes, self.pieces.bases)]
+
+    def block_spec(self) -> list:
+        """``[data, n, base]``: equal pieces of ``n`` base elements (``Gather``, ``Scatter``, ...)."""
+        elements = self._elements()
+        return [self.data, elements[0] if elements else 0, self._base()]
+
+    def vector_spec(self) -> list:
+        """``[data, (counts, displacements), base]`` in base elements (``Gatherv``, ``Alltoallv``, ...)."""
+        base = self._base()
+        return [self.data, (self._elements(), [o // base.Get_size() for o in self.offsets]), base]
+
+    def typed_spec(self) -> list:
+        """``[data, (counts, byte displacements), bases]`` (``Alltoallw``, ``Neighbor_alltoallw``)."""
+        bases = [b if b is not None else MPI.BYTE for b in self.pieces.bases]
+        return [self.data, (self._elements(), list(self.offsets)), bases]
+
+
+def _pieces(buf: Any, counts: Sequence[int], disps: Sequence[int], types: Sequence[MPI.Datatype]) -> Pieces | None:
+    if any(c < 0 for c in counts) or any(d < 0 for d in disps):
+        return None  # mpi4py or MPI will report it
+    if all(t.is_predefined for t in types):
+        return None
+    cache: dict[int, MPI.Datatype | None] = {}
+    bases = []
+    for t in types:
+        key = t.handle
+        if key not in cache:
+            cache[key] = t if t.is_predefined else base_of(t)
+        bases.append(cache[key])
+    return Pieces(buf, tuple(counts), tuple(disps), tuple(types), tuple(bases))
+
+
+def _split_spec(spec: Any) -> tuple[Any, Any, Any, Any] | None:
+    """``(buf, counts, displacements, datatype)`` of a 2- to 4-item spec, ``None`` when absent."""
+    if not isinstance(spec, (list, tuple)) or not 2 <= len(spec) <= 4:
+        return None
+    if len(spec) == 4:
+        return spec[0], spec[1], spec[2], spec[3]
+    buf, counts, datatype = spec[0], (spec[1] if len(spec) == 3 else None), spec[-1]
+    if isinstance(counts, tuple):
+        if len(counts) != 2:
+            return None
+        return buf, counts[0], counts[1], datatype
+    return buf, counts, None, datatype
+
+
+def block_pieces(spec: Any, blocks: int) -> Pieces | None:
+    """``blocks`` equal pieces laid end to end: the root's buffer of ``Gather``/``Scatter``, ``Allgather``..."""
+    parts = _split_spec(spec)
+    if parts is None or len(spec) == 4 or blocks <= 0:
+        return None
+    buf, count, displ, datatype = parts
+    if displ is not None or not _plain_buffer(buf) or not isinstance(datatype, MPI.Datatype):
+        return None
+    if datatype.is_predefined:
+        return None
+    extent = datatype.Get_extent()[1]
+    if count is None:
+        nbytes = _nbytes(buf)
+        if nbytes is None or extent <= 0 or nbytes % extent or (nbytes // extent) % blocks:
+            return None  # mpi4py reports what it cannot infer
+        count = nbytes // extent // blocks
+    elif not _is_int(count):
+        return None
+    count = int(count)
+    return _pieces(buf, [count] * blocks, [i * count * extent for i in range(blocks)], [datatype] * blocks)
+
+
+def vector_pieces(spec: Any, blocks: int) -> Pieces | None:
+    """Pieces at displacements counted in extents: ``Gatherv``/``Scatterv``, ``(Neighbor_)alltoallv``..."""
+    parts = _split_spec(spec)
+    if parts is None or blocks <= 0:
+        return None
+    buf, counts, displs, datatype = parts
+    if not _plain_buffer(buf) or not isinstance(datatype, MPI.Datatype) or datatype.is_predefined:
+        return None
+    extent = datatype.Get_extent()[1]
+    if counts is None:
+        nbytes = _nbytes(buf)
+        if nbytes is None or extent <= 0 or nbytes % extent:
+            return None
+        total = nbytes // extent
+        counts = [total // blocks + (total % blocks > i) for i in range(blocks)]
+    elif _is_int(counts):
+        counts = [int(counts)] * blocks
+    else:
+        counts = _int_list(counts, blocks)
+        if counts is None:
+            return None
+    if displs is None:
+        displs = [int(x) for x in np.cumsum([0, *counts[:-1]])] if blocks else []
+    elif _is_int(displs):
+        displs = [int(displs) * i for i in range(blocks)]
+    else:
+        displs = _int_list(displs, blocks)
+        if displs is None:
+            return None
+    return _pieces(buf, counts, [d * extent for d in displs], [datatype] * blocks)
+
+
+def typed_pieces(spec: Any, blocks: int) -> Pieces | None:
+    """Pieces of their own datatypes at byte displacements: ``Alltoallw``, ``Neighbor_alltoallw``."""
+    if not isinstance(spec, (list, tuple)) or not 2 <= len(spec) <= 4 or blocks <= 0:
+        return None
+    if len(spec) == 2:
+        buf, types = spec
+        counts, displs = [1] * blocks, [0] * blocks
+    elif len(spec) == 3:
+        if not isinstance(spec[1], (list, tuple)) or len(spec[1]) != 2:
+            return None
+        buf, (counts, displs), types = spec
+    else:
+        buf, counts, displs, types = spec
+    if not _plain_buffer(buf) or not isinstance(types, (list, tuple)) or len(types) != blocks:
+        return None
+    if not all(isinstance(t, MPI.Datatype) for t in types):
+        return None
+    counts, displs = _int_list(counts, blocks), _int_list(displs, blocks)
+    if counts is None or displs is None:
+        return None
+    return _pieces(buf, counts, displs, list(types))
