@@ -8,7 +8,9 @@ interleaved samples:
 
 * pack and unpack time of both host engines (``strided``, ``mpi``) on a grid
   of (packed bytes, block bytes) for 1, 2 and 3 levels (contiguous, vectors,
-  3D subarrays; the strided shapes skip one block after each block);
+  3D subarrays; the strided shapes skip one block after each block); the
+  strided engine's blocks of 1, 2, 4, 8 bytes (copied as words) and its
+  other blocks (copied as opaque elements) make two tables;
 * the one-way time of MPI sending the derived type itself (``send.native``),
   from a ping-pong, for the same shapes;
 * contiguous point-to-point one-way time by bytes, and its alpha/beta fit,
@@ -29,7 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +88,19 @@ class Shape:
     No counts: one contiguous block. One count: ``Create_vector(c, block,
     gap*block)``. Two: a C-order subarray ``[c2, gap*c1, gap*block]`` of
     ``[c2, c1, block]``, which stays 3 levels after simplification.
+    ``nominal`` is the grid size it stands for in a table, when its own byte
+    count had to be rounded to whole blocks (by less than 4 blocks).
     """
 
     block: int
     counts: tuple[int, ...] = ()
     gap: int = 2
+    nominal: int | None = None
+
+    @property
+    def row(self) -> int:
+        """The table row (packed bytes) this shape is recorded in."""
+        return self.nominal or self.nbytes
 
     @property
     def nbytes(self) -> int:
@@ -157,9 +167,10 @@ class Plan:
                 continue
             for n in self.nbytes:
                 for b in self.blocks:
-                    shape = Shape.of(n, b, levels)
+                    k = n // b if levels == 2 else n // b // 4 * 4  # whole blocks; 3 levels: an even split
+                    shape = Shape.of(k * b, b, levels)
                     if shape is not None:
-                        out.append(shape)
+                        out.append(replace(shape, nominal=n) if shape.nbytes != n else shape)
         return out
 
     def overhead_shapes(self) -> list[Shape]:
@@ -170,14 +181,14 @@ class Plan:
 
 QUICK = Plan(
     nbytes=(1 << 10, 1 << 13, 1 << 16, 1 << 19),
-    blocks=(1, 8, 64, 512),
+    blocks=(1, 3, 8, 12, 64, 512),
     p2p_bytes=(8, 1 << 10, 1 << 13, 1 << 16, 1 << 19),
     settings=Settings(0.002, 5),
     reduce_bytes=1 << 18,
 )
 FULL = Plan(
     nbytes=tuple(1 << k for k in range(8, 23, 2)),
-    blocks=tuple(1 << k for k in range(0, 13, 2)),
+    blocks=(1, 2, 3, 4, 8, 12, 16, 64, 256, 1024, 4096),
     p2p_bytes=tuple(1 << k for k in range(0, 25, 3)),
     settings=Settings(0.005, 7),
 )
@@ -358,7 +369,9 @@ def _host_tables(plan: Plan, progress: _Progress) -> dict[str, cost_model.Table]
         times = host_times(shape, plan.settings)
         for kind, t in times.items():
             block = 1 if shape.levels == 1 else shape.block
-            points.setdefault(f"{kind}.{shape.levels}", []).append((shape.nbytes, block, t))
+            if kind.endswith(".strided") and shape.levels > 1 and block not in cost_model.WORDS:
+                kind += ".opaque"  # copied as opaque elements, not words: its own cost series
+            points.setdefault(f"{kind}.{shape.levels}", []).append((shape.row, block, t))
         progress.step(shape.name())
     return {name: cost_model.Table.from_points(p) for name, p in points.items()}
 
@@ -398,7 +411,7 @@ def _pair_tables(pair: MPI.Intracomm, level: str, plan: Plan, progress: _Progres
         finally:
             dt.Free()
         if t:
-            native.setdefault(shape.levels, []).append((shape.nbytes, shape.block, t["native"]))
+            native.setdefault(shape.levels, []).append((shape.row, shape.block, t["native"]))
         progress.step(f"{level} native {shape.name()}")
     tables = {f"send.native.{level}.{lv}": cost_model.Table.from_points(p) for lv, p in native.items()}
     if p2p:

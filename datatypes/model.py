@@ -60,6 +60,7 @@ __all__ = [
     "HOST_STRATEGIES",
     "LEVELS",
     "STRATEGIES",
+    "WORDS",
     "Features",
     "Model",
     "Prior",
@@ -79,6 +80,7 @@ HOST_STRATEGIES = ("native", "pack")
 GPU_STRATEGIES = ("DEVICE", "ONESHOT", "STAGED")
 LEVELS = ("intra", "inter")
 MAX_LEVELS = 3  # level counts above this share the tables of this one
+WORDS = (1, 2, 4, 8)  # block lengths the strided engine copies as one machine word
 
 
 class Features(NamedTuple):
@@ -361,12 +363,23 @@ class Model:
     def constant(self, name: str) -> float:
         return self._constants.get(name, getattr(self.prior, name))
 
+    def _copy_table(self, op: str, engine: str, f: Features) -> Table | None:
+        # the strided engine copies blocks of 1, 2, 4 or 8 bytes as words, others as opaque elements:
+        # two cost series, measured apart when the calibration has both
+        if engine == "strided" and f.levels > 1 and f.block not in WORDS:
+            opaque = self.table(f"{op}.strided.opaque", f.levels)
+            if opaque is not None:
+                return opaque
+        return self.table(f"{op}.{engine}", f.levels)
+
     def pack_time(self, engine: str, f: Features) -> float:
-        table = self.table(f"pack.{engine}", f.levels)
+        """Seconds for ``engine`` (``strided`` or ``mpi``) to pack a message of features ``f``."""
+        table = self._copy_table("pack", engine, f)
         return table(f.nbytes, f.block) if table is not None else self.prior.pack(engine, f.nbytes, f.block)
 
     def unpack_time(self, engine: str, f: Features) -> float:
-        table = self.table(f"unpack.{engine}", f.levels)
+        """Seconds for ``engine`` to unpack it."""
+        table = self._copy_table("unpack", engine, f)
         return table(f.nbytes, f.block) if table is not None else self.prior.pack(engine, f.nbytes, f.block)
 
     def bytes_time(self, kind: str, nbytes: int) -> float | None:

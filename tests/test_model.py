@@ -151,6 +151,16 @@ def test_model_picks_the_fastest_strategy_on_synthetic_tables():
     assert synthetic_model(engine_winner="mpi").engine_for(1 << 20, 16, 2) == "mpi"
 
 
+def test_strided_blocks_copied_as_words_and_as_opaque_elements_have_their_own_tables():
+    words = Table([1 << 10, 1 << 20], [1, 8], [[1e-6, 1e-6], [1e-3, 1e-4]])
+    opaque = Table([1 << 10, 1 << 20], [3, 64], [[2e-6, 2e-6], [4e-3, 2e-4]])
+    model = cm.Model({"pack.strided.2": words, "pack.strided.opaque.2": opaque})
+    assert model.pack_time("strided", cm.Features(1 << 20, 4, 2)) == words(1 << 20, 4)
+    assert model.pack_time("strided", cm.Features(1 << 20, 5, 2)) == opaque(1 << 20, 5)
+    assert cm.Model({"pack.strided.2": words}).pack_time("strided", cm.Features(1 << 20, 5, 2)) == words(1 << 20, 5)
+    assert model.unpack_time("strided", cm.Features(1 << 20, 5, 2)) == model.prior.pack("strided", 1 << 20, 5)
+
+
 def test_gpu_strategies_are_never_chosen_without_measurements_and_chosen_with_them():
     model = synthetic_model()
     f = cm.Features(1 << 20, 256, 2)

@@ -7,8 +7,8 @@ Run under ``mpiexec -n 2`` (1 rank: the pack-engine half only). In one run:
    ``--calibration FILE`` reads a calibration made earlier (its grid is read
    from the file);
 2. evaluation: shapes the calibration never measured (packed bytes at the
-   geometric middle between its grid points, blocks between and on its
-   grid, 2 and 3 levels) are measured for real, every shape twice (two
+   geometric middle between its grid points, blocks likewise, 2 and 3
+   levels) are measured for real, every shape twice (two
    passes, one after the other): both pack engines (pack and unpack,
    interleaved), and, between two ranks, a ping-pong of the native
    derived-type send against the interposer's pack path (pack into a new
@@ -57,8 +57,8 @@ def _between(values: tuple[int, ...]) -> list[int]:
 
 
 def evaluation_shapes(plan: cal.Plan) -> list[cal.Shape]:
-    """Shapes the calibration of ``plan`` did not measure: new byte counts, blocks between and on its grid."""
-    blocks = sorted(set(_between(plan.blocks)) | set(plan.blocks))
+    """Shapes the calibration of ``plan`` did not measure: byte counts and blocks between its grid points."""
+    blocks = _between(plan.blocks)
     measured = {(s.nbytes, s.block, s.levels) for s in plan.shapes()}
     out = []
     for levels in (2, 3):
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib bench mod
             "ranks": size,
             "calibration_key": doc.get("key"),
             "calibration_plan": doc.get("plan"),
+            "calibration": doc,
             "seconds": {"calibration": calibrated_s, "total": elapsed},
             "rows": rows,
             "summary": summary,
