@@ -22,21 +22,27 @@ PROG = "python -m commlib"
 Handler = Callable[[list[str], str], int]
 
 
-def _bench_pack(argv: list[str], prog: str) -> int:
-    from commlib.bench.pack import main as pack_main
+def _lazy(module: str, function: str = "main") -> Handler:
+    """A handler importing ``module`` only when it runs, then calling ``function(argv, prog=prog)``."""
 
-    return pack_main(argv, prog=prog)
+    def handler(argv: list[str], prog: str) -> int:
+        import importlib
 
+        return getattr(importlib.import_module(module), function)(argv, prog=prog)
 
-def _bench_halo(argv: list[str], prog: str) -> int:
-    from commlib.bench.halo import main as halo_main
-
-    return halo_main(argv, prog=prog)
+    return handler
 
 
 BENCHMARKS: dict[str, tuple[str, Handler]] = {
-    "pack": ("MPI_Pack vs commlib's strided and auto pack engines vs memcpy", _bench_pack),
-    "halo": ("3D halo exchange (examples/halo3d.py), plain mpi4py vs python -m commlib", _bench_halo),
+    "pack": ("MPI_Pack vs commlib's strided and auto pack engines vs memcpy", _lazy("commlib.bench.pack")),
+    "halo": ("3D halo exchange (examples/halo3d.py), plain mpi4py vs python -m commlib", _lazy("commlib.bench.halo")),
+    "allreduce": ("allreduce algorithms vs MPI_Allreduce, one or emulated nodes", _lazy("commlib.bench.allreduce")),
+    "tokenring": ("TokenRing vs ring attention: bytes per direction, compute, wait", _lazy("commlib.bench.tokenring")),
+    "moe": ("MoE dispatch+combine vs a straightforward mpi4py version; placement", _lazy("commlib.bench.moe")),
+    "flows": ("one large transfer over two emulated paths, unsplit vs split", _lazy("commlib.bench.flows")),
+    "model-accuracy": ("cost model: predicted vs measured time and regret", _lazy("commlib.bench.model_accuracy")),
+    "monitor-overhead": ("allreduce loop with and without the fault monitor", _lazy("commlib.bench.monitor_overhead")),
+    "cluster-rates": ("emulated links: measured vs configured rates", _lazy("commlib.bench.cluster_rates")),
 }
 
 
@@ -81,6 +87,11 @@ def _bench(argv: list[str], prog: str) -> int:
 
 COMMANDS: dict[str, tuple[str, Handler]] = {
     "bench": ("run a benchmark: " + ", ".join(BENCHMARKS), _bench),
+    "calibrate": ("measure this machine for the cost model (run under mpiexec)", _lazy("commlib.calibrate")),
+    "explain": ("a datatype's canonical form, predicted strategy times and choice", _lazy("commlib.explain")),
+    "monitor": ("summarise a fault monitor report (JSON lines)", _lazy("transport.reports")),
+    "fabric": ("simulate flows on a leaf-spine fabric: ECMP vs splitting vs spraying", _lazy("transport.fabric")),
+    "cluster": ("run a program on emulated nodes (network namespaces, shaped links)", _lazy("commlib.cluster")),
 }
 
 
@@ -98,6 +109,7 @@ options:
   --version       show commlib's version and exit
   --no-interpose  run the program without the interposer (env COMMLIB_INTERPOSE=0)
   --report        print per rank, at exit, what was intercepted and chosen (env COMMLIB_REPORT=1)
+  --no-monitor    run without the fault-detection monitor (env COMMLIB_MONITOR=0)
 
 {_command_list(COMMANDS, "commands")}
 """
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from commlib.config import config
 
     args = list(sys.argv[1:] if argv is None else argv)
-    interpose, report = config.interpose, config.report
+    interpose, report, monitor = config.interpose, config.report, None
     while args and args[0].startswith("--"):
         option = args.pop(0)
         if option == "--help":
@@ -121,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             interpose = False
         elif option == "--report":
             report = True
+        elif option == "--no-monitor":
+            monitor = False
         else:
             print(f"{PROG}: error: unknown option {option!r}\n" + USAGE.splitlines()[0], file=sys.stderr)
             return 2
@@ -141,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from commlib.runner import run_program
 
-    return run_program(args, interpose=interpose, report=report)
+    return run_program(args, interpose=interpose, report=report, monitor=monitor)
 
 
 if __name__ == "__main__":
