@@ -166,10 +166,11 @@ def _explain_run(args: argparse.Namespace, model: cost_model.Model, out: list[st
     for shape in data["shapes"]:
         f = cost_model.Features(shape["nbytes"], shape["block"], shape["levels"])
         canonical = shape.get("canonical")
-        mean = shape["seconds"] / shape["calls"] if shape["calls"] else None
+        mean = shape["seconds"] / shape["timed"] if shape["timed"] else None
         out.append("")
         out.append(
-            f"{shape['op']} x {shape['calls']}, count {shape['count']}, chose {shape['choice']}, observed {_us(mean)}"
+            f"{shape['op']} x {shape['calls']}, count {shape['count']}, chose {shape['choice']}, "
+            + (f"observed {_us(mean).strip()} ({shape['timed']} timed)" if mean else "not timed (nonblocking)")
         )
         if canonical:
             sb = StridedBlock(
@@ -194,7 +195,16 @@ def _read_run(path: Path) -> dict[str, Any]:
         raise SpecError(f"recorded run: cannot read {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != RECORD_SCHEMA or not isinstance(data.get("shapes"), list):
         raise SpecError(f"recorded run: {path} is not a recorded run (schema {RECORD_SCHEMA!r})")
-    keys = {"op": str, "choice": str, "count": int, "nbytes": int, "block": int, "levels": int, "calls": int}
+    keys = {
+        "op": str,
+        "choice": str,
+        "count": int,
+        "nbytes": int,
+        "block": int,
+        "levels": int,
+        "calls": int,
+        "timed": int,
+    }
     for shape in data["shapes"]:
         if not isinstance(shape, dict) or any(not isinstance(shape.get(k), t) for k, t in keys.items()):
             raise SpecError(f"recorded run: {path}: malformed shape entry {shape!r:.100}")

@@ -89,12 +89,16 @@ class Session:
         return f
 
     def decide(self, op: str, message: Any) -> str:
+        f = self._features(message)
         if self.decision is default_decision or self.decision is self._own_decision:
-            choice = _choose(self.model, op, message, self._features(message))
+            choice = _choose(self.model, op, message, f)
         else:
             choice = self.decision(op, message)
         if choice not in ("pack", "native"):
             raise ValueError(f"decision for {op}: expected 'pack' or 'native', got {choice!r}")
+        shape = self._shape(op, choice, message, f)
+        if shape is not None:
+            shape["calls"] += 1
         return choice
 
     def record(self, op: str, choice: str, nbytes: int) -> None:
@@ -111,11 +115,18 @@ class Session:
         if f is None:
             return
         self.model.observe(op, f, choice, seconds)
+        shape = self._shape(op, choice, message, f)
+        if shape is not None:
+            shape["timed"] += 1
+            shape["seconds"] += seconds
+
+    def _shape(self, op: str, choice: str, message: Any, f: cost_model.Features | None) -> dict[str, Any] | None:
+        """The recorded-run entry of (op, choice, shape), made on first use; ``None`` when full or not strided."""
+        if f is None:
+            return None
         key = (op, choice, f, message.count)
         shape = self._shapes.get(key)
-        if shape is None:
-            if len(self._shapes) >= MAX_RECORDED_SHAPES:
-                return
+        if shape is None and len(self._shapes) < MAX_RECORDED_SHAPES:
             shape = self._shapes[key] = {
                 "op": op,
                 "choice": choice,
@@ -124,11 +135,11 @@ class Session:
                 "block": f.block,
                 "levels": f.levels,
                 "canonical": _canonical(message.datatype),
-                "calls": 0,
-                "seconds": 0.0,
+                "calls": 0,  # decisions
+                "timed": 0,  # observed (blocking) calls
+                "seconds": 0.0,  # their total time
             }
-        shape["calls"] += 1
-        shape["seconds"] += seconds
+        return shape
 
     def recorded_run(self) -> dict[str, Any]:
         """What this session observed, per (operation, choice, shape), as JSON-ready data."""

@@ -395,21 +395,25 @@ def test_default_session_uses_the_process_model_and_pack_override(vec, monkeypat
 def test_recorded_run_round_trips_through_explain(vec, tmp_path, capsys):
     from commlib.explain import main as explain
 
-    session = Session(model=synthetic_model())
+    session = Session(lambda op, m: "pack" if op == "Send" else "native", model=synthetic_model())
     message = type("M", (), {"count": 2, "datatype": vec})()
     for _ in range(3):
-        session.observe("Send", message, "pack", 1e-4)
+        session.observe("Send", message, session.decide("Send", message), 1e-4)
+    session.decide("Irecv", message)  # nonblocking: decided, not timed
     session.observe("Recv", message, "native", 2e-4)
     path = session.save_run(tmp_path / "run-{rank}.json")
     assert path.name == "run-0.json"
     data = json.loads(path.read_text())
-    assert data["schema"] == RECORD_SCHEMA and len(data["shapes"]) == 2
+    assert data["schema"] == RECORD_SCHEMA and len(data["shapes"]) == 3
     send = next(s for s in data["shapes"] if s["op"] == "Send")
-    assert send["calls"] == 3 and send["nbytes"] == 2 << 17 and send["levels"] == 3
+    assert send["calls"] == send["timed"] == 3 and send["nbytes"] == 2 << 17 and send["levels"] == 3
+    irecv = next(s for s in data["shapes"] if s["op"] == "Irecv")
+    assert (irecv["calls"], irecv["timed"], irecv["choice"]) == (1, 0, "native")
     assert send["canonical"]["counts"] == [64, 2048]
     assert explain([str(path), "--model", "analytic"]) == 0
     out = capsys.readouterr().out
-    assert "Send x 3, count 2, chose pack" in out and "observed     100.00 us" in out and "<- chosen" in out
+    assert "Send x 3, count 2, chose pack, observed 100.00 us (3 timed)" in out and "<- chosen" in out
+    assert "Irecv x 1, count 2, chose native, not timed (nonblocking)" in out
 
 
 def test_at_exit_a_session_saves_its_run_and_what_the_model_learned(vec, tmp_path, monkeypatch):
@@ -425,7 +429,7 @@ def test_at_exit_a_session_saves_its_run_and_what_the_model_learned(vec, tmp_pat
     message = type("M", (), {"count": 1, "datatype": vec})()
     session.observe("Send", message, "pack", 1e-3)
     session._at_exit()
-    assert json.loads((tmp_path / "run-0.json").read_text())["shapes"][0]["calls"] == 1
+    assert json.loads((tmp_path / "run-0.json").read_text())["shapes"][0]["timed"] == 1
     data, where = calibration.load()
     assert data is not None, where
     assert len(data["refinement"]["buckets"]) == 1 and "pack.strided.2" in data["tables"]
