@@ -238,7 +238,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m commlib bench model_accuracy") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m commlib bench model-accuracy") -> int:
     """Run the model-accuracy benchmark; returns the exit code."""
     args = _parser(prog).parse_args(argv)
     comm = MPI.COMM_WORLD
