@@ -1,4 +1,4 @@
-"""Cost-model accuracy benchmark; same as ``python -m commlib bench model_accuracy`` (see ``--help``).
+"""Cost-model accuracy benchmark; same as ``python -m commlib bench model-accuracy`` (see ``--help``).
 
 Run under ``mpiexec -n 2 python benchmarks/model_accuracy.py``.
 """
