@@ -12,7 +12,8 @@ up to 2 KiB, Rabenseifner's reduce-scatter +
 allgather above, folding the ranks beyond a power of two in and out - played
 step by step on the actual placement of ranks on nodes. :func:`choose` picks
 ``native`` unless another algorithm is predicted to take at most ``margin``
-of native's time; on a single node it always picks ``native``.
+(0.75) of native's time and to save at least ``saving`` (100 us); on a single
+node it always picks ``native``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
 SHORT_MSG = 2048  # MPICH's MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE and reduce/bcast short thresholds
 BCAST_SHORT = 12288  # MPICH's MPIR_CVAR_BCAST_SHORT_MSG_SIZE
 MARGIN = 0.75
+MIN_SAVING = 100e-6  # seconds: below this, timing noise and Python overhead outweigh the model's precision
 MIN_SEGMENT = 1 << 20  # bytes per segment of a pipelined hierarchical allreduce
 MAX_SEGMENTS = 8
 
@@ -306,10 +308,12 @@ def hierarchical_variant(nbytes: int, shape: Shape, costs: Costs) -> str:
     return "hierarchical-root" if root <= shard else "hierarchical-shard"
 
 
-def choose(nbytes: int, shape: Shape, costs: Costs, margin: float = MARGIN) -> str:
-    """The algorithm ``auto`` runs: the cheapest, if it beats ``native`` by the ``margin`` factor, else ``native``."""
+def choose(nbytes: int, shape: Shape, costs: Costs, margin: float = MARGIN, saving: float = MIN_SAVING) -> str:
+    """The algorithm ``auto`` runs: the cheapest, if it is predicted to take at most ``margin`` of
+    ``native``'s time and to save at least ``saving`` seconds, else ``native``."""
     if shape.n_nodes == 1 or shape.size == 1:
         return "native"
     times = predict_all(nbytes, shape, costs)
     best = min(times, key=times.__getitem__)
-    return best if times[best] <= margin * times["native"] else "native"
+    clear = times[best] <= margin * times["native"] and times["native"] - times[best] >= saving
+    return best if clear else "native"
