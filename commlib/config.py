@@ -138,10 +138,11 @@ class Config:
     monitor_interval [COMMLIB_MONITOR_INTERVAL=0.5]
         seconds between two collections of collective arrival times (straggler
         detection, on the lowest monitored rank).
-    monitor_window [COMMLIB_MONITOR_WINDOW=8]
-        collectives per communicator in the straggler detector's sliding window.
+    monitor_window [COMMLIB_MONITOR_WINDOW=12]
+        collectives per communicator in the straggler detector's sliding window
+        (a straggler is late in nine tenths of them).
     monitor_skew [COMMLIB_MONITOR_SKEW=0.01]
-        seconds: the least median lateness that makes a straggler.
+        seconds: the least lateness at a collective that counts towards a straggler.
     monitor_probe [COMMLIB_MONITOR_PROBE=0]
         seconds between two probes of the node-to-node latency/bandwidth
         matrix; 0: probe only when collectives slow down.
@@ -176,7 +177,7 @@ class Config:
     monitor_report: str = ""
     monitor_ring: int = 4096
     monitor_interval: float = 0.5
-    monitor_window: int = 8
+    monitor_window: int = 12
     monitor_skew: float = 0.01
     monitor_probe: float = 0.0
     monitor_dir: str = ""

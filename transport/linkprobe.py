@@ -12,10 +12,13 @@ the two nodes.
 and column (every pair that involves it is slow), a slow link as a bad cell
 (one pair slow, both of its nodes fine with everyone else). A cell is bad
 when its bandwidth is ``ratio`` times below the reference (the median of the
-better half of the cells), or its round trip ``ratio`` times above the
+better half of the cells), or its round trip ``rtt_ratio`` times above the
 reference round trip (the median of the better half) and at least
-``min_rtt`` seconds. It needs three nodes to tell a node from a link; with
-two it reports the pair.
+``min_rtt`` seconds: queueing behind the job's own traffic adds
+milliseconds on a busy link, and so does the probe's own answering thread
+waiting for the GIL (5 ms switch interval) in a rank busy in Python; a
+faulty link adds more. Pairs that could not be measured count neither way. It needs three nodes to tell a node from a
+link; with two it reports the pair.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import statistics
 import time
 from typing import Any
 
-from .sidechannel import Peer, SideChannelError, connect, receive_message, send_message
+from .sidechannel import Peer, SideChannelError, ask, connect, receive_message, send_message
 
-__all__ = ["localise", "measure", "sink"]
+__all__ = ["localise", "matrix", "measure", "sink"]
 
 _CHUNK = 1 << 18
 
@@ -79,7 +82,53 @@ def measure(target: Peer, nbytes: int, rounds: int, timeout: float) -> dict[str,
     return {"rtt": min(rtts) if rtts else None, "seconds": seconds, "bytes": nbytes, "bandwidth": nbytes / seconds}
 
 
-def localise(cells: dict[tuple[Any, Any], dict[str, float]], ratio: float = 3.0, min_rtt: float = 1e-3) -> dict:
+def matrix(
+    reps: dict[str, Peer], me: int, nbytes: int, rounds: int, timeout: float, repeats: int = 2
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, str]]:
+    """Measure every ordered pair of nodes (``reps``: node -> its representative's record), one pair at a time.
+
+    Pairs that come out bad (or fail) are measured again, up to ``repeats``
+    times in all, keeping the best bandwidth and round trip: noise only ever
+    slows a transfer down, so the best of a few is the link's own figure.
+    """
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+
+    def one(a: str, b: str) -> None:
+        source, target = reps[a], reps[b]
+        try:
+            if source.get("rank") == me:
+                got = measure(target, nbytes, rounds, timeout)
+            else:
+                got = ask(source, "probe", 2 * timeout, to=target, bytes=nbytes, rounds=rounds)
+        except (SideChannelError, OSError) as exc:
+            failed[f"{a}->{b}"] = str(exc)
+            return
+        failed.pop(f"{a}->{b}", None)
+        old = cells.get((a, b))
+        if old is not None:
+            got["bandwidth"] = max(got["bandwidth"], old["bandwidth"])
+            rtts = [x for x in (got.get("rtt"), old.get("rtt")) if x is not None]
+            got["rtt"] = min(rtts) if rtts else None
+            got["repeats"] = old.get("repeats", 1) + 1
+        cells[a, b] = got
+
+    for a in reps:
+        for b in reps:
+            if a != b:
+                one(a, b)
+    for _ in range(repeats - 1):
+        again = [tuple(pair) for pair in localise(cells)["bad"]] + [tuple(k.split("->")) for k in failed]
+        if not again:
+            break
+        for a, b in again:
+            one(a, b)
+    return cells, failed
+
+
+def localise(
+    cells: dict[tuple[Any, Any], dict[str, float]], ratio: float = 3.0, rtt_ratio: float = 10.0, min_rtt: float = 0.02
+) -> dict:
     """Slow nodes and slow links from ``{(node_a, node_b): {"bandwidth": B/s, "rtt": s}}`` (ordered pairs)."""
     nodes = sorted({n for pair in cells for n in pair}, key=str)
     if len(nodes) < 2 or not cells:
@@ -91,7 +140,7 @@ def localise(cells: dict[tuple[Any, Any], dict[str, float]], ratio: float = 3.0,
     bad = set()
     for pair, c in cells.items():
         slow_bw = c["bandwidth"] * ratio < ref_bw
-        slow_rtt = ref_rtt is not None and c.get("rtt") is not None and c["rtt"] > max(ratio * ref_rtt, min_rtt)
+        slow_rtt = ref_rtt is not None and c.get("rtt") is not None and c["rtt"] > max(rtt_ratio * ref_rtt, min_rtt)
         if slow_bw or slow_rtt:
             bad.add(pair)
     slow_nodes = []

@@ -145,6 +145,7 @@ class Monitor:
         self._errors = 0
         self._codes = wait_codes()
         self._lock = threading.Lock()  # one probe at a time
+        self._known_slow: set[tuple] = set()
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -285,7 +286,7 @@ class Monitor:
         for record, end in records:
             state = record[1]
             if record[6] and len(state.members) > 1:
-                out.append([state.ident, record[3], record[0], end])
+                out.append([state.ident, record[3], record[0], end, record[2]])
                 comms[state.ident] = list(state.members)
         return {"pos": position, "now": time.perf_counter(), "boot": self.boot, "arrivals": out, "comms": comms}
 
@@ -525,16 +526,24 @@ class Monitor:
             peer = self._record if r == self.rank else self.peers().get(r, {})
             where = f" (pid {peer.get('pid')} on {peer.get('host')}, node {peer.get('node')})" if peer else ""
             finding["node"] = peer.get("node")
+            why = {
+                "compute": "a compute straggler (it spends longer between collectives than the others)",
+                "communication": "it leaves each collective late: a slow link or node on its side; probing the links",
+                "unknown": "a straggler",
+            }[finding["cause"]]
             finding["lines"] = [
                 f"STRAGGLER: rank {r}{where} arrived last at collectives on {label} in {finding['last']} of the "
                 f"last {finding['window']} (#{finding['first_seq']}-#{finding['last_seq']}), a median "
                 f"{finding['lateness'] * 1e3:.1f} ms after the others (threshold {finding['threshold'] * 1e3:.1f} ms, "
-                f"period {finding['period'] * 1e3:.1f} ms): a compute straggler, slowing every collective it joins"
+                f"period {finding['period'] * 1e3:.1f} ms): {why}"
             ]
             self.reporter.emit(finding)
+            if finding["cause"] == "communication" and time.perf_counter() - self._last_probe > 30.0:
+                self.probe_links()
             return
         finding["lines"] = [
-            f"SLOWDOWN: collectives on {label} now spend {finding['now'] * 1e3:.2f} ms communicating, "
+            f"SLOWDOWN: {finding['op'] or 'collectives'} on {label} now spend{'s' if finding['op'] else ''} "
+            f"{finding['now'] * 1e3:.2f} ms communicating, "
             f"{finding['now'] / finding['baseline']:.1f}x their baseline {finding['baseline'] * 1e3:.2f} ms "
             f"(#{finding['first_seq']}-#{finding['last_seq']}); probing the links"
         ]
@@ -551,27 +560,18 @@ class Monitor:
         """
         with self._lock:
             self._last_probe = time.perf_counter()
+            if self._stop.is_set():
+                return {"nodes": [], "slow_nodes": [], "slow_links": [], "bad": [], "skipped": "monitor stopping"}
             everyone = {**self.peers(refresh=True), self.rank: self._record}
             reps: dict[str, dict] = {}
             for r in sorted(everyone):
-                node = str(everyone[r].get("node"))
-                reps.setdefault(node, everyone[r])
-            cells: dict[tuple[str, str], dict] = {}
-            failed: dict[str, str] = {}
-            for a, pa in reps.items():
-                for b, pb in reps.items():
-                    if a == b:
-                        continue
-                    try:
-                        if pa.get("rank") == self.rank:
-                            cells[a, b] = linkprobe.measure(pb, PROBE_BYTES, PROBE_ROUNDS, self._probe_timeout())
-                        else:
-                            timeout = 2 * self._probe_timeout()
-                            cells[a, b] = ask(pa, "probe", timeout, to=pb, bytes=PROBE_BYTES, rounds=PROBE_ROUNDS)
-                    except (SideChannelError, OSError) as exc:
-                        failed[f"{a}->{b}"] = str(exc)
+                reps.setdefault(str(everyone[r].get("node")), everyone[r])
+            cells, failed = linkprobe.matrix(reps, self.rank, PROBE_BYTES, PROBE_ROUNDS, self._probe_timeout())
             result = linkprobe.localise(cells)
             result["failed"] = failed
+            if self._stop.is_set():  # the job ended under the probe: peers that left look like broken links
+                result["skipped"] = "monitor stopping"
+                return result
             matrix = {f"{a}->{b}": c for (a, b), c in cells.items()}
             ref = result["reference"]
             summary = (
@@ -580,9 +580,14 @@ class Monitor:
                 + (f", rtt {ref['rtt'] * 1e6:.0f} us" if ref.get("rtt") else "")
                 + (f"; slow nodes {result['slow_nodes']}" if result["slow_nodes"] else "")
                 + (f"; slow links {result['slow_links']}" if result["slow_links"] else "")
+                + (f"; not measured: {', '.join(sorted(failed))}" if failed else "")
             )
             self.reporter.emit({"kind": "links", "lines": [summary], "matrix": matrix, **result})
+            known = {("node", n) for n in result["slow_nodes"]} | {("link", tuple(p)) for p in result["slow_links"]}
+            fresh, self._known_slow = known - self._known_slow, known  # alarms for what is new since the last probe
             for node in result["slow_nodes"]:
+                if ("node", node) not in fresh:
+                    continue
                 cells_of = [c for (a, b), c in cells.items() if node in (a, b)]
                 worst = min(c["bandwidth"] for c in cells_of)
                 self.reporter.emit(
@@ -596,6 +601,8 @@ class Monitor:
                     }
                 )
             for a, b in result["slow_links"]:
+                if ("link", (a, b)) not in fresh:
+                    continue
                 both = [cells[p] for p in ((a, b), (b, a)) if p in cells]
                 worst = min(c["bandwidth"] for c in both)
                 ambiguous = " (two nodes only: the link or one of its nodes)" if result.get("ambiguous") else ""

@@ -115,12 +115,13 @@ class CommState:
 
     __slots__ = ("coll_done", "coll_entered", "handle", "ident", "label", "last_op", "members", "p2p")
 
-    def __init__(self, handle: int, members: tuple[int, ...], label: str) -> None:
+    def __init__(self, handle: int, members: tuple[int, ...], label: str, generation: int = 1) -> None:
         self.handle = handle
         self.members = members  # world rank of each communicator rank (intercomms: local group, then remote)
         digest = zlib.crc32(",".join(map(str, members)).encode())
-        # the same on every member when they created their communicators in the same order (MPICH: same handle)
-        self.ident = f"{handle & 0xFFFFFFFF:08x}-{digest:08x}"
+        # the same on every member when they create and free their communicators in the same order (MPICH then
+        # gives the same handles); the generation tells apart communicators that reused a freed one's handle
+        self.ident = f"{handle & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
         self.label = label
         self.coll_entered = 0  # number of the last collective entered
         self.coll_done = 0  # highest number of a collective completed
@@ -174,6 +175,7 @@ class FlightRecorder:
         self._inflight: dict[int, Record] = {}
         self._tokens = itertools.count(1)
         self._comms: dict[int, CommState] = {}
+        self._generations: dict[int, int] = {}
         self._world = MPI.COMM_WORLD.Get_group()
         self._fixed = {MPI.COMM_WORLD.handle, MPI.COMM_SELF.handle}
         self._keyval = MPI.Comm.Create_keyval(delete_fn=self._forget)
@@ -234,7 +236,8 @@ class FlightRecorder:
                 comm.Set_attr(self._keyval, handle)  # dropped from the table when the communicator is freed
             except MPI.Exception:
                 pass
-        state = CommState(handle, members, label)
+        generation = self._generations[handle] = self._generations.get(handle, 0) + 1
+        state = CommState(handle, members, label, generation)
         self._comms[handle] = state
         return state
 

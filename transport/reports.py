@@ -31,7 +31,7 @@ __all__ = ["ALARMS", "Reporter", "main", "read_reports", "summarise"]
 
 # Kinds of records that are alarms (printed); every other kind is a note.
 ALARMS = frozenset(
-    {"hang", "hang-wait", "hang-reminder", "hang-resolved", "straggler", "slowdown", "slow-node", "slow-link", "error"}
+    {"hang", "hang-wait", "hang-reminder", "hang-resolved", "straggler", "slow-node", "slow-link", "error"}
 )
 
 Callback = Callable[[dict], Any]
@@ -119,7 +119,7 @@ def summarise(records: list[dict]) -> list[str]:
             lines.append(f"{'':>20} cause: {r.get('cause')}")
         elif kind == "hang-resolved":
             lines.append(f"{at} resolved: {r.get('call')} completed after {r.get('waited', 0):.1f} s")
-        elif kind in ("straggler", "slowdown", "slow-node", "slow-link", "error"):
+        elif kind in ("straggler", "slow-node", "slow-link", "error", "slowdown"):
             lines.append(f"{at} {r['lines'][0] if r.get('lines') else kind}")
     probes = [r for r in records if r["kind"] == "links"]
     if probes:

@@ -1,7 +1,7 @@
 """Straggler detection from the arrival times of collectives, and slowdown detection from their durations.
 
 Collectives are periodic and every member takes part, so the order in which
-ranks arrive at them is informative: a rank that keeps arriving last, well
+ranks arrive at the symmetric ones (:data:`SYMMETRIC`) is informative: a rank that keeps arriving last, well
 after the others, is holding the job up (a compute straggler: slower
 hardware, more work, a noisy neighbour). :class:`Collector` pulls each
 rank's recent collective entry and exit times over the side channel, puts
@@ -13,14 +13,21 @@ A rank ``r`` is flagged when, in at least ``fraction`` of the last
 the others) is at least the threshold, the largest of: ``skew`` seconds;
 ``factor`` times the median spread of the others' arrivals (the noise of a
 healthy rank); and ``share`` of the median interval between instances (it
-costs the job a noticeable part of its time). Random delays make a rank
-last now and then, rarely by that much that often; one slow iteration
-neither raises a flag nor hides one.
+costs the job a noticeable part of its time); and its median lateness is
+at most 1.5 median intervals (a delay repeated at every collective, not one
+delay seen through a burst of collectives posted together). Random delays
+make a rank last now and then, rarely by that much that often; one slow
+iteration neither raises a flag nor hides one. The flag tells the probable cause:
+``compute`` when the rank spends longer than the others between leaving one
+collective and entering the next, ``communication`` when it spends as long
+but leaves each collective late (a slow link or node on its side).
 
 The detector also watches the communication time of each instance (first
-exit minus last arrival): when its window median grows ``slow_factor``-fold
-over the communicator's baseline (its first full window), it reports a
-slowdown, which the monitor answers with a link probe.
+exit minus last arrival), per communicator and operation: when its window
+median grows ``slow_factor``-fold over its baseline (the lowest window
+median seen), it reports a slowdown, which the monitor answers with a link
+probe (the probe's findings, not the slowdown, are the alarm: a busy machine
+slows communication down too).
 """
 
 from __future__ import annotations
@@ -30,7 +37,19 @@ import statistics
 from collections import deque
 from typing import Any
 
-__all__ = ["Collector", "StragglerDetector"]
+from commlib.tracing import BLOCKING, NONBLOCKING
+
+__all__ = ["SYMMETRIC", "Collector", "StragglerDetector"]
+
+# Collectives where every member does the same work and leaves at about the same time: only these (and only
+# when the collective before them on the communicator was one too) tell a straggler apart. Rooted collectives
+# keep the root longer, scans serialise their members, neighbourhood collectives join only neighbours.
+SYMMETRIC = frozenset(
+    name
+    for base in ("Barrier", "Allreduce", "Allgather", "Allgatherv", "Alltoall", "Alltoallv", "Alltoallw",
+                 "Reduce_scatter", "Reduce_scatter_block")
+    for name in (base, "I" + base.lower(), base.lower())
+) & (BLOCKING | NONBLOCKING)  # fmt: skip
 
 
 class StragglerDetector:
@@ -38,12 +57,12 @@ class StragglerDetector:
 
     def __init__(
         self,
-        window: int = 8,
+        window: int = 12,
         skew: float = 0.01,
-        fraction: float = 0.85,
+        fraction: float = 0.9,
         factor: float = 3.0,
         share: float = 0.05,
-        slow_factor: float = 4.0,
+        slow_factor: float = 2.5,
     ) -> None:
         if window < 3:
             raise ValueError(f"StragglerDetector: window must be at least 3 instances, got {window}")
@@ -51,25 +70,36 @@ class StragglerDetector:
         self.slow_factor = slow_factor
         self._windows: dict[str, deque] = {}
         self._flagged: dict[tuple[str, int], int] = {}  # (comm, rank) -> instances since the flag was last true
-        self._baseline: dict[str, float] = {}
-        self._slow: set[str] = set()
+        self._uneven: dict[str, deque] = {}  # per communicator, the last instances of asymmetric collectives
+        self._times: dict[tuple[str, str], deque] = {}  # (comm, op) -> (seq, communication time)
+        self._baseline: dict[tuple[str, str], float] = {}
+        self._slow: set[tuple[str, str]] = set()
 
-    def add(self, comm: str, seq: int, arrivals: dict[int, float], exits: dict[int, float] | None = None) -> list[dict]:
-        """One complete instance (``arrivals``/``exits``: world rank -> time); returns new findings."""
+    def add(
+        self, comm: str, seq: int, arrivals: dict[int, float], exits: dict[int, float] | None = None, op: str = ""
+    ) -> list[dict]:
+        """One complete instance of collective ``op`` (``arrivals``/``exits``: world rank -> time); new findings."""
         if len(arrivals) < 2:
             return []
-        win = self._windows.setdefault(comm, deque(maxlen=self.window))
-        comm_time = None
+        findings: list[dict] = []
+        uneven = self._uneven.setdefault(comm, deque(maxlen=4))
+        if op and op not in SYMMETRIC:
+            uneven.append(seq)
+        elif seq - 1 not in uneven:  # after a rooted collective the root leaves (and comes back) late by design
+            win = self._windows.setdefault(comm, deque(maxlen=self.window))
+            win.append((seq, dict(arrivals), None, dict(exits or {})))
+            if len(win) == self.window:
+                findings += self._stragglers(comm, win)
         if exits and len(exits) == len(arrivals):
-            comm_time = max(0.0, min(exits.values()) - max(arrivals.values()))
-        win.append((seq, dict(arrivals), comm_time))
-        if len(win) < self.window:
-            return []
-        return self._stragglers(comm, win) + self._slowdown(comm, win)
+            times = self._times.setdefault((comm, op), deque(maxlen=self.window))
+            times.append((seq, max(0.0, min(exits.values()) - max(arrivals.values()))))
+            if len(times) == self.window:
+                findings += self._slowdown(comm, op, times)
+        return findings
 
     def _stragglers(self, comm: str, win: deque) -> list[dict]:
         findings = []
-        instances = [arrivals for _, arrivals, _ in win]
+        instances = [arrivals for _, arrivals, _, _ in win]
         ranks = set(instances[-1])
         starts = [min(a.values()) for a in instances]
         period = statistics.median(b - a for a, b in zip(starts, starts[1:]))
@@ -83,7 +113,8 @@ class StragglerDetector:
             threshold = max(self.skew, self.factor * statistics.median(spread), self.share * period)
             needed = math.ceil(self.fraction * self.window)
             key = (comm, r)
-            if sorted(late, reverse=True)[needed - 1] >= threshold:  # late by the threshold, ``needed`` times
+            repeated = statistics.median(late) <= 1.5 * period  # one delay seen through a burst of collectives is not
+            if sorted(late, reverse=True)[needed - 1] >= threshold and repeated:  # late enough, ``needed`` times
                 last = sum(1 for x in late if x >= threshold)
                 lateness = statistics.median(late)
                 if key not in self._flagged:
@@ -97,6 +128,7 @@ class StragglerDetector:
                             "lateness": lateness,
                             "threshold": threshold,
                             "period": period,
+                            "cause": self._cause(win, r, lateness),
                             "first_seq": win[0][0],
                             "last_seq": win[-1][0],
                         }
@@ -108,27 +140,41 @@ class StragglerDetector:
                     del self._flagged[key]
         return findings
 
-    def _slowdown(self, comm: str, win: deque) -> list[dict]:
-        times = [t for _, _, t in win if t is not None]
-        if len(times) < self.window:
-            return []
-        now = statistics.median(times)
-        base = self._baseline.setdefault(comm, now)
+    @staticmethod
+    def _cause(win: deque, r: int, lateness: float) -> str:
+        """``compute`` when ``r`` is late because it spends longer between collectives than the others,
+        ``communication`` when it spends as long but leaves each collective late (its link or node is slow)."""
+        excess = []
+        for (seq, _, _, exits), (nxt, arrivals, _, _) in zip(win, list(win)[1:]):
+            if nxt != seq + 1 or r not in exits or len(exits) < 2:
+                continue
+            gaps = {q: arrivals[q] - exits[q] for q in exits if q in arrivals}
+            if r in gaps and len(gaps) > 1:
+                excess.append(gaps[r] - statistics.median(g for q, g in gaps.items() if q != r))
+        if not excess:
+            return "unknown"
+        return "compute" if statistics.median(excess) >= 0.5 * lateness else "communication"
+
+    def _slowdown(self, comm: str, op: str, times: deque) -> list[dict]:
+        now = statistics.median(t for _, t in times)
+        key = (comm, op)
+        base = self._baseline[key] = min(now, self._baseline.get(key, now))
         if base > 0 and now >= self.slow_factor * base and now - base >= self.skew:
-            if comm not in self._slow:
-                self._slow.add(comm)
+            if key not in self._slow:
+                self._slow.add(key)
                 return [
                     {
                         "kind": "slowdown",
                         "comm": comm,
+                        "op": op,
                         "baseline": base,
                         "now": now,
-                        "first_seq": win[0][0],
-                        "last_seq": win[-1][0],
+                        "first_seq": times[0][0],
+                        "last_seq": times[-1][0],
                     }
                 ]
-        elif comm in self._slow and now < 0.5 * self.slow_factor * base:
-            self._slow.discard(comm)
+        elif key in self._slow and now < 0.5 * self.slow_factor * base:
+            self._slow.discard(key)
         return []
 
 
@@ -149,7 +195,7 @@ class Collector:
         self.cursor: dict[int, int] = {}
         self._offsets: dict[int, deque] = {}
         self._members: dict[str, tuple[int, ...]] = {}
-        self._pending: dict[tuple[str, int], dict[int, tuple[float, float]]] = {}
+        self._pending: dict[tuple[str, int], dict[int, tuple[float, float, str]]] = {}
 
     def offset(self, rank: int, answer: dict, sent: float, received: float) -> float:
         """The peer's clock minus ours (0 on a shared clock)."""
@@ -166,8 +212,8 @@ class Collector:
             shift = self.offset(rank, answer, sent, received)
             for ident, members in answer.get("comms", {}).items():
                 self._members[ident] = tuple(members)
-            for ident, seq, start, end in answer.get("arrivals", []):
-                self._pending.setdefault((ident, seq), {})[rank] = (start - shift, end - shift)
+            for ident, seq, start, end, *op in answer.get("arrivals", []):
+                self._pending.setdefault((ident, seq), {})[rank] = (start - shift, end - shift, op[0] if op else "")
         findings: list[dict] = []
         complete = []
         newest: dict[str, int] = {}
@@ -180,7 +226,7 @@ class Collector:
             seen = self._pending.pop((ident, seq))
             arrivals = {r: t[0] for r, t in seen.items()}
             exits = {r: t[1] for r, t in seen.items()}
-            findings += self.detector.add(ident, seq, arrivals, exits)
+            findings += self.detector.add(ident, seq, arrivals, exits, op=next(iter(seen.values()))[2])
         horizon = 4 * self.detector.window
         for key in [k for k in self._pending if k[1] < newest.get(k[0], 0) - horizon]:
             del self._pending[key]  # never completed (a member did not answer, or its ring moved on)
