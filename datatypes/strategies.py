@@ -207,7 +207,9 @@ def _wrap(draw, child: TypeSpec, ctors: tuple[str, ...], small: bool) -> TypeSpe
     elif ctor in ("indexed_block", "hindexed_block"):
         n = draw(st.integers(0, 4))
         hi = 6 if ctor == "indexed_block" else 96
-        args = (draw(st.integers(0, 3)), _evenly(draw, n, 0, hi))
+        # blocklength 0 with blocks: MPICH 5.0.2 dies of SIGFPE packing it when the child's extent
+        # differs from its size; empty types come from the other constructors
+        args = (draw(st.integers(1 if n else 0, 3)), _evenly(draw, n, 0, hi))
     elif ctor == "subarray":
         ndim = draw(st.integers(1, 3))
         sizes = tuple(draw(st.integers(1, 4)) for _ in range(ndim))

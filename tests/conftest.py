@@ -8,6 +8,12 @@ import pytest
 from hypothesis import settings
 
 import datatypes.pytest_plugin  # noqa: F401  (registers the commlib-* hypothesis profiles)
+from commlib.config import config
+
+# the suite must not depend on a calibration the user's machine may hold (nor warn about its absence);
+# the subprocesses the tests launch inherit the setting
+os.environ.setdefault("COMMLIB_MODEL", "analytic")
+config.reload()
 
 # commlib's own suite runs the CI profile unless told otherwise; the plugin's
 # --commlib-hypothesis-profile (and hypothesis' --hypothesis-profile) override it.
