@@ -74,7 +74,9 @@ def test_stopped_rank_is_named_and_the_job_aborted(mpirun, tmp_path, nprocs, vic
 
 
 def test_late_rank_is_named_with_its_stack_and_the_job_goes_on(mpirun, tmp_path):
-    result = _run(mpirun, 4, "late", tmp_path, "--victim", "2", "--seconds", "6")
+    # peers found through one collective at start-up instead of the rendezvous directory
+    env = {"COMMLIB_MONITOR_BOOTSTRAP": "mpi"}
+    result = _run(mpirun, 4, "late", tmp_path, "--victim", "2", "--seconds", "6", env=env)
     assert result.returncode == 0 and "OK late on 4 ranks (monitored: True)" in result.stdout, result.stderr[-3000:]
     hang = next(r for r in _records(tmp_path, 0) if r["kind"] == "hang")
     assert hang["op"] == "Allreduce" and hang["behind"] == [2] and hang["arrived"] == [0, 1, 3]
@@ -87,12 +89,16 @@ def test_late_rank_is_named_with_its_stack_and_the_job_goes_on(mpirun, tmp_path)
     assert {r["rank"] for r in waits} <= {1, 3} and all(r["leader"] == 0 and r["suspects"] == [2] for r in waits)
 
 
-def test_receive_without_a_send_names_the_peer(mpirun, tmp_path):
-    result = _run(mpirun, 2, "p2p", tmp_path, "--victim", "1", "--seconds", "5")
+def test_receive_without_a_send_names_the_peer_and_dumps_flight_records(mpirun, tmp_path):
+    result = _run(mpirun, 2, "p2p", tmp_path, "--victim", "1", "--seconds", "5", env={"COMMLIB_MONITOR_ACTION": "dump"})
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stderr
     assert f"{PREFIX}, rank 0] HANG: Recv(source=1, tag=7) #1 on COMM_WORLD (2 ranks)" in text
     assert "rank 1 did not post the matching send" in text and "in slow_compute" in text
+    dump = json.loads((tmp_path / "report-0.jsonl.dump.json").read_text())
+    assert sorted(dump["ranks"]) == ["0", "1"] and "flight records of ranks 0-1 written to" in text
+    assert [op["op"] for op in dump["ranks"]["0"]["inflight"]] == ["Recv"]
+    assert [op["op"] for op in dump["ranks"]["1"]["completed"]] == ["Barrier"]
 
 
 def test_sleeping_rank_is_flagged_as_straggler_within_20_iterations(mpirun, tmp_path):
@@ -123,3 +129,14 @@ def test_monitor_off(mpirun, tmp_path):
     result = _run(mpirun, 2, "healthy", tmp_path, "--iters", "5", env={"COMMLIB_MONITOR": "0"})
     assert result.returncode == 0 and "(monitored: False)" in result.stdout
     assert _records(tmp_path) == []
+
+
+def test_overhead_benchmark_smoke(tmp_path, capsys):
+    from commlib.bench.monitor_overhead import main
+
+    out = tmp_path / "overhead.json"
+    assert main(["--ranks", "2", "--rounds", "1", "--iters", "200", "--bytes", "8", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "monitored us" in printed and "<= 5 us" in printed and "recorder enter+leave alone" in printed
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["bytes"] == 8 and all(len(row["samples_s"][m]) == 1 for m in ("raw", "wrapped", "monitored"))

@@ -389,6 +389,9 @@ class Monitor:
             new, reminders = [], []
         for stuck in new:
             self._report_hang(stuck)
+        mine = [s for s in reminders + resolved if s.extra.get("leader", self.rank) == self.rank]
+        reminders = [s for s in reminders if s in mine]  # the rank that reported a hang follows it up
+        resolved = [s for s in resolved if s in mine]
         for stuck in reminders:
             call = call_text(self.recorder.describe(stuck.record, now))
             self.reporter.emit(
@@ -431,7 +434,7 @@ class Monitor:
         if op["kind"] == "collective":
             waiting = finding.get("arrived", []) + finding.get("mismatched", [])
             leader = min([*waiting, self.rank])
-        finding["leader"] = leader
+        finding["leader"] = stuck.extra["leader"] = leader
         if leader != self.rank:
             self.reporter.emit(
                 {

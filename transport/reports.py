@@ -4,8 +4,9 @@
 (prefixed with the rank), as one JSON object per line in the report file
 (``COMMLIB_MONITOR_REPORT``), and hands it to the registered Python
 callbacks. Alarms (hangs, stragglers, slow links...) go everywhere; notes
-(monitor started and stopped, probe matrices) only to the file, so a healthy
-run prints nothing.
+(monitor started and stopped, probe matrices, slowdowns, and the ranks that
+wait in a hang another rank reports) only to the file, so a healthy run
+prints nothing and a hang is told once.
 
 :func:`main` is ``python -m commlib monitor REPORT...``: it summarises one
 or more report files (a run's ranks may each have their own) and exits with
@@ -30,9 +31,7 @@ from typing import Any, TextIO
 __all__ = ["ALARMS", "Reporter", "main", "read_reports", "summarise"]
 
 # Kinds of records that are alarms (printed); every other kind is a note.
-ALARMS = frozenset(
-    {"hang", "hang-wait", "hang-reminder", "hang-resolved", "straggler", "slow-node", "slow-link", "error"}
-)
+ALARMS = frozenset({"hang", "hang-reminder", "hang-resolved", "straggler", "slow-node", "slow-link", "error"})
 
 Callback = Callable[[dict], Any]
 

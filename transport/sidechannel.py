@@ -73,7 +73,6 @@ class SideChannel:
         self._handlers: dict[str, Handler] = {}
         self._streams: dict[str, StreamHandler] = {}
         self._server = socket.create_server((address, 0), backlog=64)
-        self._server.settimeout(0.25)  # lets the thread notice stop() quickly
         self.address, self.port = self._server.getsockname()[:2]
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="commlib-sidechannel", daemon=True)
@@ -92,6 +91,8 @@ class SideChannel:
     def stop(self) -> None:
         self._stopped.set()
         with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        with contextlib.suppress(OSError):
             self._server.close()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(1.0)
@@ -100,8 +101,6 @@ class SideChannel:
         while not self._stopped.is_set():
             try:
                 conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
             except OSError:
                 return
             threading.Thread(target=self._answer, args=(conn,), name="commlib-sidechannel-conn", daemon=True).start()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["analyse", "call_text", "doing", "parse_ranges", "user_frame"]
+__all__ = ["analyse", "call_text", "doing", "parse_ranges", "stack_of", "user_frame"]
 
 _OURS = tuple(
     os.path.dirname(os.path.abspath(p)) + os.sep
@@ -64,6 +64,14 @@ def call_text(op: dict) -> str:
     return f"{call} #{op['seq']} on {op['label']} ({op['size']} ranks){suffix}"
 
 
+def stack_of(state: dict) -> list:
+    """The Python stack that matters in a rank's state: the thread blocked in a call, else the main thread."""
+    threads = state.get("threads", {})
+    blocked = [op for op in state.get("inflight", []) if op.get("blocking") and str(op.get("thread")) in threads]
+    chosen = str(blocked[-1]["thread"]) if blocked else str(state.get("main"))
+    return threads.get(chosen, {}).get("stack", [])
+
+
 def doing(state: dict) -> str:
     """What a rank is doing now, from its side-channel state."""
     blocked = [op for op in state.get("inflight", []) if op.get("blocking")]
@@ -75,8 +83,7 @@ def doing(state: dict) -> str:
     if waiting and pending:
         ops = ", ".join(call_text(op) for op in pending[:3]) + (" ..." if len(pending) > 3 else "")
         return f"waiting for {ops}"
-    main = state.get("threads", {}).get(str(state.get("main")), {})
-    return f"running at {_frame_text(user_frame(main.get('stack', [])))}"
+    return f"running at {_frame_text(user_frame(stack_of(state)))}"
 
 
 def _match(state: dict, ident: str) -> dict | None:
@@ -155,8 +162,7 @@ def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: 
         entered = view["coll_entered"] if view else 0
         done = view["coll_done"] if view else 0
         info: dict[str, Any] = {"entered": entered, "done": done, "where_host": _host(state) if r != me else ""}
-        main = state.get("threads", {}).get(str(state.get("main")), {})
-        info["stack"] = main.get("stack", [])
+        info["stack"] = stack_of(state)
         if view is None:
             behind.append(r)
             info["status"] = f"has never used this communicator; {doing(state)}"
@@ -239,8 +245,7 @@ def _point_to_point(
             silent_ranks.append(r)
             suspects.append(r)
             continue
-        main = state.get("threads", {}).get(str(state.get("main")), {})
-        ranks[r] = {"status": doing(state), "where_host": _host(state), "stack": main.get("stack", [])}
+        ranks[r] = {"status": doing(state), "where_host": _host(state), "stack": stack_of(state)}
         suspects.append(r)
     lines = [f"  peer{'s' if len(peers) != 1 else ''}: {_list(peers) if peers else 'none named'}"]
     if silent_ranks:

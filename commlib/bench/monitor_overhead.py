@@ -84,7 +84,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4], help="rank counts (2 4)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[2], help="rank counts (2)")
     parser.add_argument("--bytes", type=int, nargs="+", default=[8, 1 << 20], help="message sizes (8 1048576)")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per mode (15)")
     parser.add_argument("--iters", type=int, default=20000, help="calls per round at 8 B; fewer for larger (20000)")
