@@ -10,6 +10,10 @@ differently, and peers need not be interposed. Everything else (plain
 buffers, predefined types, ``IN_PLACE`` where staging would not pay, forms
 commlib does not read) goes to mpi4py untouched.
 
+``Allreduce`` goes through :func:`collectives.allreduce.try_allreduce`, which
+keeps MPI's own unless the cost model predicts a clear gain for the
+communicator's shape (``COMMLIB_ALLREDUCE`` forces an algorithm).
+
 Intercepted: ``Bcast``, ``Gather(v)``, ``Scatter(v)``, ``Allgather(v)``,
 ``Alltoall(v|w)`` and the neighbourhood ``Neighbor_allgather(v)``,
 ``Neighbor_alltoall(v|w)``.
@@ -22,6 +26,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from .config import config
 from .messages import Packed
 from .pieces import block_pieces, typed_pieces, vector_pieces
 
@@ -38,6 +43,17 @@ def _plain(*bufs: Any) -> bool:
 
 class Collectives:
     """Intra-communicator collectives (mixed into :class:`commlib.comm.Intracomm`)."""
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:
+        """Through :func:`collectives.allreduce.try_allreduce`: MPI's own unless the cost model picks another."""
+        from collectives.allreduce import plan, try_allreduce
+
+        if try_allreduce(self, sendbuf, recvbuf, op) is NotImplemented:
+            return super().Allreduce(sendbuf, recvbuf, op)
+        if self._session is not None:
+            buf = recvbuf[0] if isinstance(recvbuf, (list, tuple)) else recvbuf
+            nbytes = int(getattr(buf, "nbytes", 0))
+            self._session.record("Allreduce", plan(self, nbytes, config.allreduce)[0], nbytes)
 
     def Bcast(self, buf: Any, root: int = 0) -> None:
         if _plain(buf):

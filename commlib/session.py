@@ -169,14 +169,13 @@ class Session:
     def report(self) -> str:
         """One line per intercepted operation: calls and bytes per choice; then the cost model's line."""
         if not self.calls:
-            return "no operation with a strided derived datatype was intercepted"
+            return "no operation with a derived datatype, and no collective commlib runs itself, was intercepted"
         lines = []
         for op in sorted({op for op, _ in self.calls}):
             parts = [
                 f"{choice} {self.calls[op, choice]} calls / {self.bytes[op, choice]} B"
                 + (f" / {self.seconds[op, choice] * 1e3:.3f} ms" if (op, choice) in self.seconds else "")
-                for choice in ("pack", "native")
-                if (op, choice) in self.calls
+                for choice in sorted({c for o, c in self.calls if o == op}, key=lambda c: (c != "pack", c))
             ]
             lines.append(f"{op}: " + ", ".join(parts))
         if self.decision is default_decision or self.decision is self._own_decision:

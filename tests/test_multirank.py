@@ -55,6 +55,19 @@ def test_interposed_collectives_match_mpi4py(mpirun, nprocs):
     assert f"OK on {nprocs} ranks (interposed" in result.stdout
 
 
+@pytest.mark.parametrize("algorithm", ["ring", "star", "hierarchical-shard"])
+def test_interposed_allreduce_runs_commlib_algorithms(mpirun, algorithm):
+    script = str(HERE / "interposer_allreduce.py")
+    nodes = [("0", 2), ("1", 1)]  # uneven emulated nodes, by COMMLIB_NODE_ID
+    args: list[str] = []
+    for node, ranks in nodes:
+        args += [":", "-n", str(ranks), "env", f"COMMLIB_NODE_ID={node}", sys.executable, "-m", "commlib"]
+        args += [script, algorithm]
+    setting = "hierarchical" if algorithm.startswith("hierarchical") else algorithm
+    result = mpirun(2, args[3:], python=False, env={"COMMLIB_ALLREDUCE": setting}, timeout=180)
+    assert f"OK on 3 ranks ({algorithm})" in result.stdout
+
+
 @pytest.mark.parametrize("script", ["interposer_p2p.py", "interposer_collectives.py"])
 def test_mixed_interposed_and_plain_peers(mpirun, script):
     path = str(HERE / script)
