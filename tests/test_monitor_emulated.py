@@ -50,7 +50,7 @@ def test_a_link_slowing_down_mid_run_triggers_a_probe(emulated_cluster, tmp_path
     timer = threading.Timer(5.0, cl.set_link_rate, args=(1, 2, "100mbit"))  # once the job runs its loop
     timer.start()
     try:
-        result = _launch(cl, tmp_path, "periodic", "--seconds", "14")
+        result = _launch(cl, tmp_path, "periodic", "--seconds", "14", "--floats", str(1 << 17))  # 1 MiB
     finally:
         timer.cancel()
     records = _records(tmp_path)

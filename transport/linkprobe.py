@@ -30,7 +30,7 @@ from typing import Any
 
 from .sidechannel import Peer, SideChannelError, ask, connect, receive_message, send_message
 
-__all__ = ["localise", "matrix", "measure", "sink"]
+__all__ = ["localise", "matrix", "measure", "records", "sink"]
 
 _CHUNK = 1 << 18
 
@@ -162,3 +162,60 @@ def localise(
         "bad": [list(pair) for pair in sorted(bad, key=lambda pair: tuple(map(str, pair)))],
         "ambiguous": len(nodes) < 3 and bool(bad),
     }
+
+
+def _mbit(bandwidth: float) -> str:
+    return f"{bandwidth * 8 / 1e6:.0f} Mbit/s"
+
+
+def records(
+    result: dict, cells: dict[tuple[str, str], dict[str, Any]], nodes: int, known: set
+) -> tuple[list[dict], set]:
+    """The probe's note (the whole matrix) and an alarm for each slow node or link not in ``known``.
+
+    Returns the records and what is known now: a fault is reported when it
+    appears, not at every probe that still sees it.
+    """
+    ref = result["reference"]
+    failed = result.get("failed", {})
+    summary = (
+        f"link probe over {nodes} node{'s' if nodes != 1 else ''}: reference "
+        + (_mbit(ref["bandwidth"]) if ref.get("bandwidth") else "none")
+        + (f", rtt {ref['rtt'] * 1e6:.0f} us" if ref.get("rtt") else "")
+        + (f"; slow nodes {result['slow_nodes']}" if result["slow_nodes"] else "")
+        + (f"; slow links {result['slow_links']}" if result["slow_links"] else "")
+        + (f"; not measured: {', '.join(sorted(failed))}" if failed else "")
+    )
+    matrix = {f"{a}->{b}": c for (a, b), c in cells.items()}
+    out = [{"kind": "links", "lines": [summary], "matrix": matrix, **result}]
+    now = {("node", n) for n in result["slow_nodes"]} | {("link", tuple(p)) for p in result["slow_links"]}
+    for node in result["slow_nodes"]:
+        if ("node", node) in known:
+            continue
+        worst = min(c["bandwidth"] for (a, b), c in cells.items() if node in (a, b))
+        out.append(
+            {
+                "kind": "slow-node",
+                "node": node,
+                "lines": [
+                    f"SLOW NODE: {node}: every link to it is slow (bad row and column of the matrix), "
+                    f"down to {_mbit(worst)} vs {_mbit(ref['bandwidth'])} elsewhere"
+                ],
+            }
+        )
+    for a, b in result["slow_links"]:
+        if ("link", (a, b)) in known:
+            continue
+        worst = min(cells[p]["bandwidth"] for p in ((a, b), (b, a)) if p in cells)
+        ambiguous = " (two nodes only: the link or one of its nodes)" if result.get("ambiguous") else ""
+        out.append(
+            {
+                "kind": "slow-link",
+                "link": [a, b],
+                "lines": [
+                    f"SLOW LINK: {a} <-> {b}: {_mbit(worst)} vs {_mbit(ref['bandwidth'])} elsewhere "
+                    f"(one bad cell of the matrix){ambiguous}"
+                ],
+            }
+        )
+    return out, now

@@ -547,7 +547,7 @@ class Monitor:
         finding["lines"] = [
             f"SLOWDOWN: {finding['op'] or 'collectives'} on {label} now spend{'s' if finding['op'] else ''} "
             f"{finding['now'] * 1e3:.2f} ms communicating, "
-            f"{finding['now'] / finding['baseline']:.1f}x their baseline {finding['baseline'] * 1e3:.2f} ms "
+            f"{finding['now'] / finding['baseline']:.1f}x its baseline {finding['baseline'] * 1e3:.2f} ms "
             f"(#{finding['first_seq']}-#{finding['last_seq']}); probing the links"
         ]
         self.reporter.emit(finding)
@@ -569,56 +569,17 @@ class Monitor:
             reps: dict[str, dict] = {}
             for r in sorted(everyone):
                 reps.setdefault(str(everyone[r].get("node")), everyone[r])
+            if len(reps) < 2:
+                return {"nodes": list(reps), "slow_nodes": [], "slow_links": [], "bad": [], "skipped": "one node"}
             cells, failed = linkprobe.matrix(reps, self.rank, PROBE_BYTES, PROBE_ROUNDS, self._probe_timeout())
             result = linkprobe.localise(cells)
             result["failed"] = failed
             if self._stop.is_set():  # the job ended under the probe: peers that left look like broken links
                 result["skipped"] = "monitor stopping"
                 return result
-            matrix = {f"{a}->{b}": c for (a, b), c in cells.items()}
-            ref = result["reference"]
-            summary = (
-                f"link probe over {len(reps)} node{'s' if len(reps) != 1 else ''}: reference "
-                + (f"{ref['bandwidth'] * 8 / 1e6:.0f} Mbit/s" if ref.get("bandwidth") else "none")
-                + (f", rtt {ref['rtt'] * 1e6:.0f} us" if ref.get("rtt") else "")
-                + (f"; slow nodes {result['slow_nodes']}" if result["slow_nodes"] else "")
-                + (f"; slow links {result['slow_links']}" if result["slow_links"] else "")
-                + (f"; not measured: {', '.join(sorted(failed))}" if failed else "")
-            )
-            self.reporter.emit({"kind": "links", "lines": [summary], "matrix": matrix, **result})
-            known = {("node", n) for n in result["slow_nodes"]} | {("link", tuple(p)) for p in result["slow_links"]}
-            fresh, self._known_slow = known - self._known_slow, known  # alarms for what is new since the last probe
-            for node in result["slow_nodes"]:
-                if ("node", node) not in fresh:
-                    continue
-                cells_of = [c for (a, b), c in cells.items() if node in (a, b)]
-                worst = min(c["bandwidth"] for c in cells_of)
-                self.reporter.emit(
-                    {
-                        "kind": "slow-node",
-                        "node": node,
-                        "lines": [
-                            f"SLOW NODE: {node}: every link to it is slow (bad row and column of the matrix), "
-                            f"down to {worst * 8 / 1e6:.0f} Mbit/s vs {ref['bandwidth'] * 8 / 1e6:.0f} Mbit/s elsewhere"
-                        ],
-                    }
-                )
-            for a, b in result["slow_links"]:
-                if ("link", (a, b)) not in fresh:
-                    continue
-                both = [cells[p] for p in ((a, b), (b, a)) if p in cells]
-                worst = min(c["bandwidth"] for c in both)
-                ambiguous = " (two nodes only: the link or one of its nodes)" if result.get("ambiguous") else ""
-                self.reporter.emit(
-                    {
-                        "kind": "slow-link",
-                        "link": [a, b],
-                        "lines": [
-                            f"SLOW LINK: {a} <-> {b}: {worst * 8 / 1e6:.0f} Mbit/s vs "
-                            f"{ref['bandwidth'] * 8 / 1e6:.0f} Mbit/s elsewhere (one bad cell of the matrix){ambiguous}"
-                        ],
-                    }
-                )
+            records, self._known_slow = linkprobe.records(result, cells, len(reps), self._known_slow)
+            for record in records:
+                self.reporter.emit(record)
             return result
 
 

@@ -85,15 +85,18 @@ def _extractor(fields: tuple) -> Callable[[tuple, dict], tuple]:
     return extract
 
 
-# op -> (is collective, is blocking, argument extractor or None)
-_SPECS: dict[str, tuple[bool, bool, Callable | None]] = {
-    name: (
-        name in COLLECTIVES,
-        name in BLOCKING,
-        _extractor(_ARGUMENTS[name]) if name in _ARGUMENTS else None,
-    )
+class _Specs(dict):
+    """op -> (is collective, is blocking, argument extractor or None); a name traced later than this module
+    was written counts as a blocking point-to-point call rather than raising into the application."""
+
+    def __missing__(self, op: str) -> tuple[bool, bool, Callable | None]:
+        return (False, True, None)
+
+
+_SPECS = _Specs(
+    (name, (name in COLLECTIVES, name in BLOCKING, _extractor(_ARGUMENTS[name]) if name in _ARGUMENTS else None))
     for name in BLOCKING | NONBLOCKING
-}
+)
 
 
 def ranges(ranks: tuple[int, ...] | list[int]) -> str:
@@ -224,17 +227,18 @@ class FlightRecorder:
         handle = comm.handle
         try:
             members = self._members(comm)
-        except MPI.Exception:
+        except Exception:  # whatever MPI says, the application's call goes on
             members = ()
         if handle == MPI.COMM_WORLD.handle:
             label = "COMM_WORLD"
         elif handle == MPI.COMM_SELF.handle:
             label = "COMM_SELF"
         else:
-            label = comm.Get_name() or type(comm).__name__
+            label = type(comm).__name__
             try:
+                label = comm.Get_name() or label
                 comm.Set_attr(self._keyval, handle)  # dropped from the table when the communicator is freed
-            except MPI.Exception:
+            except Exception:  # a name or attribute is a nicety
                 pass
         generation = self._generations[handle] = self._generations.get(handle, 0) + 1
         state = CommState(handle, members, label, generation)

@@ -19,12 +19,13 @@ import commlib
 parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["explicit", "periodic"])
 parser.add_argument("--seconds", type=float, default=4.0)
+parser.add_argument("--floats", type=int, default=1 << 14, help="Allreduce size in float64 elements")
 args = parser.parse_args()
 
 world = MPI.COMM_WORLD
 rank = world.Get_rank()
 monitor = commlib.active_session().monitor
-buf = np.ones(1 << 14)
+buf = np.ones(args.floats)
 world.Allreduce(MPI.IN_PLACE, buf)
 if args.mode == "explicit":
     if rank == 0:
