@@ -18,19 +18,56 @@ import numpy as np
 from mpi4py import MPI
 
 import datatypes
-from datatypes.canonical import named_datatype
+from datatypes import model as cost_model
+from datatypes.canonical import cache_entry, named_datatype
 
-__all__ = ["Message", "Packed", "base_of", "derived"]
+__all__ = ["Message", "Packed", "Route", "base_of", "derived", "route_of"]
+
+_SPECS = (list, tuple)
+_SPECIAL = (MPI.IN_PLACE, MPI.BOTTOM)
 
 
-@dataclass(frozen=True)
+class Route:
+    """What every message of ``count`` objects of one datatype shares, computed once per (datatype, count).
+
+    Cached on the datatype handle beside the packer's plans, so a repeated
+    message costs one lookup: the named base type that carries it packed
+    (``None`` when commlib cannot pack it), its packed size and elements, and
+    the cost model's features of its shape.
+    """
+
+    __slots__ = ("base", "elements", "features", "nbytes")
+
+    def __init__(self, datatype: MPI.Datatype, count: int) -> None:
+        self.base = base_of(datatype)
+        self.nbytes = count * datatype.Get_size()
+        self.elements = self.nbytes // self.base.Get_size() if self.base is not None else 0
+        self.features = cost_model.features(count, datatype) if self.base is not None else None
+
+
+def route_of(datatype: MPI.Datatype, count: int) -> Route:
+    """The cached :class:`Route` of ``count`` objects of ``datatype``."""
+    plans = cache_entry(datatype).plans
+    route = plans.get(("route", count))
+    if route is None:
+        route = plans[("route", count)] = Route(datatype, count)
+    return route
+
+
 class Message:
-    """``count`` objects of a derived ``datatype`` in ``buf``."""
+    """``count`` objects of a derived ``datatype`` in ``buf``; ``base`` carries it packed (``None``: cannot)."""
 
-    buf: Any
-    count: int
-    datatype: MPI.Datatype
-    base: MPI.Datatype | None  # named type of the signature; None when commlib cannot pack it
+    __slots__ = ("base", "buf", "count", "datatype", "route")
+
+    def __init__(self, buf: Any, count: int, datatype: MPI.Datatype, route: Route | None = None) -> None:
+        self.buf = buf
+        self.count = count
+        self.datatype = datatype
+        self.route = route if route is not None else route_of(datatype, count)
+        self.base = self.route.base
+
+    def __repr__(self) -> str:
+        return f"Message(count={self.count}, nbytes={self.nbytes}, base={self.base})"
 
     @property
     def packable(self) -> bool:
@@ -38,12 +75,17 @@ class Message:
 
     @property
     def nbytes(self) -> int:
-        return self.count * self.datatype.Get_size()
+        return self.route.nbytes
 
     @property
     def elements(self) -> int:
         """Base-type elements in the packed message."""
-        return self.nbytes // self.base.Get_size()
+        return self.route.elements
+
+    @property
+    def features(self) -> Any:
+        """The cost model's features of the message's shape (``None`` without a canonical form)."""
+        return self.route.features
 
     def check(self, op: str, *, writable: bool) -> None:
         """Refuse (``ValueError``) a buffer that does not hold the message, before MPI sees it."""
@@ -90,25 +132,24 @@ def derived(spec: Any) -> Message | None:
     canonical form, or no single named base type, is returned with
     ``base=None``: it still gets its bounds checked, then goes to MPI.
     """
-    if not isinstance(spec, (list, tuple)) or not 2 <= len(spec) <= 3:
-        return None
+    if spec.__class__ not in _SPECS or not 2 <= len(spec) <= 3:
+        if not isinstance(spec, _SPECS) or not 2 <= len(spec) <= 3:
+            return None
     datatype = spec[-1]
     if not isinstance(datatype, MPI.Datatype) or datatype.is_predefined:
         return None
     buf = spec[0]
-    if buf is None or buf is MPI.IN_PLACE or buf is MPI.BOTTOM:
-        return None
-    if type(buf) is not np.ndarray and not _has_buffer(buf):
-        return None  # DLPack or CUDA-array-interface buffers go to mpi4py as they are
+    if type(buf) is not np.ndarray and (buf is None or buf in _SPECIAL or not _has_buffer(buf)):
+        return None  # special buffers, DLPack or CUDA-array-interface buffers go to mpi4py as they are
     if len(spec) == 3:
         count = spec[1]
-        if not isinstance(count, (int, np.integer)) or isinstance(count, bool):
+        if type(count) is not int and (not isinstance(count, (int, np.integer)) or isinstance(count, bool)):
             return None  # (count, displacement) pairs belong to v-collectives: leave them to MPI
     else:
         count = _count_from_buffer(buf, datatype)
         if count is None:
             return None  # mpi4py reports the spec it cannot read
-    return Message(buf, int(count), datatype, base_of(datatype))
+    return Message(buf, int(count), datatype)
 
 
 @dataclass

@@ -78,7 +78,10 @@ class Pieces:
         """The whole as one message, for the decision hook: the datatype that carries the most bytes."""
         k = max(range(len(self.counts)), key=lambda i: self.counts[i] * self.types[i].Get_size(), default=0)
         total = sum(c for c, t in zip(self.counts, self.types) if t == self.types[k]) if self.counts else 0
-        return Message(self.buf, total, self.types[k], self.bases[k] if self.packable else None)
+        message = Message(self.buf, total, self.types[k])
+        if not self.packable:
+            message.base = None
+        return message
 
     def check(self, op: str, *, writable: bool) -> None:
         """Refuse (``ValueError``) a buffer that does not hold every piece, before MPI sees it."""

@@ -81,6 +81,9 @@ class Session:
 
     def _features(self, message: Any) -> cost_model.Features | None:
         """The message's features; the same message object (decide, then observe) is looked up once."""
+        f = getattr(message, "features", False)
+        if f is not False:
+            return f
         last = self._last
         if last[0] is message:
             return last[1]
