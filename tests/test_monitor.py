@@ -235,7 +235,10 @@ def test_wavefront_point_to_point_deadlock_and_missing_send():
     assert f["peers"] == [1] and "did not post the matching send" in f["cause"]
     theirs = _op(op="Recv", seq=1, kind="p2p", source=0, source_world=0, tag=3)
     f = wavefront.analyse(stuck, 0, [0, 1], {0: mine, 1: _state(1, 0, 0, [theirs])}, {})
-    assert f["cause"].startswith("deadlock")
+    assert f["cause"].startswith("deadlock: the peer is itself blocked waiting for this rank")
+    # the peer waits in collective #1, which this rank (still at #0) has not entered
+    f = wavefront.analyse(stuck, 0, [0, 1], {0: mine, 1: _state(1, 1, 0, [_op(seq=1)])}, {})
+    assert "blocked in Allreduce #1 on COMM_WORLD, a collective rank 0 has not entered" in f["cause"]
 
 
 # -- stragglers -----------------------------------------------------------------------

@@ -91,6 +91,22 @@ def test_late_rank_is_named_with_its_stack_and_the_job_goes_on(mpirun, tmp_path)
     assert {r["rank"] for r in waits} <= {1, 3} and all(r["leader"] == 0 and r["suspects"] == [2] for r in waits)
 
 
+def test_rank_that_never_enters_the_collective_is_named_with_what_blocks_it(mpirun, tmp_path):
+    result = _run(mpirun, 3, "skip", tmp_path, "--victim", "1", env={"COMMLIB_MONITOR_ACTION": "abort"})
+    assert not result.timed_out and result.returncode != 0, result.stderr[-3000:]
+    # whichever side reports first aborts the job: rank 0 (stuck in the collective) or rank 1 (in its receive)
+    hangs = [r for r in _records(tmp_path) if r["kind"] == "hang"]
+    assert hangs and all(r["waited"] < 30 for r in hangs), result.stderr[-3000:]
+    for hang in hangs:
+        if hang["rank"] == 0:
+            assert hang["op"] == "Allreduce" and hang["seq"] == 4 and hang["behind"] == [1] and hang["suspects"] == [1]
+            assert "blocked in another operation" in hang["cause"]
+            assert "blocked in Recv(source=0, tag=99) #1 on COMM_WORLD" in hang["ranks"]["1"]["status"]
+        else:
+            assert hang["rank"] == 1 and hang["call"].startswith("Recv(source=0, tag=99) #1 on COMM_WORLD")
+            assert "blocked in Allreduce #4 on COMM_WORLD, a collective rank 1 has not entered" in hang["cause"]
+
+
 def test_receive_without_a_send_names_the_peer_and_dumps_flight_records(mpirun, tmp_path):
     result = _run(mpirun, 2, "p2p", tmp_path, "--victim", "1", "--seconds", "5", env={"COMMLIB_MONITOR_ACTION": "dump"})
     assert result.returncode == 0, result.stderr[-3000:]

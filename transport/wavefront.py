@@ -257,6 +257,12 @@ def _point_to_point(
         cause = f"rank {me} waits on itself: none of its threads has posted the matching {verb}"
     elif any(_waits_on(states.get(r), me) for r in peers):
         cause = "deadlock: the peer is itself blocked waiting for this rank"
+    elif any(_skipped(states.get(r), states.get(me)) for r in peers):
+        op = next(_skipped(states.get(r), states.get(me)) for r in peers if _skipped(states.get(r), states.get(me)))
+        cause = (
+            f"deadlock: the peer is blocked in {op['op']} #{op['seq']} on {op['label']}, a collective rank {me} "
+            "has not entered (ordering bug: the collective and this call wait for each other)"
+        )
     elif peers:
         verb = "post the matching send" if "source" in stuck else "post the matching receive"
         cause = f"{_list(peers)} did not {verb} (see what it is doing)"
@@ -272,6 +278,18 @@ def _waits_on(state: dict | None, rank: int) -> bool:
         if op.get("blocking") and rank in (op.get("dest_world"), op.get("source_world")):
             return True
     return False
+
+
+def _skipped(peer: dict | None, mine: dict | None) -> dict | None:
+    """The collective the peer is blocked in that this rank is a member of and has not entered, if any."""
+    if not peer or not mine:
+        return None
+    for op in peer.get("inflight", []):
+        if op.get("blocking") and op.get("kind") == "collective":
+            view = _match(mine, op["comm"])
+            if view is not None and view["coll_entered"] < op["seq"]:
+                return op
+    return None
 
 
 def _list(ranks: list[int]) -> str:

@@ -7,6 +7,8 @@ Usage: ``monitor_faults.py SCENARIO [--victim R] [--seconds S] [--iters N]``, sc
   else kills it);
 - ``late``: the victim spends ``--seconds`` in ``slow_compute`` before a
   collective the others have entered, then joins: the job completes;
+- ``skip``: the victim never enters a collective the others have entered: it
+  waits for a message from rank 0 instead (a real deadlock);
 - ``p2p``: rank 0 receives from the victim, which sends only after ``--seconds``;
 - ``straggler``: ``--iters`` allreduces, the victim sleeping ``--seconds``
   before each (the others a tenth of that);
@@ -30,7 +32,7 @@ from mpi4py import MPI
 import commlib
 
 parser = argparse.ArgumentParser()
-parser.add_argument("scenario", choices=["stop", "late", "p2p", "straggler", "healthy"])
+parser.add_argument("scenario", choices=["stop", "late", "skip", "p2p", "straggler", "healthy"])
 parser.add_argument("--victim", type=int, default=1)
 parser.add_argument("--seconds", type=float, default=5.0)
 parser.add_argument("--iters", type=int, default=6)
@@ -48,12 +50,14 @@ def slow_compute(seconds):
     time.sleep(seconds)
 
 
-if args.scenario in ("stop", "late"):
+if args.scenario in ("stop", "late", "skip"):
     for i in range(args.iters):
         if i == 3 and rank == args.victim:
             if args.scenario == "stop":
                 subprocess.Popen(["sh", "-c", f"sleep {args.seconds}; kill -CONT {os.getpid()}"])
                 os.kill(os.getpid(), signal.SIGSTOP)
+            elif args.scenario == "skip":
+                world.Recv(buf, source=0, tag=99)
             else:
                 slow_compute(args.seconds)
         world.Allreduce(MPI.IN_PLACE, buf)
