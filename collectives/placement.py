@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
 
 __all__ = ["Placement", "place_experts", "placement_cost", "transition_counts", "transition_fractions"]
 
@@ -224,6 +222,8 @@ class _Problem:
 
     def assign(self, gain: np.ndarray) -> np.ndarray:
         """Owners maximising ``sum gain[owner[j], j]`` with ``per_rank`` experts per rank."""
+        from scipy.optimize import linear_sum_assignment  # imported here: scipy.optimize is slow to import
+
         slots = np.repeat(np.arange(self.ranks), self.per_rank)
         rows, cols = linear_sum_assignment(gain[slots], maximize=True)
         owner = np.empty(self.experts, np.int64)
@@ -266,6 +266,9 @@ class _Problem:
         again, as many per rank as before. Returns the new owners, or ``None``
         when the solver found no solution in time.
         """
+        from scipy import sparse
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
         q = ranks.size
         free_mask = np.zeros(owner.shape, bool)
         free_mask[layer : layer + 2] = np.isin(owner[layer : layer + 2], ranks)
