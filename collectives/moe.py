@@ -17,18 +17,27 @@ Design.
   contiguous slice in (local expert, source rank) order. Both hold because
   the payload is not received as it is sent: each source's rows, ordered by
   the token's lowest local expert at the destination ("primary"), land
-  through per-source MPI datatypes directly in their expert's sub-block,
-  leaving room after them for the tokens that expert shares with a lower one
-  ("extras"); the extras are then filled by one local row copy, whose indices
-  travel in a small ``Ialltoallv`` that overlaps the payload. So the network
-  carries no duplicate rows, the expert layout needs no permutation of the
-  whole buffer, and only the duplicated rows are copied (what a replicating
-  design would send over the wire). The send side gathers the rows straight
-  from ``x`` through an indexed datatype, and ``combine`` receives the
-  returned rows straight into per-(token, slot) positions, so neither side
-  makes a Python-side permuted copy of the payload. ``dedup=False`` sends one
-  row per (token, expert) pair instead (measured in ``python -m commlib bench
-  moe``); the receive layout is the same.
+  through per-source MPI datatypes (one block per local expert) directly in
+  their expert's sub-block, leaving room after them for the tokens that
+  expert shares with a lower one ("extras"); the extras are then filled by
+  one local row copy, whose indices travel in a small ``Ialltoallv`` that
+  overlaps the payload. So the network carries no duplicate rows, the
+  receiver makes no permuted copy of the buffer, and only the duplicated rows
+  are copied locally (what a replicating design would send over the wire).
+  The alternatives were to send a row per (token, expert) pair (``dedup=False``,
+  same layout, more bytes; measured in ``python -m commlib bench moe``), or
+  to send tokens once and hand experts index lists into an unordered buffer
+  (experts would then gather their input themselves, a full extra copy).
+* How rows reach MPI (``pack``, default ``config.moe_pack``): ``"gather"``
+  gathers the rows for all destinations into one reused send buffer with
+  ``numpy.take`` (MPI then moves one contiguous block per peer, which shared
+  memory transports copy once), and ``combine`` receives one contiguous block
+  per peer and reads each pair's row by position inside the weighted sum,
+  in cache-sized chunks (no separate permutation pass). ``"mpi"`` builds
+  indexed datatypes instead: MPI picks the rows straight from ``x`` and drops
+  returned rows straight at their (token, slot) positions, with no numpy copy
+  at all; MPICH moves such scattered rows through its pipelined pack path,
+  which measured slower here, so ``gather`` is the default.
 * Weights never travel: the return leg carries one row per (token, expert)
   pair and the source computes ``out[t] = sum_k w[t, k] * y(t, k)`` in slot
   order (accumulated in float32 for 16-bit payloads), so results are
@@ -47,6 +56,7 @@ Arrays may be numpy or cupy. Device arrays go to MPI as they are when
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +67,11 @@ from commlib.config import config
 
 from .routing import ExpertMap, ReceivePlan, SendPlan, plan_receive, plan_send, row_runs
 
-__all__ = ["MoEHandle", "RecvInfo", "array_namespace", "combine", "dispatch"]
+__all__ = ["MoEHandle", "RecvInfo", "array_namespace", "combine", "dispatch", "release_buffers"]
 
 _HEADER = ("row width", "item size", "dtype kind", "number of experts", "placement", "dedup")
 _CHUNK_BYTES = 1 << 21  # rows of the weighted sum processed together (stays in cache)
+_PACK_MODES = ("gather", "mpi")
 
 
 def array_namespace(x: Any) -> Any:
@@ -111,6 +122,7 @@ class MoEHandle:
     recv: ReceivePlan
     weights: np.ndarray  # [N, K] float64 on the host: kept pairs' weights, 0 elsewhere
     xp: Any
+    pack: str  # "gather" or "mpi"
     dispatch_bytes: int  # payload bytes this rank sent to other ranks in dispatch
     copied_rows: int  # rows duplicated locally after the exchange (extras)
 
@@ -216,6 +228,47 @@ def _alltoallw(comm: MPI.Comm, sendbuf: Any, sends: list, recvbuf: Any, recvs: l
         row.Free()
 
 
+def _pack_mode(op: str, pack: str | None) -> str:
+    pack = config.moe_pack if pack is None else pack
+    if pack not in _PACK_MODES:
+        _fail(op, f"pack must be one of {', '.join(_PACK_MODES)}, got {pack!r}")
+    return pack
+
+
+class _Workspace(threading.local):
+    """Host buffers kept between calls, per thread: a fresh large buffer costs a page fault per page, every call."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+
+_workspace = _Workspace()
+
+
+def _buffer(xp: Any, name: str, rows: int, width: int, dtype: np.dtype) -> Any:
+    """A ``[rows, width]`` scratch array: numpy's reused from the last call (grown as needed), else a new one."""
+    if xp is not np:
+        return xp.empty((rows, width), dtype)
+    nbytes = rows * width * dtype.itemsize
+    buf = _workspace.buffers.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _workspace.buffers[name] = np.empty(max(nbytes, 1), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(rows, width)
+
+
+def release_buffers() -> None:
+    """Free the scratch buffers that ``dispatch`` and ``combine`` keep between calls (this thread's)."""
+    _workspace.buffers.clear()
+
+
+def _take(xp: Any, rows: Any, index: Any, out: Any) -> None:
+    """``out[:] = rows[index]`` without a temporary (numpy's ``take`` buffers ``out`` unless told not to check)."""
+    if xp is np:
+        np.take(rows, index, axis=0, out=out, mode="clip")
+    else:
+        xp.take(rows, xp.asarray(index), axis=0, out=out)
+
+
 def _displacements(counts: np.ndarray) -> np.ndarray:
     return np.cumsum(counts) - counts
 
@@ -230,6 +283,7 @@ def dispatch(
     capacity_factor: float | None = None,
     *,
     dedup: bool = True,
+    pack: str | None = None,
 ) -> tuple[Any, RecvInfo, MoEHandle]:
     """Send each token to the ranks of its top-k experts; collective over ``comm``.
 
@@ -244,6 +298,8 @@ def dispatch(
     source rank, then token index; expert outputs in the same layout go to
     :func:`combine` with ``handle``. All ranks must pass the same
     ``num_experts``, placement, ``capacity_factor``, ``dedup``, row width and dtype.
+    ``pack`` (default ``config.moe_pack``) picks how rows reach MPI, here and
+    in the matching ``combine``: ``"gather"`` or ``"mpi"`` (module docstring).
     """
     op = "dispatch"
     xp = array_namespace(x)
@@ -258,8 +314,8 @@ def dispatch(
     dtype = np.dtype(x.dtype)
     row_bytes = width * dtype.itemsize
     staged = xp is not np and not config.cuda_aware_mpi
-    source = _host(x) if staged else x
-    source = xp.ascontiguousarray(source) if not staged else np.ascontiguousarray(source)
+    source = np.ascontiguousarray(_host(x)) if staged else xp.ascontiguousarray(x)
+    pack = _pack_mode(op, pack)
 
     capacity = None
     if capacity_factor is not None:
@@ -290,22 +346,26 @@ def dispatch(
             [extra_in, in_counts, _displacements(in_counts), MPI.INT64_T],
         )
     layout = plan_receive(in_primaries, in_extras)
-    recv_x = (np if staged else xp).empty((layout.num_rows, width), dtype)
+    space = np if staged else xp
+    recv_x = space.empty((layout.num_rows, width), dtype)
 
     sent = plan.send_counts
     starts = _displacements(sent)
-    sends = [row_runs(plan.send_rows[starts[d] : starts[d] + sent[d]]) for d in range(num_ranks)]
+    if pack == "gather":
+        sendbuf = _buffer(space, "send", plan.send_rows.size, width, dtype)
+        _take(space, source, plan.send_rows, sendbuf)
+        sends = [(starts[d : d + 1], sent[d : d + 1]) for d in range(num_ranks)]
+    else:
+        sendbuf = source
+        sends = [row_runs(plan.send_rows[starts[d] : starts[d] + sent[d]]) for d in range(num_ranks)]
     recvs = [(layout.offsets[:, s], in_primaries[s]) for s in range(num_ranks)]
-    _alltoallw(comm, source, sends, recv_x, recvs, row_bytes)
+    _alltoallw(comm, sendbuf, sends, recv_x, recvs, row_bytes)
 
     if request is not None:
         request.Wait()
     copy_from, copy_to = layout.copies(extra_in)
     if copy_to.size:
-        if staged or xp is np:
-            recv_x[copy_to] = recv_x[copy_from]
-        else:
-            recv_x[xp.asarray(copy_to)] = recv_x[xp.asarray(copy_from)]
+        recv_x[space.asarray(copy_to)] = recv_x[space.asarray(copy_from)]
     if staged:
         recv_x = xp.asarray(recv_x)
 
@@ -326,6 +386,7 @@ def dispatch(
         recv=layout,
         weights=kept_weights,
         xp=xp,
+        pack=pack,
         dispatch_bytes=int(sent[others].sum()) * row_bytes,
         copied_rows=int(copy_to.size),
     )
@@ -339,9 +400,13 @@ def _accumulation_dtype(dtype: np.dtype) -> np.dtype:
     return acc
 
 
-def _weighted_sum(xp: Any, returned: Any, weights: Any, n: int, k: int, out_dtype: np.dtype) -> Any:
-    """``out[t] = sum_k weights[t, k] * returned[t * K + k]``, in slot order, in cache-sized chunks of tokens."""
-    width = returned.shape[1]
+def _weighted_sum(xp: Any, rows: Any, positions: Any, weights: Any, out_dtype: np.dtype) -> Any:
+    """``out[t] = sum_k weights[t, k] * rows[positions[t, k]]``, in slot order, in cache-sized chunks of tokens.
+
+    ``positions`` ``None`` means ``rows`` holds pair ``(t, k)`` at row ``t * K + k``.
+    """
+    n, k = weights.shape
+    width = rows.shape[1]
     acc_dtype = _accumulation_dtype(out_dtype)
     out = xp.empty((n, width), out_dtype)
     if n == 0:
@@ -349,19 +414,24 @@ def _weighted_sum(xp: Any, returned: Any, weights: Any, n: int, k: int, out_dtyp
     if k == 0:
         out[...] = 0
         return out
-    rows = returned.reshape(n, k, width)
     weights = weights.astype(acc_dtype)
-    step = max(1, _CHUNK_BYTES // max(1, width * acc_dtype.itemsize))
-    scratch = xp.empty((min(step, n), width), acc_dtype)
-    total = out if acc_dtype == out_dtype else xp.empty((min(step, n), width), acc_dtype)
+    step = min(n, max(1, _CHUNK_BYTES // max(1, width * max(acc_dtype.itemsize, rows.dtype.itemsize))))
+    term = xp.empty((step, width), acc_dtype)
+    total = out if acc_dtype == out_dtype else xp.empty((step, width), acc_dtype)
+    gathered = xp.empty((step, width), rows.dtype) if positions is not None else None
+    by_slot = rows.reshape(n, k, width) if positions is None else None
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         acc = total[lo:hi] if total is out else total[: hi - lo]
-        xp.multiply(rows[lo:hi, 0], weights[lo:hi, 0, None], out=acc)
-        for slot in range(1, k):
-            term = scratch[: hi - lo]
-            xp.multiply(rows[lo:hi, slot], weights[lo:hi, slot, None], out=term)
-            acc += term
+        for slot in range(k):
+            if by_slot is not None:
+                part = by_slot[lo:hi, slot]
+            else:
+                part = gathered[: hi - lo]
+                _take(xp, rows, positions[lo:hi, slot], part)
+            xp.multiply(part, weights[lo:hi, slot, None], out=acc if slot == 0 else term[: hi - lo])
+            if slot:
+                acc += term[: hi - lo]
         if total is not out:
             out[lo:hi] = acc
     return out
@@ -397,17 +467,29 @@ def combine(y: Any, handle: MoEHandle) -> Any:
     staged = xp is not np and not config.cuda_aware_mpi
     space = np if staged else xp
     source = np.ascontiguousarray(_host(y)) if staged else xp.ascontiguousarray(y)
-    returned = space.empty((n * k, width), dtype)
     layout, plan = handle.recv, handle.send
-    sends = [(layout.offsets[:, s], layout.counts[:, s]) for s in range(comm.Get_size())]
+    size = comm.Get_size()
+    sends = [(layout.offsets[:, s], layout.counts[:, s]) for s in range(size)]
     counts = plan.return_counts
     starts = _displacements(counts)
-    recvs = [row_runs(plan.return_slots[starts[d] : starts[d] + counts[d]]) for d in range(comm.Get_size())]
+    kept = plan.return_slots.size
+    if handle.pack == "gather":
+        # Rows arrive in blocks per destination; the weighted sum reads them by position (missing: a zero row).
+        returned = _buffer(space, "return", kept + 1, width, dtype)
+        returned[kept] = 0
+        recvs = [(starts[d : d + 1], counts[d : d + 1]) for d in range(size)]
+        positions = np.full(n * k, kept, np.int64)
+        positions[plan.return_slots] = np.arange(kept)
+        positions = space.asarray(positions.reshape(n, k))
+    else:
+        # MPI drops every row at its pair's position (token * K + slot).
+        returned = space.empty((n * k, width), dtype)
+        recvs = [row_runs(plan.return_slots[starts[d] : starts[d] + counts[d]]) for d in range(size)]
+        positions = None
     _alltoallw(comm, source, sends, returned, recvs, row_bytes)
-
-    missing = np.flatnonzero(~plan.kept.reshape(-1))
-    if missing.size:
-        returned[missing if space is np else space.asarray(missing)] = 0
-    weights = handle.weights if space is np else space.asarray(handle.weights)
-    out = _weighted_sum(space, returned, weights, n, k, dtype)
+    if positions is None:
+        missing = np.flatnonzero(~plan.kept.reshape(-1))
+        if missing.size:
+            returned[space.asarray(missing)] = 0
+    out = _weighted_sum(space, returned, positions, space.asarray(handle.weights), dtype)
     return xp.asarray(out) if staged else out

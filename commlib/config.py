@@ -86,6 +86,11 @@ class Config:
     cuda_aware_mpi [COMMLIB_CUDA_AWARE_MPI=0]
         MPI accepts device (cupy) buffers; when 0, collectives that take device
         arrays stage them through host memory around each exchange.
+    moe_pack [COMMLIB_MOE_PACK=gather]
+        how the expert all-to-all hands rows to MPI: ``gather`` copies them into
+        contiguous blocks with numpy (MPI moves large contiguous messages),
+        ``mpi`` lets MPI datatypes pick rows from the input and drop returned
+        rows at their (token, slot) positions (no numpy copies).
     node_detect [COMMLIB_NODE_DETECT=auto]
         how collectives find the ranks of one node: ``shared`` by
         ``Split_type(COMM_TYPE_SHARED)``, ``name`` by ``MPI.Get_processor_name()``,
@@ -166,6 +171,7 @@ class Config:
     interpose: bool = True
     report: bool = False
     cuda_aware_mpi: bool = False
+    moe_pack: str = "gather"
     node_detect: str = "auto"
     node_id: int = -1
     allreduce: str = "auto"
@@ -200,6 +206,7 @@ class Config:
             interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
             report=_env_bool("COMMLIB_REPORT", cls.report),
             cuda_aware_mpi=_env_bool("COMMLIB_CUDA_AWARE_MPI", cls.cuda_aware_mpi),
+            moe_pack=_env_choice("COMMLIB_MOE_PACK", cls.moe_pack, ("gather", "mpi")),
             node_detect=_env_choice("COMMLIB_NODE_DETECT", cls.node_detect, _NODE_DETECT),
             node_id=_env_int("COMMLIB_NODE_ID", cls.node_id),
             allreduce=_env_choice("COMMLIB_ALLREDUCE", cls.allreduce, _ALLREDUCE_ALGORITHMS),

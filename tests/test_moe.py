@@ -94,7 +94,7 @@ def simulate(xs, tables, emap, capacity, dedup):
             at += rows.shape[0]
         assert at == plan.return_slots.size
         weights = np.where(plan.kept, 1.0 + np.arange(k), 0.0)
-        outs.append(_weighted_sum(np, returned, weights, n, k, np.dtype(np.float64)))
+        outs.append(_weighted_sum(np, returned, None, weights, np.dtype(np.float64)))
     return plans, outs
 
 
@@ -163,13 +163,14 @@ def identity_round_trip(x, idx, w, **kwargs):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 @pytest.mark.parametrize("dedup", [True, False])
-def test_one_rank_identity_experts_give_the_weighted_sum_bitwise(dtype, dedup):
+@pytest.mark.parametrize("pack", ["gather", "mpi"])
+def test_one_rank_identity_experts_give_the_weighted_sum_bitwise(dtype, dedup, pack):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50, 7)).astype(dtype)
     idx = np.argsort(rng.random((50, 4)), axis=1)[:, :2]
     idx[::7, 1] = -1
     w = rng.random((50, 2)).astype(np.float32)
-    recv_x, info, handle, out = identity_round_trip(x, idx, w, dedup=dedup)
+    recv_x, info, handle, out = identity_round_trip(x, idx, w, dedup=dedup, pack=pack)
     acc = np.float32 if dtype == np.float16 else dtype
     weights = np.where(idx >= 0, w, 0).astype(acc)
     ref = x.astype(acc) * weights[:, :1] + x.astype(acc) * weights[:, 1:]
@@ -201,11 +202,19 @@ def test_weighted_sum_in_chunks_matches_one_pass(monkeypatch):
     import collectives.moe as moe
 
     rng = np.random.default_rng(0)
-    rows = rng.standard_normal((30 * 3, 5)).astype(np.float16)
+    rows = rng.standard_normal((30 * 3 + 1, 5)).astype(np.float16)
+    rows[-1] = 0
     w = rng.random((30, 3))
-    whole = _weighted_sum(np, rows, w, 30, 3, np.dtype(np.float16))
+    positions = rng.permutation(30 * 3).reshape(30, 3)
+    positions[::4, 2] = 30 * 3  # the zero row: a missing pair
+    w[::4, 2] = 0
+    whole = _weighted_sum(np, rows, positions, w, np.dtype(np.float16))
+    in_place = np.empty((30 * 3, 5), np.float16)
+    in_place[np.arange(30 * 3)] = rows[positions.reshape(-1)]
+    assert np.array_equal(_weighted_sum(np, in_place, None, w, np.dtype(np.float16)), whole)
     monkeypatch.setattr(moe, "_CHUNK_BYTES", 40)
-    assert np.array_equal(_weighted_sum(np, rows, w, 30, 3, np.dtype(np.float16)), whole)
+    assert np.array_equal(_weighted_sum(np, rows, positions, w, np.dtype(np.float16)), whole)
+    assert np.array_equal(_weighted_sum(np, in_place, None, w, np.dtype(np.float16)), whole)
 
 
 @pytest.mark.parametrize(
@@ -223,13 +232,14 @@ def test_weighted_sum_in_chunks_matches_one_pass(monkeypatch):
         ({"placement": np.array([0, 1, 0, 0])}, "names ranks 0..1 on 1 ranks"),
         ({"placement": Placement(np.zeros((2, 4), np.int64), 1)}, "placement of 2 layers"),
         ({"capacity_factor": 0.0}, "capacity_factor must be > 0"),
+        ({"pack": "memcpy"}, "pack must be one of gather, mpi"),
     ],
 )
 def test_dispatch_rejects_bad_input_before_communicating(kwargs, message):
     args = {"x": np.zeros((4, 3)), "idx": np.zeros((4, 2), np.int64), "w": np.ones((4, 2)), "num_experts": 4}
     args["idx"][:, 1] = 1
     args.update(kwargs)
-    extra = {k: v for k, v in args.items() if k in ("placement", "capacity_factor")}
+    extra = {k: v for k, v in args.items() if k in ("placement", "capacity_factor", "pack")}
     with pytest.raises(ValueError, match=message):
         dispatch(args["x"], args["idx"], args["w"], SELF, args["num_experts"], **extra)
 
@@ -251,4 +261,4 @@ def test_combine_rejects_bad_outputs():
 def test_dispatch_combine_across_ranks(mpirun, nprocs):
     script = Path(__file__).parent / "mpi" / "moe_cases.py"
     result = mpirun(nprocs, [str(script)], timeout=240)
-    assert f"OK on {nprocs} ranks: 18 cases" in result.stdout
+    assert f"OK on {nprocs} ranks: 36 cases" in result.stdout

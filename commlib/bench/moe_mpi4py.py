@@ -6,8 +6,9 @@ per pair), send each destination its expert ids with the pickling
 ``alltoall`` (their lengths are the counts), move the rows with one
 ``Alltoallv``, and sort them by local expert on arrival. ``combine`` undoes
 the sort, sends the outputs back with a second ``Alltoallv``, puts them back
-in (token, slot) order and sums each token's weighted outputs with
-``np.add.reduceat``. Experts live in contiguous groups (``E / P`` per rank).
+in (token, slot) order and adds each slot's weighted outputs to its tokens'
+rows (of ``np.add.at``, ``np.add.reduceat`` and this, this was the fastest
+here). Experts live in contiguous groups (``E / P`` per rank).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ __all__ = ["NaiveHandle", "naive_combine", "naive_dispatch"]
 class NaiveHandle:
     comm: MPI.Comm
     num_tokens: int
+    topk: int
     pair_token: np.ndarray  # token of each pair, in (token, slot) order
+    pair_slot: np.ndarray  # slot of each pair
     pair_weight: np.ndarray  # weight of each pair
     by_dest: np.ndarray  # pair order sorted by destination
     send_counts: np.ndarray
@@ -67,7 +70,9 @@ def naive_dispatch(
     handle = NaiveHandle(
         comm,
         x.shape[0],
+        topk_idx.shape[1],
         token,
+        slot,
         topk_weights[token, slot],
         by_dest,
         send_counts,
@@ -92,8 +97,7 @@ def naive_combine(y: np.ndarray, handle: NaiveHandle) -> np.ndarray:
     pair_out = np.empty_like(returned)
     pair_out[handle.by_dest] = returned
     out = np.zeros((handle.num_tokens, width), y.dtype)
-    if pair_out.shape[0]:
-        weighted = handle.pair_weight[:, None].astype(y.dtype) * pair_out
-        tokens, starts = np.unique(handle.pair_token, return_index=True)
-        out[tokens] = np.add.reduceat(weighted, starts, axis=0)
+    for slot in range(handle.topk):  # a token appears at most once per slot, so += on its rows is exact
+        pairs = handle.pair_slot == slot
+        out[handle.pair_token[pairs]] += handle.pair_weight[pairs, None].astype(y.dtype) * pair_out[pairs]
     return out

@@ -2,7 +2,8 @@
 
 Every rank runs the same list of cases (random, skewed, empty and ``-1``
 routings; default, balanced, unbalanced and layered placements; dedup on and
-off; capacities; fp32, fp16 and fp64 payloads; a different output width) and
+off; capacities; fp32, fp16 and fp64 payloads; a different output width;
+rows handed to MPI gathered or through datatypes) and
 checks, bitwise, that ``combine`` returns each token's weighted sum of
 ``f_e(x)`` over its kept experts, that every expert received exactly its
 tokens in (source rank, token) order, that a token crossed to each rank at
@@ -105,7 +106,8 @@ def run_case(case, seed):
     fn = narrow_fn if case.get("narrow") else expert_fn
     cf, dedup = case.get("cf"), case.get("dedup", True)
 
-    recv_x, info, handle = dispatch(x, idx, w, comm, num_experts, placement, cf, dedup=dedup)
+    pack = case["pack"]
+    recv_x, info, handle = dispatch(x, idx, w, comm, num_experts, placement, cf, dedup=dedup, pack=pack)
 
     all_idx = comm.allgather(idx)
     capacity = None
@@ -148,7 +150,7 @@ def run_case(case, seed):
     assert out.dtype == dtype and out.shape == ref.shape
     assert np.array_equal(out, ref), f"max diff {np.abs(out.astype(float) - ref.astype(float)).max()}"
 
-    again = combine(y, dispatch(x, idx, w, comm, num_experts, placement, cf, dedup=dedup)[2])
+    again = combine(y, dispatch(x, idx, w, comm, num_experts, placement, cf, dedup=dedup, pack=pack)[2])
     assert np.array_equal(again, out), "not deterministic"
 
     if case.get("naive"):
@@ -196,8 +198,9 @@ CASES = [
 def main():
     cases = 0
     for seed, case in enumerate(CASES):
-        run_case(case, 1000 + seed)
-        cases += 1
+        for pack in ("gather", "mpi"):
+            run_case({**case, "pack": pack}, 1000 + seed)
+            cases += 1
     check_disagreement()
     comm.Barrier()
     if me == 0:
