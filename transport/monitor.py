@@ -54,6 +54,7 @@ ABORT_CODE = 70  # exit status of a job the monitor aborts
 ACTIONS = ("warn", "dump", "abort")
 PROBE_BYTES = 2 << 20
 PROBE_ROUNDS = 5
+ARRIVALS = 128  # collectives per rank per collection, the most recent
 MAX_INFLIGHT = 65536  # nonblocking calls never completed beyond this are forgotten
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -280,14 +281,22 @@ class Monitor:
         }
 
     def arrivals(self, request: dict) -> dict:
-        """Entry and exit times of this rank's recent collectives (multi-rank communicators only)."""
-        position, records = self.recorder.since(int(request.get("since", 0)), int(request.get("limit", 1024)))
+        """Entry and exit times of this rank's latest collectives (multi-rank communicators only).
+
+        At most ``limit`` of them, from the last ``4 * limit`` completed calls: the
+        detector needs a recent window, not every call since the last question.
+        """
+        limit = int(request.get("limit", ARRIVALS))
+        position, records = self.recorder.since(int(request.get("since", 0)), 4 * limit)
         out, comms = [], {}
-        for record, end in records:
+        for record, end in records[::-1]:
             state = record[1]
             if record[6] and len(state.members) > 1:
                 out.append([state.ident, record[3], record[0], end, record[2]])
                 comms[state.ident] = list(state.members)
+                if len(out) == limit:
+                    break
+        out.reverse()
         return {"pos": position, "now": time.perf_counter(), "boot": self.boot, "arrivals": out, "comms": comms}
 
     def dump(self, request: dict | None = None) -> dict:
