@@ -3,6 +3,7 @@
 The multi-rank runs over MPI are in tests/mpi/moe_cases.py (launched at the end of this file).
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,29 @@ def test_dispatch_combine_across_ranks(mpirun, nprocs):
     script = Path(__file__).parent / "mpi" / "moe_cases.py"
     result = mpirun(nprocs, [str(script)], timeout=240)
     assert f"OK on {nprocs} ranks: 36 cases" in result.stdout
+
+
+@pytest.mark.mpi
+def test_moe_layer_example_matches_its_local_evaluation(mpirun):
+    example = Path(__file__).parent.parent / "examples" / "moe_layer.py"
+    result = mpirun(3, [str(example), "--tokens", "300", "--shuffle", "--capacity-factor", "1.25"], timeout=180)
+    assert "moe_layer: 3 ranks" in result.stdout and result.stdout.rstrip().endswith("OK")
+
+
+@pytest.mark.mpi
+def test_moe_benchmark_quick_run_writes_json(tmp_path, capsys):
+    from commlib.bench.moe import main
+
+    out = tmp_path / "moe.json"
+    args = ["--quick", "--parts", "exchange", "placement", "--iters", "2", "--dtypes", "float16"]
+    assert main([*args, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "straightforward mpi4py" in table and "node cut" in table
+    data = json.loads(out.read_text())
+    (row,) = data["exchange"]
+    assert row["ok"] and set(row["median_s"]) == {"dedup", "typed", "replicated", "mpi4py"}
+    assert row["bytes"]["dedup"]["dispatch"] < row["bytes"]["replicated"]["dispatch"]
+    assert {p["fanout"] for p in data["placement"]} == {1, 2}
+    assert all(
+        p["fractions"]["milp"]["cross_node"] <= p["fractions"]["contiguous"]["cross_node"] for p in data["placement"]
+    )
