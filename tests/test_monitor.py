@@ -513,6 +513,9 @@ def test_interpose_starts_and_uninterpose_stops_the_monitor():
     finally:
         commlib.uninterpose()
     assert not monitor.running and session.monitor is None
+    monitor.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="a new Monitor is needed"):
+        monitor.start()
     session = commlib.interpose(monitor=False)
     try:
         assert session.monitor is None

@@ -153,8 +153,12 @@ def test_overhead_benchmark_smoke(tmp_path, capsys):
     from commlib.bench.monitor_overhead import main
 
     out = tmp_path / "overhead.json"
-    assert main(["--ranks", "2", "--rounds", "1", "--iters", "200", "--bytes", "8", "--json", str(out)]) == 0
+    argv = ["--launches", "1", "--rounds", "1", "--iters", "400", "--bytes", "8", "--json", str(out)]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "monitored us" in printed and "<= 5 us" in printed and "recorder enter+leave alone" in printed
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["bytes"] == 8 and all(len(row["samples_s"][m]) == 1 for m in ("raw", "wrapped", "monitored"))
+    assert "off us" in printed and "<= 5 us" in printed and "monitored us" in printed and "enter+leave alone" in printed
+    data = json.loads(out.read_text())
+    (job,) = data["jobs"]
+    assert job["bytes"] == 8 and len(job["launches_s"]["on"]) == len(job["launches_s"]["off"]) == 1
+    (row,) = data["calls"]
+    assert all(len(row["samples_s"][m]) == 4 for m in ("raw", "wrapped", "monitored"))

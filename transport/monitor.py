@@ -161,9 +161,16 @@ class Monitor:
         """Open the side channel, publish it, start the watchdog thread (idempotent)."""
         if self._thread is not None:
             return self
+        if self._stop.is_set():
+            raise RuntimeError("Monitor.start: this monitor was stopped; a new Monitor is needed")
         note = "single rank: no side channel"
         if self.size > 1:
-            note = self._open_side_channel()
+            try:
+                note = self._open_side_channel()
+            except BaseException:
+                if self.channel is not None:
+                    self.channel.stop()
+                raise
         self._next_probe = time.perf_counter() + self.probe_every
         self._thread = threading.Thread(target=self._run, name="commlib-monitor", daemon=True)
         self._thread.start()
