@@ -65,6 +65,7 @@ def suite(tmp_path_factory) -> Path:
     return where / prefix
 
 
+@pytest.mark.timeout(960)
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_mpi4py_suite_passes_interposed(mpirun, suite, nprocs):
     selection = [arg for module in MODULES for arg in ("-i", module)]
