@@ -163,6 +163,15 @@ class Config:
         name, else mpi).
     monitor_job [COMMLIB_MONITOR_JOB=]
         the job's name for the directory; empty: from the launcher (PMIx, Slurm, Hydra).
+    split [COMMLIB_SPLIT=0]
+        cut large contiguous point-to-point messages into subflows over several
+        channels (:mod:`transport.flows`). Opt-in: a split message is understood
+        only by a receiver that is interposed with this setting on too, so set it
+        for every rank of the job or none.
+    split_channels [COMMLIB_SPLIT_CHANNELS=2]
+        channels (duplicated communicators) per communicator for splitting.
+    split_min_bytes [COMMLIB_SPLIT_MIN_BYTES=1048576]
+        messages smaller than this are never split.
     """
 
     pack_engine: str = "auto"
@@ -190,6 +199,9 @@ class Config:
     monitor_address: str = ""
     monitor_bootstrap: str = "auto"
     monitor_job: str = ""
+    split: bool = False
+    split_channels: int = 2
+    split_min_bytes: int = 1 << 20
 
     model: str = "auto"
     cache_dir: str = ""
@@ -230,6 +242,9 @@ class Config:
             model_max_age=_env_int("COMMLIB_MODEL_MAX_AGE", cls.model_max_age),
             model_save=_env_bool("COMMLIB_MODEL_SAVE", cls.model_save),
             record=os.environ.get("COMMLIB_RECORD", "").strip(),
+            split=_env_bool("COMMLIB_SPLIT", cls.split),
+            split_channels=_env_int("COMMLIB_SPLIT_CHANNELS", cls.split_channels),
+            split_min_bytes=_env_int("COMMLIB_SPLIT_MIN_BYTES", cls.split_min_bytes),
         )
 
     def reload(self) -> None:

@@ -1,0 +1,407 @@
+"""Flow splitting: exact split and reassembly, throughput learning, wire format, pinned sockets.
+
+Single-process cases send to themselves through ``COMM_SELF`` (MPI matches a
+rank's own nonblocking sends and receives); multi-rank cases run
+``tests/mpi/flows_cases.py`` under a bounded mpiexec; the emulated case runs
+the benchmark worker on two emulated nodes joined by two paths and checks,
+from the devices' byte counters, which paths each mode used.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mpi4py import MPI
+
+from transport import flows
+from transport.flows import HEADER_BYTES, MAX_CHANNELS, Splitter, ThroughputEstimator, split_sizes
+from transport.sockets import SocketChannel, check_address
+
+HERE = Path(__file__).parent / "mpi"
+
+
+class _Model:
+    """A cost model stand-in: 10 us per message, 1 GB/s."""
+
+    def alpha_beta(self, level: str) -> tuple[float, float]:
+        return 10e-6, 1e-9
+
+
+@pytest.fixture(scope="module")
+def self_splitters():
+    """Splitters on COMM_SELF with 1, 2, 3 and MAX_CHANNELS duplicated communicators."""
+    made = {k: Splitter.dup(MPI.COMM_SELF, k, min_bytes=1024, model=_Model(), explore=0) for k in (1, 2, 3, 16)}
+    yield made
+    for s in made.values():
+        s.close()
+
+
+def _pattern(n: int, seed: int = 0) -> np.ndarray:
+    return ((np.arange(n, dtype=np.uint64) * 2654435761 + seed) % 251).astype(np.uint8)
+
+
+def _roundtrip(sp: Splitter, data: np.ndarray, *, sizes=None, tag: int = 3, slack: int = 5) -> tuple[np.ndarray, int]:
+    out = np.full(data.nbytes + slack, 0xEE, np.uint8)
+    rreq = sp.Irecv(out, 0, tag)
+    sreq = sp.Isend(data, 0, tag, sizes=sizes)
+    status = MPI.Status()
+    sent = received = False
+    while not (sent and received):  # test both: a clear-to-send needs the receive to make progress
+        sent = sent or sreq.Test()
+        received = received or rreq.Test(status)
+    return out, status.Get_count(MPI.BYTE)
+
+
+# ------------------------------------------------------------------- sizes
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 1 << 40), st.lists(st.floats(0, 1e12, allow_nan=False), min_size=1, max_size=MAX_CHANNELS))
+def test_split_sizes_are_exact_and_proportional(n, rates):
+    rates = np.array(rates)
+    if rates.sum() <= 0:
+        with pytest.raises(ValueError, match="not all zero"):
+            split_sizes(n, rates)
+        return
+    sizes = split_sizes(n, rates)
+    assert sizes.sum() == n and (sizes >= 0).all()
+    assert (sizes[rates == 0] == 0).all()
+    assert np.all(np.abs(sizes - n * rates / rates.sum()) <= 1 + n * 1e-12)
+
+
+def test_split_sizes_rejects_bad_input():
+    with pytest.raises(ValueError, match="nbytes must be >= 0"):
+        split_sizes(-1, [1.0])
+    with pytest.raises(ValueError, match="rates must be finite"):
+        split_sizes(10, [1.0, float("inf")])
+    with pytest.raises(ValueError, match="rates must be finite"):
+        split_sizes(10, [])
+
+
+# ------------------------------------------------------ split / reassemble
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 300_000), st.sampled_from([1, 2, 3, 16]), st.integers(0, 2**31), st.booleans())
+def test_any_size_any_channel_count_reassembles_exactly(self_splitters, n, k, seed, forced):
+    sp = self_splitters[k]
+    data = _pattern(n, seed)
+    sizes = None
+    if forced and n >= HEADER_BYTES:
+        rng = np.random.default_rng(seed)
+        sizes = split_sizes(n, rng.random(k) * (rng.random(k) > 0.3) + 1e-9 * (np.arange(k) == 0))
+    out, count = _roundtrip(sp, data, sizes=sizes)
+    assert count == n
+    assert np.array_equal(out[:n], data) and (out[n:] == 0xEE).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, HEADER_BYTES - 1, HEADER_BYTES, HEADER_BYTES + 1, 1023, 1024, 1025, 99_991])
+@pytest.mark.parametrize("k", [1, 2, 3, 16])
+def test_edge_sizes(self_splitters, n, k):
+    out, count = _roundtrip(self_splitters[k], _pattern(n, n))
+    assert count == n and np.array_equal(out[:n], _pattern(n, n))
+
+
+def test_huge_message(self_splitters):
+    n = (64 << 20) + 3
+    data = _pattern(n, 5)
+    out, count = _roundtrip(self_splitters[3], data, slack=0)
+    assert count == n and np.array_equal(out, data)
+    req = self_splitters[3].Isend(data, 0, 1)
+    assert len(req.parts) == 3 and sum(req.parts) == n  # the prior makes a large message split
+    self_splitters[3].Recv(out, 0, 1)
+    req.Wait()
+
+
+def test_plain_bytes_that_look_like_a_header_arrive_as_they_are(self_splitters):
+    fake = np.zeros(HEADER_BYTES, np.uint8)
+    fake[:16] = np.frombuffer(flows._MAGIC_BYTES, np.uint8)
+    fake[16:24] = np.frombuffer(np.int64(10**9).tobytes(), np.uint8)  # claims a huge message
+    for sp in self_splitters.values():
+        out, count = _roundtrip(sp, fake, slack=100)
+        assert count == HEADER_BYTES and np.array_equal(out[:HEADER_BYTES], fake)
+    assert flows.is_header(memoryview(fake), HEADER_BYTES)
+    assert not flows.is_header(memoryview(fake), HEADER_BYTES + 1)
+
+
+def test_receives_match_by_tag_in_any_order(self_splitters):
+    sp = self_splitters[2]
+    a, b = _pattern(5000, 1), _pattern(7000, 2)
+    sends = [sp.Isend(a, 0, 10), sp.Isend(b, 0, 20)]
+    out_b, out_a = np.zeros(7000, np.uint8), np.zeros(5000, np.uint8)
+    sb = MPI.Status()
+    sp.Recv(out_b, 0, 20, sb)  # the second message first
+    sp.Recv(out_a, MPI.ANY_SOURCE, MPI.ANY_TAG)
+    for r in sends:
+        r.Wait()
+    assert np.array_equal(out_a, a) and np.array_equal(out_b, b)
+    assert sb.Get_tag() == 20 and sb.Get_count(MPI.BYTE) == 7000
+
+
+def test_finish_completes_after_the_caller_waited_on_the_first_request(self_splitters):
+    sp = self_splitters[2]
+    data, out = _pattern(50_000, 9), np.zeros(50_000, np.uint8)
+    rreq, sreq = sp.Irecv(out, 0, 4), sp.Isend(data, 0, 4)
+    st_ = MPI.Status()
+    rreq.request.Wait(st_)  # what the interposer's completion actions do
+    stray = sp.Irecv(np.zeros(1, np.uint8), 0, 999)
+    with pytest.raises(ValueError, match="needs the status"):
+        stray.finish()
+    stray.request.Cancel()
+    stray.request.Wait()
+    rreq.finish(st_)
+    sreq.request.Wait()
+    sreq.finish()
+    assert np.array_equal(out, data) and st_.Get_count(MPI.BYTE) == 50_000
+
+
+def test_a_message_larger_than_the_buffer_is_an_error(self_splitters):
+    sp = self_splitters[2]
+    data = _pattern(20_000)
+    sreq = sp.Isend(data, 0, 6, sizes=[10_000, 10_000])
+    small = np.zeros(10_000, np.uint8)
+    with pytest.raises(
+        ValueError, match="message of 20000 bytes from rank 0 .* does not fit the receive buffer of 10000"
+    ):
+        sp.Recv(small, 0, 6)
+    big = np.zeros(20_000, np.uint8)
+    for c in range(len(sreq.parts)):  # drain the parts so that the channels stay clean
+        sp.channels[c].comm.Recv([big, MPI.BYTE], 0, MPI.ANY_TAG)
+    sreq.Wait()
+
+
+def test_bad_buffers_and_sizes_fail_before_sending(self_splitters):
+    sp = self_splitters[2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        sp.Isend(np.zeros((10, 10))[:, ::2], 0)
+    with pytest.raises(ValueError, match="read-only"):
+        sp.Irecv(b"abc", 0)
+    with pytest.raises(TypeError, match="contiguous buffer"):
+        sp.Isend(12345, 0)
+    with pytest.raises(ValueError, match="sum 4000"):
+        sp.Isend(np.zeros(4000, np.uint8), 0, sizes=[1000, 1000])
+    with pytest.raises(ValueError, match="at most 2 entries"):
+        sp.Isend(np.zeros(4000, np.uint8), 0, sizes=[1000, 1000, 2000])
+    with pytest.raises(ValueError, match=f"at least {HEADER_BYTES} bytes"):
+        sp.Isend(np.zeros(100, np.uint8), 0, sizes=[50, 50])
+    with pytest.raises(ValueError, match="1..16 channels"):
+        Splitter(MPI.COMM_SELF, [])
+    with pytest.raises(ValueError, match="channels must be in 1..16"):
+        Splitter.dup(MPI.COMM_SELF, 17)
+
+
+# ---------------------------------------------------------------- learning
+def test_estimator_learns_and_forgets_within_bounds():
+    est = ThroughputEstimator(2, prior=100.0, smoothing=0.5, max_peers=2)
+    assert np.allclose(est.channel_rates(7), [100.0, 100.0]) and est.unsplit_rate(7) == 100.0
+    assert est.measured(7) == (False, False)
+    est.observe_split(7, [1 << 20, 0], [1.0, 0.0])  # a channel not measured yet is taken as fast as the others
+    assert np.allclose(est.channel_rates(7), [1 << 20, 1 << 20])
+    est._peers[7][1] = np.nan
+    est.observe_split(7, [1 << 20, 1 << 20], [1.0, 0.5])
+    assert np.allclose(est.channel_rates(7), [1 << 20, 2 << 20])
+    est.observe_split(7, [1 << 20, 1 << 20], [0.5, 0.5])
+    assert np.allclose(est.channel_rates(7), [1.5 * (1 << 20), 2 << 20])
+    est.observe_split(7, [10, 10], [1e-9, 1e-9])  # too small to time: ignored
+    assert np.allclose(est.channel_rates(7), [1.5 * (1 << 20), 2 << 20])
+    est.observe_unsplit(7, 1 << 20, 2.0)
+    assert est.unsplit_rate(7) == (1 << 20) / 2 and est.measured(7) == (True, True)
+    est.observe_unsplit(8, 1 << 20, 1.0)
+    est.observe_unsplit(9, 1 << 20, 1.0)  # a third peer evicts the least recently used (7)
+    assert est.measured(7) == (False, False) and est.measured(9) == (True, False)
+    with pytest.raises(ValueError, match="out of range"):
+        ThroughputEstimator(0, prior=1.0)
+
+
+def test_plan_follows_the_learned_rates():
+    sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1 << 16, model=_Model(), explore=0)
+    try:
+        n = 8 << 20
+        assert sp.plan(1000, 0) is None  # below min_bytes
+        first = sp.plan(n, 0)
+        assert first is not None and np.array_equal(first, split_sizes(n, [1, 1, 1]))
+        sp.estimator.observe_unsplit(0, 1 << 20, 1.0)  # 1 MiB/s unsplit
+        sp.estimator.observe_split(0, [1 << 20] * 3, [1.0, 0.5, 0.25])  # 1, 2, 4 MiB/s
+        sizes = sp.plan(n, 0)
+        assert np.array_equal(sizes, split_sizes(n, [1, 2, 4]))
+        # a channel too slow to shorten the transfer is left out
+        sp.estimator.observe_split(0, [1 << 20] * 3, [1e4, 0.5, 0.25])
+        sp.estimator._peers[0][1] = 1.0
+        sizes = sp.plan(n, 0)
+        assert sizes[0] == 0 and sizes.sum() == n
+        # an unsplit path much faster than the channels together: send plain
+        sp.estimator.observe_unsplit(0, 1 << 20, 1e-6)
+        assert sp.plan(n, 0) is None and not sp.worth_splitting(n, 0)
+    finally:
+        sp.close()
+
+
+def test_exploration_measures_both_modes():
+    sp = Splitter.dup(MPI.COMM_SELF, 2, min_bytes=1 << 16, model=_Model(), explore=4)
+    try:
+        n = 1 << 20
+        assert sp.plan(n, 0) is not None  # prior: split
+        sp.estimator.observe_split(0, [n // 2] * 2, [0.001, 0.001])
+        assert sp.plan(n, 0) is None  # split measured, unsplit not yet: try unsplit once
+        sp.estimator.observe_unsplit(0, n, 0.004)
+        decisions = [sp.plan(n, 0) is not None for _ in range(8)]
+        assert decisions.count(False) == 2  # every 4th decision explores the other mode
+    finally:
+        sp.close()
+
+
+def test_model_sets_the_prior():
+    sp = Splitter.dup(MPI.COMM_SELF, 2, model=_Model())
+    try:
+        assert sp.alpha == 10e-6 and sp.estimator.prior == pytest.approx(1e9)
+    finally:
+        sp.close()
+
+
+# --------------------------------------------------------- registry/config
+def test_registry_and_worth_splitting(monkeypatch):
+    from commlib.config import config
+
+    comm = MPI.COMM_SELF.Dup()
+    try:
+        monkeypatch.setattr(config, "split", False)
+        assert not flows.worth_splitting(8 << 20, comm, 0)
+        with pytest.raises(ValueError, match="no splitter attached"):
+            flows.split_send(comm, np.zeros(10, np.uint8), 0)
+        monkeypatch.setattr(config, "split", True)
+        assert not flows.worth_splitting(8 << 20, comm, 0)  # no splitter yet
+        sp = flows.attach(comm, 2, model=_Model())
+        assert flows.splitter_for(comm) is sp and flows.attach(comm) is sp
+        assert flows.worth_splitting(8 << 20, comm, 0) and flows.worth_splitting(HEADER_BYTES, comm, 0)
+        assert not flows.worth_splitting(1000, comm, 0)
+        data, out = _pattern(3 << 20), np.zeros(3 << 20, np.uint8)
+        req = flows.split_isend(comm, data, 0, 2)
+        st_ = MPI.Status()
+        flows.split_recv(comm, out, 0, 2, st_)
+        req.Wait()
+        assert np.array_equal(out, data) and st_.Get_count(MPI.BYTE) == 3 << 20
+        flows.detach(comm)
+        assert flows.splitter_for(comm) is None
+    finally:
+        flows.detach(comm)
+        comm.Free()
+
+
+# ------------------------------------------------------------------ sockets
+class _Loop:
+    """A channel to oneself: sends go out on one end of a socket pair, receives come in on the other."""
+
+    rendezvous = True
+    name = "loop"
+
+    def __init__(self) -> None:
+        a, b = socket.socketpair()
+        self.out, self.into = SocketChannel(a, 0, "out", timeout=20), SocketChannel(b, 0, "in", timeout=20)
+
+    def isend(self, view, peer, tag):
+        return self.out.isend(view, peer, tag)
+
+    def irecv(self, view, peer, tag):
+        return self.into.irecv(view, peer, tag)
+
+    def close(self) -> None:
+        self.out.close()
+        self.into.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, HEADER_BYTES, 5000, (8 << 20) + 1])
+def test_socket_channels_reassemble_with_clear_to_send(n):
+    loops = [_Loop(), _Loop()]
+    sp = Splitter(MPI.COMM_SELF, loops, min_bytes=1024, model=_Model(), explore=0)
+    try:
+        for _ in range(2):
+            out, count = _roundtrip(sp, _pattern(n, n))
+            assert count == n and np.array_equal(out[:n], _pattern(n, n))
+    finally:
+        for lp in loops:
+            lp.close()
+
+
+def test_socket_channel_keeps_early_parts_and_reports_failures():
+    a, b = socket.socketpair()
+    left, right = SocketChannel(a, 1, "left", timeout=5), SocketChannel(b, 0, "right", timeout=5)
+    try:
+        left.isend(memoryview(_pattern(1000)), 1, 5).wait()
+        left.isend(memoryview(_pattern(10, 3)), 1, 6).wait()
+        got6, got5 = bytearray(10), bytearray(1000)
+        right.irecv(memoryview(got6), 0, 6).wait()  # posted after arrival, and out of order
+        right.irecv(memoryview(got5), 0, 5).wait()
+        assert bytes(got5) == _pattern(1000).tobytes() and bytes(got6) == _pattern(10, 3).tobytes()
+        with pytest.raises(ValueError, match="joins rank 1, not rank 2"):
+            left.isend(memoryview(b"x"), 2, 0)
+        pending = right.irecv(memoryview(bytearray(4)), 0, 9)
+        assert not pending.test()
+        left.close()
+        with pytest.raises(ConnectionError, match="closed"):
+            pending.wait()
+    finally:
+        left.close()
+        right.close()
+
+
+def test_socket_addresses_are_checked():
+    assert check_address("127.0.0.1") == "127.0.0.1" and check_address("198.18.1.2")
+    with pytest.raises(ValueError, match="only loopback or private"):
+        check_address("8.8.8.8")
+    with pytest.raises(ValueError, match="not an IP address"):
+        check_address("example.org")
+
+
+# -------------------------------------------------------------- multi-rank
+@pytest.mark.mpi
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_split_exchanges_on_several_ranks(mpirun, nprocs):
+    result = mpirun(nprocs, [str(HERE / "flows_cases.py")], timeout=180)
+    assert f"OK flows on {nprocs} ranks" in result.stdout
+
+
+@pytest.mark.mpi
+def test_interposed_ranks_with_split_config(mpirun):
+    result = mpirun(2, [str(HERE / "flows_cases.py"), "--registry"], timeout=120, env={"COMMLIB_SPLIT": "1"})
+    assert "OK flows on 2 ranks (registry)" in result.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.emulated
+def test_pinned_paths_on_emulated_nodes(tmp_path):
+    from commlib.cluster import EmulatedCluster, cluster_available
+
+    ok, why = cluster_available()
+    if not ok:
+        pytest.skip(why)
+    out = tmp_path / "flows.json"
+    with EmulatedCluster(nodes=2, paths=2, rate="1gbit") as cl:
+        paths = [cl.path_addresses(i) for i in range(2)]
+        args = ["-m", "commlib.bench.flows_worker", "--bytes", str(4 << 20), "--rounds", "1"]
+        args += ["--paths", json.dumps(paths), "--ecmp", json.dumps(cl.addresses), "--json", str(out)]
+        cl.mpirun([1, 1], [*args, "--modes", "mpi,tcp-1,tcp-split"], timeout=120)
+    res = json.loads(out.read_text())
+    (p0, p1), = res["tx_bytes"]["tcp-1"]  # fmt: skip
+    assert p0 >= 4 << 20 and p1 < 1 << 20  # one pinned connection: path 0 only
+    (q0, q1), = res["tx_bytes"]["tcp-split"]  # fmt: skip
+    parts = res["tcp_split_parts"][-1]
+    assert min(parts) > 0  # split: each path carries the part sized for it, and nothing else
+    for sent, part in zip((q0, q1), parts):
+        assert part <= sent <= part * 1.1 + (64 << 10)
+    assert all(len(v) == 1 for v in res["gbps"].values())
+
+
+def test_benchmark_refuses_without_a_cluster(monkeypatch, capsys):
+    import commlib.cluster
+    from commlib.bench import flows as bench
+
+    monkeypatch.setattr(commlib.cluster, "cluster_available", lambda: (False, "not root (test)"))
+    assert bench.main(["--quick"]) == 1
+    assert "not root (test)" in capsys.readouterr().err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
