@@ -313,9 +313,11 @@ def dispatch(
     width = x.shape[1]
     dtype = np.dtype(x.dtype)
     row_bytes = width * dtype.itemsize
-    staged = xp is not np and not config.cuda_aware_mpi
-    source = np.ascontiguousarray(_host(x)) if staged else xp.ascontiguousarray(x)
     pack = _pack_mode(op, pack)
+    staged = xp is not np and not config.cuda_aware_mpi
+    source = _host(x) if staged else x
+    if pack == "mpi":  # datatypes address rows by byte offsets from the start
+        source = np.ascontiguousarray(source) if staged else xp.ascontiguousarray(source)
 
     capacity = None
     if capacity_factor is not None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from collectives.moe import RecvInfo, _weighted_sum, combine, dispatch
+from collectives.moe import RecvInfo, _weighted_sum, combine, dispatch, release_buffers
 from collectives.placement import Placement
 from collectives.routing import ExpertMap, plan_receive, plan_send, row_runs
 
@@ -193,6 +193,11 @@ def test_one_rank_edge_cases():
     _, info, handle, out = identity_round_trip(x[:1].repeat(8, 0), idx, np.ones((8, 1)), capacity_factor=1.0)
     assert info.capacity == 2 and info.dropped.tolist() == [6, 0, 0, 0]
     assert out[:2].all() and not out[2:].any()
+    # a strided x, and combine after the scratch buffers were released
+    wide = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+    recv_x, _, handle = dispatch(wide[:, ::2], np.array([[0], [1], [2], [3]]), np.ones((4, 1)), SELF, 4)
+    release_buffers()
+    assert np.array_equal(combine(recv_x, handle), wide[:, ::2])
     # a one-layer Placement object and an owner array are both accepted
     for placement in (Placement(np.zeros((1, 4), np.int64), 1), np.zeros(4, np.int64)):
         _, info, _, out = identity_round_trip(x, np.array([[3], [1], [0], [2]]), np.ones((4, 1)), placement=placement)
