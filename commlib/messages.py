@@ -36,9 +36,10 @@ class Route:
     the cost model's features of its shape.
     """
 
-    __slots__ = ("base", "elements", "features", "nbytes")
+    __slots__ = ("base", "elements", "features", "hi", "lo", "nbytes")
 
     def __init__(self, datatype: MPI.Datatype, count: int) -> None:
+        self.lo, self.hi = datatypes.touched(count, datatype)
         self.base = base_of(datatype)
         self.nbytes = count * datatype.Get_size()
         self.elements = self.nbytes // self.base.Get_size() if self.base is not None else 0
@@ -89,7 +90,13 @@ class Message:
 
     def check(self, op: str, *, writable: bool) -> None:
         """Refuse (``ValueError``) a buffer that does not hold the message, before MPI sees it."""
-        datatypes.check_buffer(op, self.buf, self.count, self.datatype, writable=writable)
+        buf, route = self.buf, self.route
+        if type(buf) is np.ndarray:  # the common case: a few attribute reads
+            flags = buf.flags
+            if flags.c_contiguous and (flags.writeable or not writable):
+                if route.hi <= route.lo or (route.lo >= 0 and route.hi <= buf.nbytes):
+                    return
+        datatypes.check_buffer(op, buf, self.count, self.datatype, writable=writable)
 
 
 def _has_buffer(buf: Any) -> bool:

@@ -26,7 +26,7 @@ from commlib.config import config
 from .canonical import StridedBlock, cache_entry
 from .model import current as _current_model
 
-__all__ = ["check_buffer", "choose_engine", "pack", "packed_size", "unpack", "unpack_partial"]
+__all__ = ["check_buffer", "choose_engine", "pack", "packed_size", "touched", "unpack", "unpack_partial"]
 
 Typelike = MPI.Datatype | StridedBlock
 _U8 = np.dtype(np.uint8)
@@ -181,6 +181,12 @@ def check_buffer(
 def packed_size(count: int, datatype: Typelike) -> int:
     """Bytes that ``count`` objects of ``datatype`` occupy when packed."""
     return _resolve("packed_size", count, datatype).packed
+
+
+def touched(count: int, datatype: Typelike) -> tuple[int, int]:
+    """``[lo, hi)``: the bytes ``count`` objects of ``datatype`` touch, relative to the buffer's origin."""
+    plan = _resolve("touched", count, datatype)
+    return plan.lo, plan.hi
 
 
 def _use_strided(plan: _Plan, engine: str | None) -> bool:
