@@ -141,6 +141,21 @@ def test_receives_match_by_tag_in_any_order(self_splitters):
     assert sb.Get_tag() == 20 and sb.Get_count(MPI.BYTE) == 7000
 
 
+def test_sendrecv_and_wait_all(self_splitters):
+    sp = self_splitters[3]
+    data, out = _pattern(2 << 20, 4), np.zeros(2 << 20, np.uint8)
+    st_ = MPI.Status()
+    sp.Sendrecv(data, 0, 8, out, 0, 8, st_)
+    assert np.array_equal(out, data) and st_.Get_count(MPI.BYTE) == 2 << 20 and st_.Get_tag() == 8
+    with pytest.raises(ValueError, match="recvbuf is required"):
+        sp.Sendrecv(data, 0, 8)
+    outs = [np.zeros(1000, np.uint8), np.zeros(300_000, np.uint8)]
+    reqs = [sp.Irecv(outs[0], 0, 1), sp.Irecv(outs[1], 0, 2), sp.Isend(_pattern(300_000), 0, 2)]
+    reqs.append(sp.Isend(_pattern(1000), 0, 1))
+    flows.wait_all(reqs)
+    assert np.array_equal(outs[0], _pattern(1000)) and np.array_equal(outs[1], _pattern(300_000))
+
+
 def test_finish_completes_after_the_caller_waited_on_the_first_request(self_splitters):
     sp = self_splitters[2]
     data, out = _pattern(50_000, 9), np.zeros(50_000, np.uint8)
@@ -168,8 +183,9 @@ def test_a_message_larger_than_the_buffer_is_an_error(self_splitters):
     ):
         sp.Recv(small, 0, 6)
     big = np.zeros(20_000, np.uint8)
-    for c in range(len(sreq.parts)):  # drain the parts so that the channels stay clean
-        sp.channels[c].comm.Recv([big, MPI.BYTE], 0, MPI.ANY_TAG)
+    for c, size in enumerate(sreq.parts):  # drain the parts so that the channels stay clean
+        if size:
+            sp.channels[c].comm.Recv([big, MPI.BYTE], 0, MPI.ANY_TAG)
     sreq.Wait()
 
 
@@ -216,6 +232,22 @@ def test_estimator_learns_and_forgets_within_bounds():
         ThroughputEstimator(0, prior=1.0)
 
 
+def test_sends_teach_the_estimator_per_channel(self_splitters):
+    sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1024, model=_Model(), explore=0)
+    try:
+        n = 1 << 20
+        data, out = _pattern(n), np.zeros(n, np.uint8)
+        req = sp.Isend(data, 0, 3, sizes=[0, n, 0])  # channel 1 only
+        assert req.parts == [0, n, 0]
+        sp.Recv(out, 0, 3)
+        req.Wait()
+        assert np.array_equal(out, data)
+        row = sp.estimator._peers[0]
+        assert np.isnan(row[0]) and np.isnan(row[1]) and row[2] > 0 and np.isnan(row[3])
+    finally:
+        sp.close()
+
+
 def test_plan_follows_the_learned_rates():
     sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1 << 16, model=_Model(), explore=0)
     try:
@@ -249,6 +281,20 @@ def test_exploration_measures_both_modes():
         sp.estimator.observe_unsplit(0, n, 0.004)
         decisions = [sp.plan(n, 0) is not None for _ in range(8)]
         assert decisions.count(False) == 2  # every 4th decision explores the other mode
+    finally:
+        sp.close()
+
+
+def test_a_wrapped_communicator_is_used_through_mpi4pys_own_class():
+    from commlib.comm import wrap
+
+    wrapped = wrap(MPI.COMM_SELF)
+    sp = Splitter.dup(wrapped, 2, model=_Model())
+    try:
+        # headers and parts bypass the interposer, which would otherwise split the header again
+        assert type(sp.comm) is MPI.Intracomm and all(type(ch.comm) is MPI.Intracomm for ch in sp.channels)
+        out, count = _roundtrip(sp, _pattern(3 << 20))
+        assert count == 3 << 20 and np.array_equal(out[: 3 << 20], _pattern(3 << 20))
     finally:
         sp.close()
 

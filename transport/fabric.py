@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib fabric") 
         f"placement {args.placement}; {args.seeds} seeds"
     )
     header = (
-        f"{'collective':<10} {'policy':<6} {'k':>3} {'subflows':>9} {'max cong ms':>12} {'x spray':>8} "
+        f"{'collective':<10} {'policy':<6} {'k':>3} {'subflows':>10} {'max cong ms':>12} {'x spray':>8} "
         f"{'worst x':>8} {'step max-min ms':>16} {'collective ms':>14}"
     )
     results = []
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib fabric") 
                 results.append(summary)
                 mm_text = f"{mm * 1e3:16.4f}" if mm is not None else f"{'-':>16}"
                 lines.append(
-                    f"{name:<10} {policy:<6} {summary['k']:>3g} {summary['subflows']:>9g} {cong * 1e3:12.3f} "
+                    f"{name:<10} {policy:<6} {summary['k']:>3g} {summary['subflows']:>10.0f} {cong * 1e3:12.3f} "
                     f"{summary['vs_spray']:7.3f}x {summary['vs_spray_worst']:7.3f}x {mm_text} {total * 1e3:13.1f}"
                 )
     print(header)

@@ -52,6 +52,7 @@ __all__ = [
     "split_send",
     "split_sizes",
     "splitter_for",
+    "wait_all",
     "worth_splitting",
 ]
 
@@ -291,7 +292,10 @@ class SplitRequest:
                 self._status.Set_elements(MPI.BYTE, self._nbytes)
             return
         if self._split:
-            seconds = [t - self._start for t in self._done_at if t is not None]
+            seconds = [0.0] * len(self._sizes)
+            used = [c for c, size in enumerate(self._sizes) if size]
+            for c, t in zip(used, self._done_at):
+                seconds[c] = t - self._start
             self.splitter.estimator.observe_split(self._peer, self._sizes, seconds)
         elif self._nbytes >= self.splitter.min_bytes:
             self.splitter.estimator.observe_unsplit(self._peer, self._nbytes, time.perf_counter() - self._start)
@@ -363,7 +367,7 @@ class SplitRequest:
 
     @property
     def parts(self) -> list[int]:
-        """Bytes per channel (empty for a plain message)."""
+        """Bytes per channel, zero for an unused one (empty for a plain message)."""
         return list(self._sizes)
 
 
@@ -419,7 +423,7 @@ class Splitter:
             raise ValueError(f"Splitter: needs 1..{MAX_CHANNELS} channels, got {len(channels)}")
         if min_bytes < 0 or explore < 0:
             raise ValueError(f"Splitter: min_bytes={min_bytes} and explore={explore} must be >= 0")
-        self.comm = comm
+        self.comm = _plain(comm)  # the header must not go through an interposer (it would split it again)
         self.channels = list(channels)
         self.min_bytes = max(int(min_bytes), HEADER_BYTES + 1)
         self.alpha, prior = _model_rate(model, level)
@@ -436,9 +440,8 @@ class Splitter:
         """Collective over ``comm``: a splitter whose channels are ``channels`` duplicates of it."""
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"Splitter.dup: channels must be in 1..{MAX_CHANNELS}, got {channels}")
-        base = _plain(comm)
-        dups = [CommChannel(base.Dup(), name=f"dup{c}") for c in range(channels)]
-        return cls(base, dups, owns_channels=True, **kwargs)
+        dups = [CommChannel(_plain(comm).Dup(), name=f"dup{c}") for c in range(channels)]
+        return cls(comm, dups, owns_channels=True, **kwargs)
 
     def close(self) -> None:
         """Free the channels this splitter made (collective for duplicated communicators)."""
@@ -538,7 +541,7 @@ class Splitter:
 
         used = [self.channels[c] for c in np.nonzero(parts)[0]]
         req._peer, req._nbytes, req._split = dest, n, True
-        req._sizes = [int(s) for s in parts if s]
+        req._sizes = [int(s) for s in parts] + [0] * (len(self.channels) - len(parts))
         if any(getattr(ch, "rendezvous", False) for ch in used):
             # wait for the receiver's clear-to-send before the parts: the header then never queues behind them
             req._cts = used[0].irecv(memoryview(bytearray(0)), dest, -1 - channel_tag)
@@ -562,6 +565,23 @@ class Splitter:
     ) -> None:
         """Blocking :meth:`Irecv`; ``status`` reports the whole message's size."""
         self.Irecv(buf, source, tag).Wait(status)
+
+    def Sendrecv(
+        self,
+        sendbuf: Any,
+        dest: int,
+        sendtag: int = 0,
+        recvbuf: Any = None,
+        source: int = MPI.ANY_SOURCE,
+        recvtag: int = MPI.ANY_TAG,
+        status: MPI.Status | None = None,
+    ) -> None:
+        """One step of a collective: send to ``dest`` and receive from ``source`` at once, each split if it pays."""
+        if recvbuf is None:
+            raise ValueError("split_sendrecv: recvbuf is required")
+        rreq = self.Irecv(recvbuf, source, recvtag)
+        sreq = self.Isend(sendbuf, dest, sendtag)
+        wait_all([rreq, sreq], [status, None])
 
     def _receive_parts(self, req: SplitRequest, source: int) -> None:
         header = np.frombuffer(bytes(req._view[:HEADER_BYTES]), dtype="<i8")
@@ -587,12 +607,22 @@ class Splitter:
                 used.append(self.channels[c])
             offset += size
         req._peer, req._nbytes, req._split = source, n, True
-        req._sizes = [int(s) for s in sizes if s]
+        req._sizes = [int(s) for s in sizes[: len(self.channels)]]
         req._parts_posted(pending)
         if any(getattr(ch, "rendezvous", False) for ch in used):
             req._cts = used[0].isend(
                 memoryview(bytearray(0)), source, -1 - channel_tag
             )  # clear to send: parts are posted
+
+
+def wait_all(requests: Sequence[SplitRequest], statuses: Sequence[MPI.Status | None] | None = None) -> None:
+    """Complete every request, testing them all in turn (a receive must progress for a peer's send to finish)."""
+    statuses = list(statuses) if statuses is not None else [None] * len(requests)
+    done = [False] * len(requests)
+    while not all(done):
+        for i, req in enumerate(requests):
+            if not done[i]:
+                done[i] = req.Test(statuses[i])
 
 
 def _plain(comm: MPI.Comm) -> MPI.Comm:

@@ -16,7 +16,8 @@ may get their own connections; UCX with several VCIs does not start here).
 Table: median throughput per mode (Gbit/s) over all samples of all launches,
 the worst sample, ``x tcp-1`` (median and worst over samples of the ratio to
 the ``tcp-1`` sample of the same round: the one-connection baseline) and
-the share of the sent bytes each path device carried.
+the share of the sent bytes each path device carried (per launch, where
+launches differ: the kernel may hash connections differently each time).
 """
 
 from __future__ import annotations
@@ -61,15 +62,18 @@ def _summary(results: list[dict], modes: list[str]) -> dict:
         gbps = [g for r in results for g in r["gbps"].get(mode, [])]
         base = [g for r in results for g in r["gbps"].get("tcp-1", [])]
         ratios = [a / b for r in results for a, b in zip(r["gbps"].get(mode, []), r["gbps"].get("tcp-1", []))]
-        sent = [s for r in results for s in r["tx_bytes"].get(mode, [])]
-        totals = [sum(max(x, 0) for x in s) for s in sent]
-        shares = [[max(x, 0) / t for x in s] for s, t in zip(sent, totals) if t > 0]
+        per_launch = []  # each launch's median share per path: hashing may pick other paths in another launch
+        for r in results:
+            sent = [[max(x, 0) for x in s] for s in r["tx_bytes"].get(mode, [])]
+            shares = [[x / sum(s) for x in s] for s in sent if sum(s) > 0]
+            if shares:
+                per_launch.append([statistics.median(col) for col in zip(*shares)])
         out[mode] = {
             "median_gbps": statistics.median(gbps) if gbps else None,
             "worst_gbps": min(gbps) if gbps else None,
             "vs_tcp1": statistics.median(ratios) if ratios and base else None,
             "vs_tcp1_worst": min(ratios) if ratios and base else None,
-            "path_share": [statistics.median(col) for col in zip(*shares)] if shares else [],
+            "path_share": per_launch,
             "samples_gbps": gbps,
         }
     return out
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             s = summary[mode]
             if s["median_gbps"] is None:
                 continue
-            shares = " / ".join(f"{x:.0%}" for x in s["path_share"])
+            texts = [" / ".join(f"{x:.0%}" for x in launch) for launch in s["path_share"]]
+            shares = " | ".join(dict.fromkeys(texts))  # distinct launches only
             print(
                 f"{config:<11} {mode:<10} {s['median_gbps']:7.3f} {s['worst_gbps']:7.3f} {s['vs_tcp1']:7.2f}x "
                 f"{s['vs_tcp1_worst']:7.2f}x  {shares}"
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             rows.append({"config": config, "env": MPI_CONFIGS[config], "mode": mode, **s, "errors": errors[config]})
     print(
         "Gbit/s: median (worst) sample over all rounds and launches; x tcp-1: per round, relative to one pinned "
-        "connection (median, worst); path shares: bytes each path device sent (cl0 / cl1)"
+        "connection (median, worst); path shares: bytes each path device sent (cl0 / cl1), per launch where they differ"
     )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     doc = {

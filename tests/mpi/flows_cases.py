@@ -12,7 +12,7 @@ import numpy as np
 from mpi4py import MPI
 
 from transport import flows
-from transport.flows import HEADER_BYTES, Splitter
+from transport.flows import HEADER_BYTES, Splitter, wait_all
 from transport.sockets import connect_paths
 
 SIZES = [0, 1, 7, HEADER_BYTES - 1, HEADER_BYTES, 4095, 4096, 100_003, 3 << 20]
@@ -20,14 +20,6 @@ SIZES = [0, 1, 7, HEADER_BYTES - 1, HEADER_BYTES, 4095, 4096, 100_003, 3 << 20]
 
 def pattern(n: int, src: int, salt: int = 0) -> np.ndarray:
     return ((np.arange(n, dtype=np.uint64) * 2654435761 + 977 * src + salt) % 251).astype(np.uint8)
-
-
-def wait_all(reqs, statuses=None):
-    statuses = statuses or [None] * len(reqs)
-    done = [False] * len(reqs)
-    while not all(done):  # Test every request: receives must progress for the sends to finish
-        for i, r in enumerate(reqs):
-            done[i] = done[i] or r.Test(statuses[i])
 
 
 def check(buf, n, src, salt, status, what):
@@ -97,7 +89,12 @@ def main() -> int:
     check(b2, 60_000, prv, 2, s2, "second tag first")
     check(b1, 50_000, prv, 1, s1, "then the first")
 
-    # both directions at once: to next and previous, blocking-style through Wait
+    # a collective step: Sendrecv around the ring
+    out, st = np.full(2 << 20, 0xEE, np.uint8), MPI.Status()
+    sp.Sendrecv(pattern(2 << 20, r, 5), nxt, 5, out, prv, 5, st)
+    check(out, 2 << 20, prv, 5, st, "sendrecv")
+
+    # both directions at once: to next and previous
     outs = [np.full(1 << 20, 0xEE, np.uint8) for _ in range(2)]
     sts = [MPI.Status(), MPI.Status()]
     reqs = [sp.Irecv(outs[0], prv, 9), sp.Irecv(outs[1], nxt, 8)]
