@@ -12,7 +12,10 @@ Three parts, each skippable:
   (:mod:`commlib.bench.moe_mpi4py`), in rotating order within every
   iteration. Times are the slowest rank's, medians over iterations; bytes are
   the payload that crossed between ranks (all ranks, both directions).
-  Outputs are checked against each other. The default shape is scaled down
+  Outputs are checked against each other. Each shape runs twice: with
+  glibc's default allocator (large buffers get fresh pages, so page faults
+  count, and they favour code that allocates less) and with freed memory
+  kept for reuse (steady state without page faults). The default shape is scaled down
   from the target (1M tokens x 1024 features per rank, 4 GiB of fp32 per rank
   for ``x`` alone); ``--full`` runs the target shape where memory permits.
 * ``placement`` (one process): fractions of layer-to-layer token transitions
@@ -55,10 +58,16 @@ def _program(name: str, **options: object) -> list[str]:
     return args
 
 
-def _launch(launcher, ranks, name: str, timeout: float, **options: object) -> dict:
+# glibc returns every large block to the kernel on free and maps fresh zeroed pages on the next
+# allocation; "reuse" keeps freed memory in the heap instead, so that steady-state timings do not
+# include page faults (which some virtual machines make very expensive).
+ALLOCATORS = {"system": {}, "reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}}
+
+
+def _launch(launcher, ranks, name: str, timeout: float, env: dict | None = None, **options: object) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "moe.json"
-        launcher(ranks, _program(name, json=out, **options), timeout=timeout)
+        launcher(ranks, _program(name, json=out, **options), timeout=timeout, env=env or {})
         return json.loads(out.read_text())
 
 
@@ -70,15 +79,16 @@ def _bytes_per_rank(tokens: int, features: int, topk: int, itemsize: int) -> int
 
 def _exchange_rows(results: list[dict]) -> None:
     print(
-        f"{'ranks':>5} {'tokens':>8} {'feat':>5} {'dtype':>7} | {'commlib':>8} {'typed':>8} {'replic.':>8} "
-        f"{'mpi4py':>8} ms | {'speedup':>7} {'typed':>6} {'replic.':>7} | {'bytes':>5} {'replic.':>7}  check"
+        f"{'ranks':>5} {'tokens':>8} {'feat':>5} {'dtype':>7} {'alloc':>6} | "
+        f"{'commlib':>8} {'typed':>8} {'replic.':>8} {'mpi4py':>8} ms | "
+        f"{'speedup':>7} {'typed':>6} {'replic.':>7} | {'bytes':>5} {'replic.':>7}  check"
     )
     for r in results:
         med = {m: t["total"] for m, t in r["median_s"].items()}
         base = med["mpi4py"]
         moved = {m: b["dispatch"] + b["combine"] for m, b in r["bytes"].items()}
         print(
-            f"{r['ranks']:5d} {r['tokens_per_rank']:8d} {r['features']:5d} {r['dtype']:>7} | "
+            f"{r['ranks']:5d} {r['tokens_per_rank']:8d} {r['features']:5d} {r['dtype']:>7} {r['allocator']:>6} | "
             + " ".join(f"{med[m] * 1e3:8.1f}" for m in ("dedup", "typed", "replicated", "mpi4py"))
             + f"    | {base / med['dedup']:6.2f}x {base / med['typed']:5.2f}x {base / med['replicated']:6.2f}x | "
             f"{moved['dedup'] / max(1, moved['mpi4py']):5.3f} {moved['replicated'] / max(1, moved['mpi4py']):7.3f}  "
@@ -107,7 +117,9 @@ def exchange_part(args: argparse.Namespace, launcher=run, ranks_list=None, label
                 dtype=dtype,
                 iters=args.iters,
             )
-            results.append(_launch(launcher, ranks, "exchange", args.timeout, **options))
+            for allocator in args.allocators:
+                result = _launch(launcher, ranks, "exchange", args.timeout, ALLOCATORS[allocator], **options)
+                results.append(result | {"allocator": allocator})
     _exchange_rows(results)
     return results
 
@@ -211,6 +223,13 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--experts-per-rank", type=int, default=4)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per method (10)")
+    parser.add_argument(
+        "--allocators",
+        nargs="+",
+        choices=list(ALLOCATORS),
+        default=list(ALLOCATORS),
+        help="glibc settings of the exchange ranks: system (default malloc), reuse (freed memory stays mapped)",
+    )
     parser.add_argument("--affinities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
     parser.add_argument("--fanouts", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skew", type=float, default=0.0, help="popularity skew of the traces (0: uniform)")
@@ -231,7 +250,7 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     if args.full:
         args.tokens, args.features = FULL_TOKENS, FULL_FEATURES
     if args.quick:
-        args.ranks, args.tokens, args.features, args.iters = [2], 4096, 256, 3
+        args.ranks, args.tokens, args.features, args.iters, args.allocators = [2], 4096, 256, 3, ["system"]
         args.affinities, args.fanouts, args.place_experts, args.place_ranks = [0.9], [1, 2], 32, 8
         args.place_layers, args.place_tokens, args.place_time = 4, 5000, 1.0
         args.emulated_tokens, args.emulated_features = 2048, 256
