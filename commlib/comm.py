@@ -19,9 +19,11 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
+import numpy as np
 from mpi4py import MPI
 
 import datatypes
+from transport.flows import HEADER_BYTES
 
 from .messages import Message, Packed, derived
 from .packed_collectives import Collectives, NeighborCollectives
@@ -34,6 +36,13 @@ __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "
 
 ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
+
+
+def _nbytes(buf: Any) -> int | None:
+    try:
+        return memoryview(buf).nbytes
+    except TypeError:
+        return None
 
 
 def _named(name: str) -> MPI.Comm:
@@ -57,6 +66,7 @@ class _Interposed:
     """What every commlib communicator adds to its mpi4py class."""
 
     _session: Session | None = None
+    _splitter: Any = None  # a transport.flows.Splitter where COMMLIB_SPLIT attached one (see commlib.interposer)
 
     # -- plumbing -------------------------------------------------------------
     def _adopt(self, comm: Any) -> Any:
@@ -109,7 +119,17 @@ class _Interposed:
             self._session.observe(op, message, "pack" if packed else "native", perf_counter() - start)
 
     # -- blocking point to point ---------------------------------------------
+    def _splitting(self, buf: Any) -> Any:
+        """The splitter to carry a plain buffer, or ``None`` (no splitter, or too small to ever be split)."""
+        splitter = self._splitter
+        if splitter is None or buf.__class__ in _SPECS:
+            return None
+        nbytes = buf.nbytes if type(buf) is np.ndarray else _nbytes(buf)
+        return splitter if nbytes is not None and nbytes >= HEADER_BYTES else None
+
     def Send(self, buf: Any, dest: int, tag: int = 0) -> None:
+        if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
+            return splitter.Send(buf, dest, tag)
         message, pack = self._message("Send", buf) if buf.__class__ in _SPECS else (None, False)
         if message is None:
             return super().Send(buf, dest, tag)
@@ -126,6 +146,8 @@ class _Interposed:
         self._observe("Ssend", message, pack, start)
 
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
+        if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
+            return splitter.Recv(buf, source, tag, status)
         message, pack = self._message("Recv", buf, writable=True) if buf.__class__ in _SPECS else (None, False)
         if message is None:
             return super().Recv(buf, source, tag, status)
@@ -182,6 +204,9 @@ class _Interposed:
 
     # -- nonblocking and persistent ------------------------------------------
     def Isend(self, buf: Any, dest: int, tag: int = 0) -> MPI.Request:
+        if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
+            transfer = splitter.Isend(buf, dest, tag)
+            return with_action(transfer.request, transfer.finish)
         # the request keeps the packed data alive until it completes
         if buf.__class__ in _SPECS:
             buf, _ = self._stage_one("Isend", buf, send=True)
@@ -191,6 +216,9 @@ class _Interposed:
         return super().Issend(self._stage_one("Issend", buf, send=True)[0], dest, tag)
 
     def Irecv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Request:
+        if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
+            transfer = splitter.Irecv(buf, source, tag)
+            return with_action(transfer.request, transfer.finish)
         if buf.__class__ not in _SPECS:
             return super().Irecv(buf, source, tag)
         spec, packed = self._stage_one("Irecv", buf, send=False)

@@ -15,6 +15,7 @@ from typing import Any
 from mpi4py import MPI
 
 from .comm import wrap
+from .config import config
 from .requests import Prequest, Request
 from .session import Decision, Session
 
@@ -27,6 +28,10 @@ _session: Session | None = None
 def interpose(decision: Decision | None = None, monitor: Any = None) -> Session:
     """Install the interposer (idempotent) and return its session (decision hook and report).
 
+    With ``COMMLIB_SPLIT=1`` it is collective over ``COMM_WORLD``: it attaches a
+    :class:`transport.flows.Splitter`, through which ``COMM_WORLD``'s ``Send``,
+    ``Recv``, ``Isend`` and ``Irecv`` of plain buffers go, split over several
+    channels where the splitter predicts it pays (every rank must run with it).
     ``monitor`` is the session's fault-detection monitor: ``None`` follows
     ``COMMLIB_MONITOR`` (on by default), ``False`` installs none, ``True`` a
     default one, or a :class:`transport.monitor.Monitor` (see
@@ -43,6 +48,10 @@ def interpose(decision: Decision | None = None, monitor: Any = None) -> Session:
         _saved[name] = getattr(MPI, name)
     MPI.COMM_WORLD = wrap(MPI.COMM_WORLD, session)
     MPI.COMM_SELF = wrap(MPI.COMM_SELF, session)
+    if config.split:  # collective over COMM_WORLD: every rank must run with the same setting
+        from transport import flows
+
+        MPI.COMM_WORLD._splitter = flows.attach(MPI.COMM_WORLD)
     MPI.Request = Request
     MPI.Prequest = Prequest
     _session = session

@@ -55,6 +55,14 @@ def test_interposed_collectives_match_mpi4py(mpirun, nprocs):
     assert f"OK on {nprocs} ranks (interposed" in result.stdout
 
 
+@pytest.mark.parametrize("nprocs", [1, 2, 3])
+def test_interposed_point_to_point_splits_large_messages(mpirun, nprocs):
+    command = [sys.executable, "-m", "commlib", str(HERE / "interposer_split.py")]
+    env = {"COMMLIB_SPLIT": "1", "COMMLIB_SPLIT_MIN_BYTES": "65536"}
+    result = mpirun(nprocs, command, python=False, env=env, timeout=180)
+    assert f"OK on {nprocs} ranks" in result.stdout
+
+
 @pytest.mark.parametrize("algorithm", ["ring", "star", "hierarchical-shard"])
 def test_interposed_allreduce_runs_commlib_algorithms(mpirun, algorithm):
     script = str(HERE / "interposer_allreduce.py")
