@@ -44,7 +44,8 @@ Design.
   deterministic and do not depend on arrival order or rank count.
 * Dropless by default. With ``capacity_factor`` the capacity per (source rank,
   expert) is ``ceil(capacity_factor * max_r(N_r * K) / num_experts)``, agreed
-  through an ``Allreduce(MAX)``; which pairs drop is defined in
+  through an ``Allreduce(MAX)`` that also checks that every rank passed the
+  same ``capacity_factor`` (or none); which pairs drop is defined in
   :mod:`collectives.routing` (per expert, by slot then token index). A dropped
   pair contributes nothing to its token's output (weights are not renormalized);
   ``RecvInfo.dropped`` counts them per expert.
@@ -295,7 +296,9 @@ def dispatch(
     layer of a larger one). A rank's local experts are its experts in
     ascending global id. Returns ``(recv_x, recv_info, handle)``: ``recv_x``
     holds local expert ``l``'s input rows at ``recv_info.slice(l)``, ordered by
-    source rank, then token index; expert outputs in the same layout go to
+    source rank; from each source first the tokens whose lowest local expert
+    on this rank ``l`` is, then (with ``dedup``) those that also go to a lower
+    one, each group in token order. Expert outputs in the same layout go to
     :func:`combine` with ``handle``. All ranks must pass the same
     ``num_experts``, placement, ``capacity_factor``, ``dedup``, row width and dtype.
     ``pack`` (default ``config.moe_pack``) picks how rows reach MPI, here and
@@ -319,11 +322,16 @@ def dispatch(
     if pack == "mpi":  # datatypes address rows by byte offsets from the start
         source = np.ascontiguousarray(source) if staged else xp.ascontiguousarray(source)
 
+    # One small Allreduce agrees on the capacity, and on whether there is one: ranks that disagreed would
+    # otherwise compute different counts, or call different collectives and hang.
+    code = -1 if capacity_factor is None else int(np.float64(capacity_factor).view(np.int64))
+    agreed = np.array([n * k, code, -code], np.int64)
+    comm.Allreduce(MPI.IN_PLACE, agreed, op=MPI.MAX)
+    if agreed[1] != -agreed[2]:
+        _fail(op, f"ranks disagree on the capacity_factor (this rank: {capacity_factor})")
     capacity = None
     if capacity_factor is not None:
-        most = np.array([n * k], np.int64)
-        comm.Allreduce(MPI.IN_PLACE, most, op=MPI.MAX)
-        capacity = math.ceil(capacity_factor * int(most[0]) / num_experts)
+        capacity = math.ceil(capacity_factor * int(agreed[0]) / num_experts)
     plan = plan_send(idx, experts, capacity=capacity, dedup=dedup)
 
     # Counts first, behind a header every rank checks against every other's.

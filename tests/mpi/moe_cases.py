@@ -163,14 +163,21 @@ def run_case(case, seed):
 
 
 def check_disagreement():
-    x = np.zeros((3, 4 + (me == P - 1)), np.float32)
+    """Ranks that pass different widths or capacity factors all raise (and do not hang)."""
     idx = np.zeros((3, 1), np.int64)
-    try:
-        dispatch(x, idx, np.ones((3, 1), np.float32), comm, 2 * P)
-    except ValueError as err:
-        assert "disagree on the row width" in str(err) or P == 1, err
-        return
-    assert P == 1, "no rank noticed the width mismatch"
+    w = np.ones((3, 1), np.float32)
+    for kwargs, message in [
+        ({"x": np.zeros((3, 4 + (me == P - 1)), np.float32)}, "disagree on the row width"),
+        ({"capacity_factor": 1.0 if me == 0 else None}, "disagree on the capacity_factor"),
+        ({"capacity_factor": 1.0 + (me == P - 1)}, "disagree on the capacity_factor"),
+    ]:
+        x = kwargs.pop("x", np.zeros((3, 4), np.float32))
+        try:
+            dispatch(x, idx, w, comm, 2 * P, **kwargs)
+        except ValueError as err:
+            assert message in str(err) and P > 1, err
+            continue
+        assert P == 1, f"no rank noticed: {message}"
 
 
 CASES = [
