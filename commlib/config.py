@@ -184,6 +184,11 @@ class Config:
     node_detect: str = "auto"
     node_id: int = -1
     allreduce: str = "auto"
+    model: str = "auto"
+    cache_dir: str = ""
+    model_max_age: int = 90
+    model_save: bool = False
+    record: str = ""
     monitor: bool = True
     monitor_action: str = "warn"
     monitor_floor: float = 60.0
@@ -203,12 +208,6 @@ class Config:
     split_channels: int = 2
     split_min_bytes: int = 1 << 20
 
-    model: str = "auto"
-    cache_dir: str = ""
-    model_max_age: int = 90
-    model_save: bool = False
-    record: str = ""
-
     @classmethod
     def from_env(cls) -> Config:
         return cls(
@@ -222,6 +221,11 @@ class Config:
             node_detect=_env_choice("COMMLIB_NODE_DETECT", cls.node_detect, _NODE_DETECT),
             node_id=_env_int("COMMLIB_NODE_ID", cls.node_id),
             allreduce=_env_choice("COMMLIB_ALLREDUCE", cls.allreduce, _ALLREDUCE_ALGORITHMS),
+            model=os.environ.get("COMMLIB_MODEL", "").strip() or cls.model,
+            cache_dir=os.environ.get("COMMLIB_CACHE_DIR", "").strip(),
+            model_max_age=_env_int("COMMLIB_MODEL_MAX_AGE", cls.model_max_age),
+            model_save=_env_bool("COMMLIB_MODEL_SAVE", cls.model_save),
+            record=os.environ.get("COMMLIB_RECORD", "").strip(),
             monitor=_env_bool("COMMLIB_MONITOR", cls.monitor),
             monitor_action=_env_choice("COMMLIB_MONITOR_ACTION", cls.monitor_action, _MONITOR_ACTIONS),
             monitor_floor=_env_float("COMMLIB_MONITOR_FLOOR", cls.monitor_floor),
@@ -237,11 +241,6 @@ class Config:
             monitor_address=os.environ.get("COMMLIB_MONITOR_ADDRESS", "").strip(),
             monitor_bootstrap=_env_choice("COMMLIB_MONITOR_BOOTSTRAP", cls.monitor_bootstrap, _MONITOR_BOOTSTRAPS),
             monitor_job=os.environ.get("COMMLIB_MONITOR_JOB", "").strip(),
-            model=os.environ.get("COMMLIB_MODEL", "").strip() or cls.model,
-            cache_dir=os.environ.get("COMMLIB_CACHE_DIR", "").strip(),
-            model_max_age=_env_int("COMMLIB_MODEL_MAX_AGE", cls.model_max_age),
-            model_save=_env_bool("COMMLIB_MODEL_SAVE", cls.model_save),
-            record=os.environ.get("COMMLIB_RECORD", "").strip(),
             split=_env_bool("COMMLIB_SPLIT", cls.split),
             split_channels=_env_int("COMMLIB_SPLIT_CHANNELS", cls.split_channels),
             split_min_bytes=_env_int("COMMLIB_SPLIT_MIN_BYTES", cls.split_min_bytes),
