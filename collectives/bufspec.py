@@ -45,6 +45,19 @@ def _type_name(datatype: MPI.Datatype) -> str:
     return datatype.Get_name() or f"datatype of {datatype.Get_size()} bytes"
 
 
+def _foreign(obj: Any) -> bool:
+    """A DLPack or CUDA-array-interface object that is no array commlib reduces: mpi4py takes it as it is."""
+    if isinstance(obj, array_module(obj).ndarray):
+        return False
+    if not (hasattr(obj, "__dlpack__") or hasattr(obj, "__cuda_array_interface__")):
+        return False
+    try:
+        memoryview(obj)
+    except TypeError:
+        return True
+    return False
+
+
 def _flat(obj: Any, what: str, writable: bool) -> Any:
     """A 1-D view of a whole array or buffer object, in memory order."""
     xp = array_module(obj)
@@ -107,6 +120,8 @@ def typed_buffer(spec: Any, what: str, *, writable: bool) -> TypedBuffer | None:
     if spec is None or spec is MPI.IN_PLACE or spec is MPI.BOTTOM:
         return None
     if not isinstance(spec, (list, tuple)):
+        if _foreign(spec):
+            return None
         flat = _flat(spec, what, writable)
         datatype = datatype_of(flat.dtype)
         return None if datatype is None else TypedBuffer(flat, datatype)
@@ -129,7 +144,7 @@ def typed_buffer(spec: Any, what: str, *, writable: bool) -> TypedBuffer | None:
     if not datatype.is_predefined:
         return None  # MPI defines the predefined operations on predefined datatypes only (pairs aside)
     dtype = element_dtype(datatype)
-    if dtype is None:
+    if dtype is None or _foreign(buf):
         return None
     flat = _flat(buf, what, writable)
     raw = flat.view(array_module(flat).uint8)
