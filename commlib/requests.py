@@ -10,6 +10,7 @@ as ``MPI.Request.Waitall(reqs)`` run the actions too.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,8 +54,18 @@ class _Completing:
 
     @classmethod
     def _statuses(cls, requests: Sequence[MPI.Request], statuses: Sequence | None) -> Sequence:
-        """The caller's statuses, passed to mpi4py as they are (it may extend a list), or our own."""
-        return statuses if statuses is not None else [MPI.Status() for _ in requests]
+        """The caller's statuses, passed to mpi4py as they are (it may extend a list), or this thread's own."""
+        if statuses is not None:
+            return statuses
+        pool = getattr(_local, "statuses", None)
+        if pool is None or len(pool) < len(requests):
+            pool = _local.statuses = [MPI.Status() for _ in range(max(len(requests), 64))]
+        return pool[: len(requests)]
+
+    @staticmethod
+    def _acting(requests: Sequence[MPI.Request]) -> list[int]:
+        """Indices of the requests that carry a completion action."""
+        return [i for i, r in enumerate(requests) if isinstance(r, _Completing) and r._action is not None]
 
     @staticmethod
     def _status(statuses: Sequence | dict, k: int) -> MPI.Status | None:
@@ -68,6 +79,18 @@ class _Completing:
         for i in which:
             if isinstance(requests[i], _Completing):
                 requests[i]._finish(cls._status(statuses, i))
+
+    @classmethod
+    def _completing_all(cls, base: Any, requests: Sequence[MPI.Request], statuses: list | None) -> bool:
+        """``base(requests, statuses)`` (mpi4py's Waitall or Testall), then the actions of what completed."""
+        acting = cls._acting(requests)
+        if not acting:
+            return base(requests, statuses)
+        sts = cls._statuses(requests, statuses)
+        done = base(requests, sts)
+        if done:
+            cls._finish_all(requests, sts, acting)
+        return done
 
     @classmethod
     def _mpi_class(cls) -> type:
@@ -87,18 +110,12 @@ class _Completing:
 
     @classmethod
     def Waitall(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> bool:
-        sts = cls._statuses(requests, statuses)
-        _BASE.Waitall(requests, sts)
-        cls._finish_all(requests, sts, range(len(requests)))
+        cls._completing_all(_BASE.Waitall, requests, statuses)
         return True
 
     @classmethod
     def Testall(cls, requests: Sequence[MPI.Request], statuses: list | None = None) -> bool:
-        sts = cls._statuses(requests, statuses)
-        done = _BASE.Testall(requests, sts)
-        if done:
-            cls._finish_all(requests, sts, range(len(requests)))
-        return done
+        return cls._completing_all(_BASE.Testall, requests, statuses)
 
     @classmethod
     def Waitany(cls, requests: Sequence[MPI.Request], status: MPI.Status | None = None) -> int:
@@ -134,6 +151,7 @@ class _Completing:
 
 
 _BASE = MPI.Request  # the original class, captured before the interposer rebinds the name
+_local = threading.local()  # per thread: statuses reused by the class-level completion calls
 
 
 class _StandsIn(type):

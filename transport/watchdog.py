@@ -37,7 +37,7 @@ def wait_codes() -> frozenset:
         if not isinstance(cls, type):
             continue
         for name, attr in vars(cls).items():
-            if name.lower().startswith("wait") or name == "_some":
+            if name.lower().startswith("wait") or name in ("_some", "_completing_all"):
                 code = getattr(getattr(attr, "__func__", attr), "__code__", None)
                 if code is not None:
                     codes.add(code)
