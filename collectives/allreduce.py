@@ -261,6 +261,8 @@ def try_allreduce(
     if host and algorithm in ("native", "auto"):
         if algorithm == "native":
             return NotImplemented
+        if type(recvbuf) is np.ndarray and recvbuf.nbytes < cost.MIN_BYTES:
+            return NotImplemented  # what cost.choose decides for any shape: skip the lookups
         topo = cached_topology(comm)
         if topo is not None and topo.n_nodes == 1:
             return NotImplemented

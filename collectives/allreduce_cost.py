@@ -42,6 +42,9 @@ SHORT_MSG = 2048  # MPICH's MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE and reduce/bcast 
 BCAST_SHORT = 12288  # MPICH's MPIR_CVAR_BCAST_SHORT_MSG_SIZE
 MARGIN = 0.75
 MIN_SAVING = 100e-6  # seconds: below this, timing noise and Python overhead outweigh the model's precision
+# below this, the Python steps of any other algorithm cost more than MPI's whole call (measured: every
+# algorithm lost to MPI at 4 KiB and below on one node and on emulated nodes, and won from 32 KiB up)
+MIN_BYTES = 16 << 10
 MIN_SEGMENT = 1 << 20  # bytes per segment of a pipelined hierarchical allreduce
 MAX_SEGMENTS = 8
 
@@ -310,8 +313,9 @@ def hierarchical_variant(nbytes: int, shape: Shape, costs: Costs) -> str:
 
 def choose(nbytes: int, shape: Shape, costs: Costs, margin: float = MARGIN, saving: float = MIN_SAVING) -> str:
     """The algorithm ``auto`` runs: the cheapest, if it is predicted to take at most ``margin`` of
-    ``native``'s time and to save at least ``saving`` seconds, else ``native``."""
-    if shape.n_nodes == 1 or shape.size == 1:
+    ``native``'s time and to save at least ``saving`` seconds, else ``native`` (always below
+    :data:`MIN_BYTES`, and on one node)."""
+    if shape.n_nodes == 1 or shape.size == 1 or nbytes < MIN_BYTES:
         return "native"
     times = predict_all(nbytes, shape, costs)
     best = min(times, key=times.__getitem__)

@@ -205,6 +205,14 @@ def test_cost_model_picks_native_on_one_node_and_hierarchical_for_large_multi_no
     times = cost.predict_all(16 << 20, interleaved, costs)
     assert times["hierarchical-shard"] < 0.6 * times["native"]  # there it crosses nodes with n/2 per rank
     assert cost.choose(16 << 20, interleaved, costs) == "hierarchical-shard"
+    # below MIN_BYTES the Python steps of any algorithm cost more than MPI's whole call, whatever the model says:
+    # with a very slow network between nodes, hierarchical wins from MIN_BYTES on, and native stays below it
+    slow = cost.Costs(intra=cost.Link(1e-6, 1e-10), inter=cost.Link(1e-6, 1e-5), reduce=1e-10, call=1e-7)
+    assert cost.choose(cost.MIN_BYTES, interleaved, slow, saving=0.0).startswith("hierarchical")
+    assert cost.predict("hierarchical", cost.MIN_BYTES - 8, interleaved, slow) < 0.6 * cost.predict(
+        "native", cost.MIN_BYTES - 8, interleaved, slow
+    )
+    assert cost.choose(cost.MIN_BYTES - 8, interleaved, slow, saving=0.0) == "native"
     assert cost.choose(16 << 20, cost.Shape.blocks([2, 3]), costs).startswith("hierarchical")
     assert cost.predict("star", 8, two_by_four, costs) < cost.predict("ring", 8, two_by_four, costs)
     assert cost.predict("hierarchical", 1 << 20, two_by_four, costs) == min(
