@@ -43,8 +43,8 @@ BCAST_SHORT = 12288  # MPICH's MPIR_CVAR_BCAST_SHORT_MSG_SIZE
 MARGIN = 0.75
 MIN_SAVING = 100e-6  # seconds: below this, timing noise and Python overhead outweigh the model's precision
 # below this, the Python steps of any other algorithm cost more than MPI's whole call (measured: every
-# algorithm lost to MPI at 4 KiB and below on one node and on emulated nodes, and won from 32 KiB up)
-MIN_BYTES = 16 << 10
+# algorithm lost to MPI at 16 KiB and below on one node and on emulated nodes, and won from 32 KiB up)
+MIN_BYTES = 32 << 10
 MIN_SEGMENT = 1 << 20  # bytes per segment of a pipelined hierarchical allreduce
 MAX_SEGMENTS = 8
 

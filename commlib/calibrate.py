@@ -479,7 +479,8 @@ def calibrate(comm: MPI.Intracomm, plan: Plan, *, progress: bool = True) -> dict
     if rank == 0 and progress:
         from tqdm import tqdm
 
-        state.bar = tqdm(total=total, desc="commlib calibrate", unit="step", file=sys.stderr, leave=True)
+        # disable=None: a bar on a terminal, nothing in a log file
+        state.bar = tqdm(total=total, desc="commlib calibrate", unit="step", file=sys.stderr, leave=True, disable=None)
     tables: dict[str, cost_model.Table] = {}
     reduce_beta: dict[str, float] = {}
     overhead = None

@@ -36,6 +36,18 @@ _SPECS = (list, tuple)
 IN_PLACE = MPI.IN_PLACE
 
 
+_ALLREDUCE: Any = None  # collectives.allreduce, imported on the first Allreduce (it loads numpy-heavy modules)
+
+
+def _load_allreduce() -> Any:
+    global _ALLREDUCE
+    import importlib
+
+    # the module, not the package's ``allreduce`` function of the same name
+    _ALLREDUCE = importlib.import_module("collectives.allreduce")
+    return _ALLREDUCE
+
+
 def _plain(*bufs: Any) -> bool:
     """No buffer is a list/tuple spec, so none can name a derived datatype."""
     return all(b.__class__ not in _SPECS for b in bufs)
@@ -46,14 +58,13 @@ class Collectives:
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:
         """Through :func:`collectives.allreduce.try_allreduce`: MPI's own unless the cost model picks another."""
-        from collectives.allreduce import plan, try_allreduce
-
-        if try_allreduce(self, sendbuf, recvbuf, op) is NotImplemented:
+        allreduce = _ALLREDUCE or _load_allreduce()
+        if allreduce.try_allreduce(self, sendbuf, recvbuf, op) is NotImplemented:
             return super().Allreduce(sendbuf, recvbuf, op)
         if self._session is not None:
             buf = recvbuf[0] if isinstance(recvbuf, (list, tuple)) else recvbuf
             nbytes = int(getattr(buf, "nbytes", 0))
-            self._session.record("Allreduce", plan(self, nbytes, config.allreduce)[0], nbytes)
+            self._session.record("Allreduce", allreduce.plan(self, nbytes, config.allreduce)[0], nbytes)
 
     def Bcast(self, buf: Any, root: int = 0) -> None:
         if _plain(buf):

@@ -66,22 +66,24 @@ def _mpi_len(lo: int, hi: int, count: int, extent: int) -> int:
     return n if lo >= 0 and extent > 0 and n < (count + 1) * extent else -1
 
 
+_LARGE_BLOCK = 1 << 16  # numpy copies one opaque element of more than this slower than memcpy would
+
+
 def _strided_plan(sb: StridedBlock, count: int) -> _Plan:
     rep = sb.repeated(count)
     lo, hi = sb.touched(count)
     block = rep.block
-    return _Plan(
-        lo,
-        hi,
-        rep.size,
-        block,
-        sb.is_injective(count),
-        _mpi_len(lo, hi, count, sb.extent),
-        np.dtype(f"u{block}") if block in (1, 2, 4, 8) else np.dtype(f"V{max(block, 1)}"),
-        rep.counts[:0:-1],  # slowest level first
-        rep.strides[:0:-1],
-        rep.start,
-    )
+    shape, strides = rep.counts[:0:-1], rep.strides[:0:-1]  # slowest level first
+    item = np.dtype(f"u{block}") if block in (1, 2, 4, 8) else np.dtype(f"V{max(block, 1)}")
+    if block > _LARGE_BLOCK:
+        # a large block as a row of 4 KiB (or smaller power-of-two) elements
+        piece = 4096
+        while block % piece:
+            piece //= 2
+        if piece >= 512:
+            shape, strides, item = (*shape, block // piece), (*strides, piece), np.dtype(f"V{piece}")
+    injective, mpi_len = sb.is_injective(count), _mpi_len(lo, hi, count, sb.extent)
+    return _Plan(lo, hi, rep.size, block, injective, mpi_len, item, shape, strides, rep.start)
 
 
 def _mpi_plan(datatype: MPI.Datatype, count: int) -> _Plan:

@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib fabric") 
     total = len(args.collectives) * args.seeds * 3
     quiet = args.no_progress
     with (
-        tqdm(total=total, unit="plan", disable=quiet, leave=False, file=sys.stderr) as bar,
+        tqdm(total=total, unit="plan", disable=True if quiet else None, leave=False, file=sys.stderr) as bar,
         tqdm(total=0, unit="flow", disable=quiet or not args.maxmin_limit, leave=False, file=sys.stderr) as inner,
     ):
         for name in args.collectives:

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib bench mod
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=2 * len(shapes), desc="evaluate", unit="shape", file=sys.stderr)
+        bar = tqdm(total=2 * len(shapes), desc="evaluate", unit="shape", file=sys.stderr, disable=None)
     passes: list[list[dict[str, float]]] = [[], []]
     try:
         for runs in passes:  # every shape twice, the second pass after the first: the noise floor
