@@ -16,6 +16,7 @@ Same arguments, results, communicator caching and cross-rank checks as
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from mpi4py import MPI
@@ -57,26 +58,13 @@ def ring_attention(
     shape = check_attention_inputs(op, q, k, v, layout, softmax_scale)
     channels = open_channels(op, comm, attention_signature(op, shape, causal, layout))
     xp, length, world, me = shape.xp, shape.length, comm.Get_size(), comm.Get_rank()
-    prev, nxt = (me - 1) % world, (me + 1) % world
     scale = softmax_scale_for(shape.head_dim, softmax_scale)
     qs, ks, vs = (to_sequence_major(x, shape.batched) for x in (q, k, v))
     wire = message_namespace(xp)
     kv = RowLayout.of(*((n, shape.dtype, (shape.batch, shape.kv_heads, shape.head_dim)) for n in "kv"), xp=wire)
     ex = RingExchange(channels, world, ("k+v", "unused"), stats)
-    out = lse = held = None
-    incoming = None
-    for t in range(world):
-        ex.step = t
-        if t > 0:
-            ex.wait(incoming[0])
-            held = incoming[1]
-        if t + 1 < world:
-            buf = kv.empty(length)
-            incoming = (ex.irecv(0, buf, prev, t + 1), buf)
-            if t == 0:
-                with ex.compute():
-                    held = kv.fill(kv.empty(length), k=ks, v=vs)
-            ex.isend(0, held, nxt, t + 1)
+    out = lse = None
+    for t, held in _rotate_shards(ex, kv, ks, vs, length, world, me):
         owner = (me - t) % world
         blocks = attention_blocks(me, owner, world, length, layout, causal)
         with ex.compute():
@@ -126,19 +114,8 @@ def ring_attention_backward(
         lses = lses.astype(acc)
         delta = (dos.astype(acc) * outs.astype(acc)).sum(axis=-1)
         dq = xp.zeros((length, b, h, d), acc)
-    held = incoming = running = None
-    for t in range(world):
-        ex.step = t
-        if t > 0:
-            ex.wait(incoming[0])
-            held = incoming[1]
-        if t + 1 < world:
-            buf = kv.empty(length)
-            incoming = (ex.irecv(0, buf, prev, t + 1), buf)
-            if t == 0:
-                with ex.compute():
-                    held = kv.fill(kv.empty(length), k=ks, v=vs)
-            ex.isend(0, held, nxt, t + 1)
+    running = None
+    for t, held in _rotate_shards(ex, kv, ks, vs, length, world, me):
         if t > 0:  # the running gradients of the shard held now, from the rank that held it before
             g_buf = grads.empty(length)
             running = (ex.irecv(1, g_buf, prev, t), g_buf)
@@ -166,3 +143,29 @@ def ring_attention_backward(
             dk, dv = xp.asarray(grads.view(g_buf, "dk")), xp.asarray(grads.view(g_buf, "dv"))
     ex.finish()
     return tuple(from_sequence_major(g.astype(shape.dtype), shape.batched) for g in (dq, dk, dv))
+
+
+def _rotate_shards(
+    ex: RingExchange, kv: RowLayout, ks: Any, vs: Any, length: int, world: int, me: int
+) -> Iterator[tuple[int, Any]]:
+    """The ``(k, v)`` rotation on channel 0: yields ``(t, held)`` for every step ``t``.
+
+    ``held`` is the packed shard of rank ``me - t`` (the own shard, packed, at ``t = 0`` when it is
+    sent on; ``None`` when nothing moves). The next shard's receive and this one's send are posted
+    before the caller computes on it.
+    """
+    prev, nxt = (me - 1) % world, (me + 1) % world
+    held = incoming = None
+    for t in range(world):
+        ex.step = t
+        if t > 0:
+            ex.wait(incoming[0])
+            held = incoming[1]
+        if t + 1 < world:
+            buf = kv.empty(length)
+            incoming = (ex.irecv(0, buf, prev, t + 1), buf)
+            if t == 0:
+                with ex.compute():
+                    held = kv.fill(kv.empty(length), k=ks, v=vs)
+            ex.isend(0, held, nxt, t + 1)
+        yield t, held

@@ -82,77 +82,66 @@ class Collectives:
             packed.unpack()
         self._observe("Bcast", message, True, start)
 
+    def _gather(self, op: str, sendbuf: Any, recvbuf: Any, root: int, read: Any, form: str) -> None:
+        """Gather(v): the root's receive pieces staged, every send side on its own."""
+        rspec, staged = recvbuf, None
+        if self.Get_rank() == root:
+            rspec, staged = self._stage(op, recvbuf, read, self.Get_size(), form, send=False)
+        sspec, _ = self._stage_one(op, sendbuf, send=True)
+        getattr(super(), op)(sspec, rspec, root)
+        if staged is not None:
+            staged.unpack(skip=root if sendbuf is IN_PLACE else None)
+
     def Gather(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Gather(sendbuf, recvbuf, root)
-        rank, size = self.Get_rank(), self.Get_size()
-        rspec, staged = recvbuf, None
-        if rank == root:
-            rspec, staged = self._stage("Gather", recvbuf, block_pieces, size, "block_spec", send=False)
-        sspec, _ = self._stage_one("Gather", sendbuf, send=True)
-        super().Gather(sspec, rspec, root)
-        if staged is not None:
-            staged.unpack(skip=root if sendbuf is IN_PLACE else None)
+        self._gather("Gather", sendbuf, recvbuf, root, block_pieces, "block_spec")
 
     def Gatherv(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Gatherv(sendbuf, recvbuf, root)
-        rank, size = self.Get_rank(), self.Get_size()
-        rspec, staged = recvbuf, None
-        if rank == root:
-            rspec, staged = self._stage("Gatherv", recvbuf, vector_pieces, size, "vector_spec", send=False)
-        sspec, _ = self._stage_one("Gatherv", sendbuf, send=True)
-        super().Gatherv(sspec, rspec, root)
-        if staged is not None:
-            staged.unpack(skip=root if sendbuf is IN_PLACE else None)
+        self._gather("Gatherv", sendbuf, recvbuf, root, vector_pieces, "vector_spec")
+
+    def _scatter(self, op: str, sendbuf: Any, recvbuf: Any, root: int, read: Any, form: str) -> None:
+        """Scatter(v): the root's send pieces staged, every receive side on its own."""
+        rspec, packed = self._stage_one(op, recvbuf, send=False)
+        sspec = sendbuf
+        if self.Get_rank() == root:
+            sspec, _ = self._stage(op, sendbuf, read, self.Get_size(), form, send=True)
+        getattr(super(), op)(sspec, rspec, root)
+        if packed is not None:
+            packed.unpack()
 
     def Scatter(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Scatter(sendbuf, recvbuf, root)
-        rank, size = self.Get_rank(), self.Get_size()
-        rspec, packed = self._stage_one("Scatter", recvbuf, send=False)
-        sspec = sendbuf
-        if rank == root:
-            sspec, _ = self._stage("Scatter", sendbuf, block_pieces, size, "block_spec", send=True)
-        super().Scatter(sspec, rspec, root)
-        if packed is not None:
-            packed.unpack()
+        self._scatter("Scatter", sendbuf, recvbuf, root, block_pieces, "block_spec")
 
     def Scatterv(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Scatterv(sendbuf, recvbuf, root)
-        rank, size = self.Get_rank(), self.Get_size()
-        rspec, packed = self._stage_one("Scatterv", recvbuf, send=False)
-        sspec = sendbuf
-        if rank == root:
-            sspec, _ = self._stage("Scatterv", sendbuf, vector_pieces, size, "vector_spec", send=True)
-        super().Scatterv(sspec, rspec, root)
-        if packed is not None:
-            packed.unpack()
+        self._scatter("Scatterv", sendbuf, recvbuf, root, vector_pieces, "vector_spec")
+
+    def _allgather(self, op: str, sendbuf: Any, recvbuf: Any, read: Any, form: str, pieces: int) -> None:
+        """Allgather(v) and their neighbourhood forms: ``pieces`` receive pieces, one send piece."""
+        rspec, staged = self._stage(op, recvbuf, read, pieces, form, send=False)
+        sspec, _ = self._stage_one(op, sendbuf, send=True)
+        in_place = sendbuf is IN_PLACE
+        if staged is not None and in_place:
+            staged.pack_piece(self.Get_rank())  # every rank's contribution is read from its own piece
+        getattr(super(), op)(sspec, rspec)
+        if staged is not None:
+            staged.unpack(skip=self.Get_rank() if in_place else None)
 
     def Allgather(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Allgather(sendbuf, recvbuf)
-        rank, size = self.Get_rank(), self.Get_size()
-        rspec, staged = self._stage("Allgather", recvbuf, block_pieces, size, "block_spec", send=False)
-        sspec, _ = self._stage_one("Allgather", sendbuf, send=True)
-        if staged is not None and sendbuf is IN_PLACE:
-            staged.pack_piece(rank)  # every rank's contribution is read from its own piece
-        super().Allgather(sspec, rspec)
-        if staged is not None:
-            staged.unpack(skip=rank if sendbuf is IN_PLACE else None)
+        self._allgather("Allgather", sendbuf, recvbuf, block_pieces, "block_spec", self.Get_size())
 
     def Allgatherv(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Allgatherv(sendbuf, recvbuf)
-        rank, size = self.Get_rank(), self.Get_size()
-        rspec, staged = self._stage("Allgatherv", recvbuf, vector_pieces, size, "vector_spec", send=False)
-        sspec, _ = self._stage_one("Allgatherv", sendbuf, send=True)
-        if staged is not None and sendbuf is IN_PLACE:
-            staged.pack_piece(rank)  # every rank's contribution is read from its own piece
-        super().Allgatherv(sspec, rspec)
-        if staged is not None:
-            staged.unpack(skip=rank if sendbuf is IN_PLACE else None)
+        self._allgather("Allgatherv", sendbuf, recvbuf, vector_pieces, "vector_spec", self.Get_size())
 
     def _exchange(self, op: str, sendbuf: Any, recvbuf: Any, read: Any, form: str, degrees: tuple[int, int]) -> None:
         """An all-to-all shaped exchange: ``degrees`` = (pieces received, pieces sent)."""
@@ -185,42 +174,24 @@ class NeighborCollectives:
     """Neighbourhood collectives of the topology communicators (mixed into :class:`commlib.comm.Topocomm`)."""
 
     def Neighbor_allgather(self, sendbuf: Any, recvbuf: Any) -> None:
-        if _plain(sendbuf, recvbuf):
+        if sendbuf is IN_PLACE or _plain(sendbuf, recvbuf):
             return super().Neighbor_allgather(sendbuf, recvbuf)
-        indegree = self.degrees[0]
-        rspec, staged = self._stage("Neighbor_allgather", recvbuf, block_pieces, indegree, "block_spec", send=False)
-        sspec, _ = self._stage_one("Neighbor_allgather", sendbuf, send=True)
-        super().Neighbor_allgather(sspec, rspec)
-        if staged is not None:
-            staged.unpack()
+        self._allgather("Neighbor_allgather", sendbuf, recvbuf, block_pieces, "block_spec", self.degrees[0])
 
     def Neighbor_allgatherv(self, sendbuf: Any, recvbuf: Any) -> None:
-        if _plain(sendbuf, recvbuf):
+        if sendbuf is IN_PLACE or _plain(sendbuf, recvbuf):
             return super().Neighbor_allgatherv(sendbuf, recvbuf)
-        indegree = self.degrees[0]
-        rspec, staged = self._stage("Neighbor_allgatherv", recvbuf, vector_pieces, indegree, "vector_spec", send=False)
-        sspec, _ = self._stage_one("Neighbor_allgatherv", sendbuf, send=True)
-        super().Neighbor_allgatherv(sspec, rspec)
-        if staged is not None:
-            staged.unpack()
-
-    def _neighbor_exchange(self, op: str, sendbuf: Any, recvbuf: Any, read: Any, form: str) -> None:
-        indegree, outdegree = self.degrees
-        rspec, staged = self._stage(op, recvbuf, read, indegree, form, send=False)
-        sspec, _ = self._stage(op, sendbuf, read, outdegree, form, send=True)
-        getattr(super(), op)(sspec, rspec)
-        if staged is not None:
-            staged.unpack()
+        self._allgather("Neighbor_allgatherv", sendbuf, recvbuf, vector_pieces, "vector_spec", self.degrees[0])
 
     def Neighbor_alltoall(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Neighbor_alltoall(sendbuf, recvbuf)
-        self._neighbor_exchange("Neighbor_alltoall", sendbuf, recvbuf, block_pieces, "block_spec")
+        self._exchange("Neighbor_alltoall", sendbuf, recvbuf, block_pieces, "block_spec", self.degrees)
 
     def Neighbor_alltoallv(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Neighbor_alltoallv(sendbuf, recvbuf)
-        self._neighbor_exchange("Neighbor_alltoallv", sendbuf, recvbuf, vector_pieces, "vector_spec")
+        self._exchange("Neighbor_alltoallv", sendbuf, recvbuf, vector_pieces, "vector_spec", self.degrees)
 
     def Neighbor_alltoallw(self, sendbuf: Any, recvbuf: Any) -> None:
-        self._neighbor_exchange("Neighbor_alltoallw", sendbuf, recvbuf, typed_pieces, "typed_spec")
+        self._exchange("Neighbor_alltoallw", sendbuf, recvbuf, typed_pieces, "typed_spec", self.degrees)

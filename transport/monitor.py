@@ -408,26 +408,15 @@ class Monitor:
         mine = [s for s in reminders + resolved if s.extra.get("leader", self.rank) == self.rank]
         reminders = [s for s in reminders if s in mine]  # the rank that reported a hang follows it up
         resolved = [s for s in resolved if s in mine]
-        for stuck in reminders:
-            call = call_text(self.recorder.describe(stuck.record, now))
-            self.reporter.emit(
-                {
-                    "kind": "hang-reminder",
-                    "call": call,
-                    "waited": stuck.waited,
-                    "lines": [f"still waiting: {call} for {stuck.waited:.1f} s"],
-                }
-            )
-        for stuck in resolved:
-            call = call_text(self.recorder.describe(stuck.record, now))
-            self.reporter.emit(
-                {
-                    "kind": "hang-resolved",
-                    "call": call,
-                    "waited": stuck.waited,
-                    "lines": [f"resolved: {call} completed after {stuck.waited:.1f} s"],
-                }
-            )
+        follow_ups = (
+            ("hang-reminder", reminders, "still waiting: {call} for {waited:.1f} s"),
+            ("hang-resolved", resolved, "resolved: {call} completed after {waited:.1f} s"),
+        )
+        for kind, stucks, line in follow_ups:
+            for stuck in stucks:
+                call = call_text(self.recorder.describe(stuck.record, now))
+                text = line.format(call=call, waited=stuck.waited)
+                self.reporter.emit({"kind": kind, "call": call, "waited": stuck.waited, "lines": [text]})
         if resolved and not self.watchdog.stuck:
             self._abort_at = None
 
