@@ -63,6 +63,7 @@ __all__ = ["ALGORITHMS", "allreduce", "handles", "plan", "try_allreduce"]
 ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
 _HIERARCHICAL = {"hierarchical-root": node_root, "hierarchical-shard": shard_parallel}
 _PLAN_CACHE_LIMIT = 4096
+_MIN_BYTES = cost.MIN_BYTES
 
 
 class _Call:
@@ -238,6 +239,22 @@ def _on_host(spec: Any) -> bool:
     return not isinstance(buf, cupy.ndarray)
 
 
+def _auto_is_native(comm: Any, nbytes: int, model: Any) -> bool:
+    """Whether ``auto`` keeps MPI's own for ``nbytes`` of host memory: on one node, or as planned.
+
+    A size planned before costs one dictionary lookup (this runs before every
+    interposed ``Allreduce`` of an array from ``cost.MIN_BYTES`` up).
+    """
+    topo = cached_topology(comm)
+    if topo is not None:
+        if topo.n_nodes == 1:
+            return True
+        decided = topo.plans.get((None if model is None else id(model), "auto", nbytes))
+        if decided is not None:
+            return decided[0] == "native"
+    return isinstance(comm, MPI.Intracomm) and plan(comm, nbytes, "auto", model=model)[0] == "native"
+
+
 def try_allreduce(
     comm: Any,
     sendbuf: Any,
@@ -252,23 +269,22 @@ def try_allreduce(
     ``NotImplemented`` means "give this call to MPI's own ``Allreduce`` as it
     is": what commlib does not handle (see the module docstring), and host
     buffers for which the algorithm (or ``auto``'s choice) is ``native``.
-    ``algorithm`` defaults to ``commlib.config.allreduce``. On one node,
-    ``auto`` costs one attribute lookup before MPI gets the call.
+    ``algorithm`` defaults to ``commlib.config.allreduce``. Before MPI gets
+    the call, ``auto`` costs a size comparison below ``cost.MIN_BYTES`` and a
+    cached lookup above.
     """
     if algorithm is None:
         algorithm = config.allreduce
-    host = _on_host(recvbuf)
-    if host and algorithm in ("native", "auto"):
+    if type(recvbuf) is np.ndarray:
         if algorithm == "native":
             return NotImplemented
-        if type(recvbuf) is np.ndarray and recvbuf.nbytes < cost.MIN_BYTES:
-            return NotImplemented  # what cost.choose decides for any shape: skip the lookups
-        topo = cached_topology(comm)
-        if topo is not None and topo.n_nodes == 1:
+        if algorithm == "auto" and (recvbuf.nbytes < _MIN_BYTES or _auto_is_native(comm, recvbuf.nbytes, model)):
+            return NotImplemented  # below MIN_BYTES: what cost.choose decides for any shape, without lookups
+        host = True
+    else:
+        host = _on_host(recvbuf)
+        if host and algorithm == "native":
             return NotImplemented
-        if type(recvbuf) is np.ndarray and isinstance(comm, MPI.Intracomm):
-            if plan(comm, recvbuf.nbytes, algorithm, model=model)[0] == "native":
-                return NotImplemented
     _check_algorithm(algorithm)
     call = _prepare(comm, sendbuf, recvbuf, op)
     if call is None:

@@ -34,6 +34,7 @@ __all__ = ["Collectives", "NeighborCollectives"]
 
 _SPECS = (list, tuple)
 IN_PLACE = MPI.IN_PLACE
+_MPI_ALLREDUCE = MPI.Comm.Allreduce
 
 
 _ALLREDUCE: Any = None  # collectives.allreduce, imported on the first Allreduce (it loads numpy-heavy modules)
@@ -60,7 +61,7 @@ class Collectives:
         """Through :func:`collectives.allreduce.try_allreduce`: MPI's own unless the cost model picks another."""
         allreduce = _ALLREDUCE or _load_allreduce()
         if allreduce.try_allreduce(self, sendbuf, recvbuf, op) is NotImplemented:
-            return super().Allreduce(sendbuf, recvbuf, op)
+            return _MPI_ALLREDUCE(self, sendbuf, recvbuf, op)  # no subclass between here and MPI.Comm defines it
         if self._session is not None:
             buf = recvbuf[0] if isinstance(recvbuf, (list, tuple)) else recvbuf
             nbytes = int(getattr(buf, "nbytes", 0))

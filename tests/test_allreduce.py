@@ -335,3 +335,16 @@ def test_benchmark_quick_smoke(tmp_path):
         "hierarchical-shard",
         "auto",
     }
+
+
+@pytest.mark.mpi
+def test_benchmark_noise_control(tmp_path, capsys):
+    from commlib.bench.allreduce import main
+
+    out = tmp_path / "allreduce.json"
+    argv = ["--configs", "1node", "--ranks", "2", "--sizes", "8", "--rounds", "2", "--algorithms", "mpi-again"]
+    assert main([*argv, "auto", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["results"]["1node"]["rows"][0]
+    assert set(row["median_s"]) == {"native", "mpi-again", "auto"} and not row["errors"]["mpi-again"]
+    assert all(t > 0 for t in row["samples_s"]["mpi-again"]) and len(row["samples_s"]["mpi-again"]) == 2
+    assert "1node: noise floor: MPI against itself differs by up to" in capsys.readouterr().out

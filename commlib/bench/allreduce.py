@@ -12,7 +12,8 @@ ranks, 1e-12 relative to MPI), then times them in turns: a sample is a batch
 of back-to-back calls timed by the slowest rank; the table shows MPI's median
 time per call and every algorithm's median as a multiple of it;
 ``star-arrival`` (a star adding in arrival order, not reproducible) prices
-the fixed reduction order of ``star``. With
+the fixed reduction order of ``star``; ``mpi-again`` (opt-in) times MPI's own
+call a second time, which shows how far two identical calls differ in the run. With
 ``--traffic``, each emulated configuration also counts the bytes that cross a
 node's link during calls of each algorithm at ``--traffic-size`` (one job per
 algorithm, from the kernel's interface counters).
@@ -44,7 +45,9 @@ ALGORITHMS = (
     "hierarchical-shard",
     "auto",
 )
+CONTROL = "mpi-again"  # MPI's Allreduce timed a second time: the run's noise floor, opt-in
 SHORT = {
+    CONTROL: "MPI again",
     "hierarchical": "hier",
     "hierarchical-root": "h-root",
     "hierarchical-shard": "h-shard",
@@ -186,6 +189,12 @@ def _targets(results: dict[str, dict[str, Any]], algorithms: list[str]) -> list[
                 f"  {name}: auto <= {AUTO_TARGET}x MPI at every size: worst {_ratio(worst, 'auto'):.2f}x "
                 f"at {_size(worst['bytes'])}: {'MET' if ok else 'NOT MET'}"
             )
+        if CONTROL in algorithms:
+            worst = max(rows, key=lambda r: abs(math.log(_ratio(r, CONTROL))))
+            lines.append(
+                f"  {name}: noise floor: MPI against itself differs by up to {_ratio(worst, CONTROL):.2f}x "
+                f"(at {_size(worst['bytes'])})"
+            )
         big = [r for r in rows if r["bytes"] >= HIER_FROM]
         if name != "1node" and big and "hierarchical" in algorithms:
             worst = max(big, key=lambda r: _ratio(r, "hierarchical"))
@@ -222,7 +231,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--ranks", type=int, default=4, help="ranks of the 1node configuration (4)")
     parser.add_argument("--rate", default="1gbit", help="emulated link rate (1gbit)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(FULL_SIZES), help="bytes (8 B .. 64 MiB)")
-    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        choices=(*ALGORITHMS, CONTROL),
+        default=list(ALGORITHMS),
+        help=f"what to time against MPI (all but {CONTROL!r}, MPI's own call timed again as a noise control)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="samples per algorithm and size (7)")
     parser.add_argument("--sample", type=float, default=0.05, help="target seconds of one MPI batch (0.05)")
     parser.add_argument("--traffic", action="store_true", help="count bytes on a node's link per algorithm")
