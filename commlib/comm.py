@@ -76,12 +76,7 @@ class _Interposed:
     def _decide(self, op: str, message: Message) -> bool:
         """Ask the session whether to pack ``message`` for ``op``, and count the choice."""
         session = self._session
-        choice = "native"
-        if message.packable and session is not None:
-            choice = session.decide(op, message)
-        if session is not None:
-            session.record(op, choice, message.nbytes)
-        return choice == "pack"
+        return session is not None and session.choose(op, message) == "pack"
 
     def _message(self, op: str, spec: Any, *, writable: bool = False) -> tuple[Message | None, bool]:
         """``(message, pack?)`` for a spec with a derived datatype, ``(None, False)`` to pass ``spec`` as is.

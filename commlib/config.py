@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 __all__ = ["Config", "config"]
 
@@ -207,6 +208,12 @@ class Config:
     split: bool = False
     split_channels: int = 2
     split_min_bytes: int = 1 << 20
+
+    changes: ClassVar[int] = 0  # counts assignments to any setting: caches of decisions compare it
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        Config.changes += 1
 
     @classmethod
     def from_env(cls) -> Config:

@@ -11,6 +11,7 @@ derived type or not, sends and receives the same bytes.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,28 @@ class Route:
         self.nbytes = count * datatype.Get_size()
         self.elements = self.nbytes // self.base.Get_size() if self.base is not None else 0
         self.features = cost_model.features(count, datatype) if self.base is not None else None
+
+
+_SEEN: dict[int, tuple[Any, int, dict[int, Route] | None]] = {}
+_SEEN_LIMIT = 4096
+
+
+def _routes(datatype: MPI.Datatype) -> dict[int, Route] | None:
+    """The routes by count of a derived ``datatype`` object; ``None`` for a predefined type.
+
+    Kept per Python object - alive (a weak reference) and still holding the
+    same handle - so a program that passes the same datatype object call
+    after call skips MPI's attribute lookups; a freed type, or a new object,
+    starts afresh.
+    """
+    seen = _SEEN.get(id(datatype))
+    if seen is not None and seen[0]() is datatype and seen[1] == datatype.handle:
+        return seen[2]
+    routes = None if datatype.is_predefined else {}
+    if len(_SEEN) >= _SEEN_LIMIT:
+        _SEEN.clear()
+    _SEEN[id(datatype)] = (weakref.ref(datatype), datatype.handle, routes)
+    return routes
 
 
 def route_of(datatype: MPI.Datatype, count: int) -> Route:
@@ -143,7 +166,10 @@ def derived(spec: Any) -> Message | None:
         if not isinstance(spec, _SPECS) or not 2 <= len(spec) <= 3:
             return None
     datatype = spec[-1]
-    if not isinstance(datatype, MPI.Datatype) or datatype.is_predefined:
+    if not isinstance(datatype, MPI.Datatype):
+        return None
+    routes = _routes(datatype)
+    if routes is None:
         return None
     buf = spec[0]
     if type(buf) is not np.ndarray and (buf is None or buf in _SPECIAL or not _has_buffer(buf)):
@@ -156,7 +182,13 @@ def derived(spec: Any) -> Message | None:
         count = _count_from_buffer(buf, datatype)
         if count is None:
             return None  # mpi4py reports the spec it cannot read
-    return Message(buf, int(count), datatype)
+    count = int(count)
+    route = routes.get(count)
+    if route is None:
+        if len(routes) >= 64:
+            routes.clear()
+        route = routes[count] = route_of(datatype, count)
+    return Message(buf, count, datatype, route)
 
 
 @dataclass

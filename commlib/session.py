@@ -35,6 +35,7 @@ __all__ = ["Decision", "RECORD_SCHEMA", "Session", "default_decision", "model_de
 Decision = Callable[[str, Any], str]
 RECORD_SCHEMA = "commlib-recorded-run"
 MAX_RECORDED_SHAPES = 256
+MAX_DECIDED = 4096
 
 
 def model_decision(model: cost_model.Model | None = None) -> Decision:
@@ -65,8 +66,8 @@ class Session:
         self.decision = decision or self._own_decision or default_decision
         self._model = model
         self._last: tuple[Any, cost_model.Features | None] = (None, None)
-        self.calls: dict[tuple[str, str], int] = defaultdict(int)
-        self.bytes: dict[tuple[str, str], int] = defaultdict(int)
+        self._tallies: dict[tuple[str, str], list[int]] = {}  # (op, choice) -> [calls, bytes]
+        self._decided: dict[tuple[str, Any], tuple] = {}  # (op, route) -> (stamp, choice, shape, tally)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self.monitor: Any = None
         self._shapes: dict[tuple, dict[str, Any]] = {}
@@ -104,9 +105,60 @@ class Session:
             shape["calls"] += 1
         return choice
 
+    def _tally(self, op: str, choice: str) -> list[int]:
+        tally = self._tallies.get((op, choice))
+        if tally is None:
+            tally = self._tallies[op, choice] = [0, 0]
+        return tally
+
     def record(self, op: str, choice: str, nbytes: int) -> None:
-        self.calls[op, choice] += 1
-        self.bytes[op, choice] += nbytes
+        """Count one call of ``op`` carrying ``nbytes`` with ``choice``."""
+        tally = self._tally(op, choice)
+        tally[0] += 1
+        tally[1] += nbytes
+
+    @property
+    def calls(self) -> dict[tuple[str, str], int]:
+        """Calls per (operation, choice)."""
+        return {key: tally[0] for key, tally in self._tallies.items()}
+
+    @property
+    def bytes(self) -> dict[tuple[str, str], int]:
+        """Bytes per (operation, choice)."""
+        return {key: tally[1] for key, tally in self._tallies.items()}
+
+    def choose(self, op: str, message: Any) -> str:
+        """:meth:`decide` (``"native"`` for a message commlib cannot pack), then :meth:`record`.
+
+        The interposer's per-call entry. With the model deciding, the outcome
+        for a repeated (operation, datatype, count) is kept until the config
+        or a model's choices change (:func:`datatypes.model.generation`), so
+        a halo loop's calls cost one lookup here.
+        """
+        route = getattr(message, "route", None)
+        if route is None or not (self.decision is default_decision or self.decision is self._own_decision):
+            choice = self.decide(op, message) if message.packable else "native"
+            self.record(op, choice, message.nbytes)
+            return choice
+        stamp = (config.changes, cost_model.generation())
+        key = (op, route)
+        hit = self._decided.get(key)
+        if hit is None or hit[0] != stamp:
+            choice = self.decide(op, message) if message.packable else "native"
+            f = self._features(message) if message.packable else None
+            shape = self._shape(op, choice, message, f) if f is not None else None
+            if len(self._decided) >= MAX_DECIDED:
+                self._decided.clear()
+            hit = self._decided[key] = (stamp, choice, shape, self._tally(op, choice))
+            hit[3][0] += 1
+            hit[3][1] += message.nbytes
+            return choice
+        _, choice, shape, tally = hit
+        if shape is not None:
+            shape["calls"] += 1
+        tally[0] += 1
+        tally[1] += message.nbytes
+        return choice
 
     def observe(self, op: str, message: Any, choice: str, seconds: float) -> None:
         """The measured time of one blocking intercepted operation (pack and unpack included)."""
@@ -171,14 +223,15 @@ class Session:
 
     def report(self) -> str:
         """One line per intercepted operation: calls and bytes per choice; then the cost model's line."""
-        if not self.calls:
+        calls, nbytes = self.calls, self.bytes
+        if not calls:
             return "no operation with a derived datatype, and no collective commlib runs itself, was intercepted"
         lines = []
-        for op in sorted({op for op, _ in self.calls}):
+        for op in sorted({op for op, _ in calls}):
             parts = [
-                f"{choice} {self.calls[op, choice]} calls / {self.bytes[op, choice]} B"
+                f"{choice} {calls[op, choice]} calls / {nbytes[op, choice]} B"
                 + (f" / {self.seconds[op, choice] * 1e3:.3f} ms" if (op, choice) in self.seconds else "")
-                for choice in sorted({c for o, c in self.calls if o == op}, key=lambda c: (c != "pack", c))
+                for choice in sorted({c for o, c in calls if o == op}, key=lambda c: (c != "pack", c))
             ]
             lines.append(f"{op}: " + ", ".join(parts))
         if self.decision is default_decision or self.decision is self._own_decision:

@@ -69,6 +69,7 @@ __all__ = [
     "current",
     "features",
     "fit_alpha_beta",
+    "generation",
     "load",
     "op_class",
     "register_strategy",
@@ -499,6 +500,7 @@ class Model:
         after = self.refinement.add(bucket, math.log(seconds / base))
         if abs(after / before - 1) > 0.02:
             self._choices.clear()
+            _bump()
 
     def describe(self) -> str:
         """One line: where the numbers come from and how much was learned."""
@@ -538,6 +540,24 @@ def fit_alpha_beta(table: Table) -> tuple[float, float]:
 
 _current: Model | None = None
 _setting: tuple = ()
+_generation = 0  # bumped when any model's choices may have changed
+
+
+def generation() -> int:
+    """A number that changes whenever a cached choice of any model may be stale.
+
+    It moves when :func:`set_current` installs a model and when learning
+    (:meth:`Model.observe`) moves a model's predictions enough to drop its
+    cached choices; callers that cache decisions compare it.
+    """
+    return _generation
+
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
+
+
 _warned: set[str] = set()
 
 
@@ -602,4 +622,5 @@ def set_current(model: Model | None, setting: tuple | None = None) -> Model | No
     global _current, _setting
     _current = model
     _setting = setting or _configured()
+    _bump()
     return model

@@ -145,3 +145,72 @@ def test_persistent_requests_repack_each_start_and_never_unpack_when_inactive(pa
     assert (dst == -1).all()
     recv.Free()
     send.Free()
+
+
+def test_a_freed_datatype_never_lends_its_route_to_a_new_one():
+    from commlib.messages import derived
+
+    comm = wrap(MPI.COMM_SELF, Session(lambda op, message: "pack"))
+    src, dst = np.arange(64.0), np.zeros(64)
+    first = MPI.DOUBLE.Create_vector(3, 1, 4).Commit()
+    handle = first.handle
+    assert derived([src, 1, first]).nbytes == 24
+    first.Free()
+    assert derived([src, 1, first]) is None  # now DATATYPE_NULL: MPI's to refuse
+    second = MPI.DOUBLE.Create_vector(5, 2, 3).Commit()  # MPICH hands out the freed handle again
+    try:
+        assert derived([src, 1, second]).nbytes == 80, f"reused handle: {second.handle == handle}"
+        comm.Sendrecv([src, 1, second], 0, 0, [dst, 1, second], 0, 0)
+        picked = np.add.outer(np.arange(5) * 3, np.arange(2)).ravel()
+        assert np.array_equal(dst[picked], src[picked]) and np.count_nonzero(dst) == picked.size - 1
+    finally:
+        second.Free()
+
+
+def test_remembered_decisions_follow_the_config_and_the_model(vec, monkeypatch):
+    from commlib.config import config
+    from commlib.messages import derived
+    from datatypes import model as cost_model
+
+    session = Session()
+    message = derived([np.zeros(256), 1, vec])
+    monkeypatch.setattr(config, "pack_engine", "strided")
+    assert [session.choose("Isend", message) for _ in range(3)] == ["pack"] * 3
+    monkeypatch.setattr(config, "pack_engine", "mpi")
+    assert session.choose("Isend", message) == "native"
+    assert session.calls == {("Isend", "pack"): 3, ("Isend", "native"): 1}
+    assert session.bytes[("Isend", "pack")] == 3 * 1024
+
+    monkeypatch.setattr(config, "pack_engine", "auto")
+    asked = []
+
+    class Spy(cost_model.Model):
+        def choose(self, op, f, *args, **kwargs):
+            asked.append(op)
+            return "pack"
+
+    before = cost_model.generation()
+    previous = cost_model.current()
+    cost_model.set_current(Spy())
+    try:
+        assert cost_model.generation() != before
+        assert [session.choose("Irecv", message) for _ in range(4)] == ["pack"] * 4
+        assert asked == ["Irecv"]  # decided once, then remembered
+        cost_model.set_current(Spy())
+        assert session.choose("Irecv", message) == "pack" and asked == ["Irecv", "Irecv"]
+    finally:
+        cost_model.set_current(previous)
+
+
+def test_learning_that_moves_a_choice_changes_the_generation(vec):
+    from datatypes import model as cost_model
+
+    model = cost_model.Model()
+    f = cost_model.features(1, vec)
+    model.choose("Send", f)
+    before = cost_model.generation()
+    predicted = model.predict("Send", f)["native"]
+    model.observe("Send", f, "native", predicted * 1.01)  # within 2%: cached choices stand
+    assert cost_model.generation() == before
+    model.observe("Send", f, "native", predicted * 50)
+    assert cost_model.generation() != before
