@@ -304,19 +304,22 @@ def contiguous_exchange(pair: MPI.Intracomm, buf: np.ndarray) -> Runner:
 
 
 def pack_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray) -> Runner:
-    """Round trips the interposer's way: pack into a new buffer, send contiguous, receive, unpack."""
+    """Round trips the interposer's way: pack into a staging buffer, send contiguous, receive, unpack."""
+    from .config import config
     from .messages import Packed, derived
+    from .staging import StagingPool
 
     peer = 1 - pair.Get_rank()
     message = derived([buf, 1, dt])
     if message is None or not message.packable:
         raise ValueError(f"calibrate: {dt} cannot be packed by commlib")
+    staging = StagingPool(config.staging_bytes)  # as an interposer session stages them
 
     def send() -> None:
-        pair.Send(Packed.for_send(message).spec, peer, TAG)
+        pair.Send(Packed.for_send(message, staging).spec, peer, TAG)
 
     def recv() -> None:
-        packed = Packed.for_recv(message)
+        packed = Packed.for_recv(message, staging)
         pair.Recv(packed.spec, peer, TAG)
         packed.unpack()
 

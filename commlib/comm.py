@@ -30,6 +30,7 @@ from .packed_collectives import Collectives, NeighborCollectives
 from .pieces import PackedPieces
 from .requests import Prequest, with_action
 from .session import Session
+from .staging import StagingPool
 from .tracing import BLOCKING, NONBLOCKING, traced
 
 __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "Topocomm", "wrap"]
@@ -69,6 +70,12 @@ class _Interposed:
     _splitter: Any = None  # a transport.flows.Splitter where COMMLIB_SPLIT attached one (see commlib.interposer)
 
     # -- plumbing -------------------------------------------------------------
+    @property
+    def _staging(self) -> StagingPool | None:
+        """The session's reusable buffers for packed messages."""
+        session = self._session
+        return None if session is None else session.staging
+
     def _adopt(self, comm: Any) -> Any:
         """Wrap a communicator derived from this one, in this one's session."""
         return wrap(comm, self._session)
@@ -95,7 +102,7 @@ class _Interposed:
         message, pack = self._message(op, spec, writable=not send)
         if not pack:
             return spec, None
-        packed = Packed.for_send(message) if send else Packed.for_recv(message)
+        packed = Packed.for_send(message, self._staging) if send else Packed.for_recv(message, self._staging)
         return packed.spec, packed
 
     def _stage(self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool) -> tuple[Any, Any]:
@@ -106,7 +113,7 @@ class _Interposed:
         pieces.check(op, writable=not send)
         if not self._decide(op, pieces.message()):
             return spec, None
-        staged = PackedPieces.pack(pieces) if send else PackedPieces.layout(pieces)
+        staged = PackedPieces.pack(pieces, self._staging) if send else PackedPieces.layout(pieces, self._staging)
         return getattr(staged, form)(), staged
 
     def _observe(self, op: str, message: Message, packed: bool, start: float) -> None:
@@ -129,7 +136,7 @@ class _Interposed:
         if message is None:
             return super().Send(buf, dest, tag)
         start = perf_counter()
-        super().Send(Packed.for_send(message).spec if pack else buf, dest, tag)
+        super().Send(Packed.for_send(message, self._staging).spec if pack else buf, dest, tag)
         self._observe("Send", message, pack, start)
 
     def Ssend(self, buf: Any, dest: int, tag: int = 0) -> None:
@@ -137,7 +144,7 @@ class _Interposed:
         if message is None:
             return super().Ssend(buf, dest, tag)
         start = perf_counter()
-        super().Ssend(Packed.for_send(message).spec if pack else buf, dest, tag)
+        super().Ssend(Packed.for_send(message, self._staging).spec if pack else buf, dest, tag)
         self._observe("Ssend", message, pack, start)
 
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
@@ -148,7 +155,7 @@ class _Interposed:
             return super().Recv(buf, source, tag, status)
         start = perf_counter()
         if pack:
-            packed = Packed.for_recv(message)
+            packed = Packed.for_recv(message, self._staging)
             st = status if status is not None else MPI.Status()
             super().Recv(packed.spec, source, tag, st)
             packed.unpack(st)
@@ -170,7 +177,7 @@ class _Interposed:
         message, pack = self._message("Sendrecv", recvbuf, writable=True)
         if not pack:
             return super().Sendrecv(outgoing, dest, sendtag, recvbuf, source, recvtag, status)
-        packed = Packed.for_recv(message)
+        packed = Packed.for_recv(message, self._staging)
         st = status if status is not None else MPI.Status()
         super().Sendrecv(outgoing, dest, sendtag, packed.spec, source, recvtag, st)
         packed.unpack(st)
@@ -189,7 +196,7 @@ class _Interposed:
             return super().Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
         start = perf_counter()
         if pack:
-            packed = Packed.for_send(message)
+            packed = Packed.for_send(message, self._staging)
             st = status if status is not None else MPI.Status()
             super().Sendrecv_replace(packed.spec, dest, sendtag, source, recvtag, st)
             packed.unpack(st)
@@ -225,7 +232,7 @@ class _Interposed:
         message, pack = self._message(op, buf)
         if not pack:
             return init(buf, dest, tag)
-        packed = Packed.for_send(message)
+        packed = Packed.for_send(message, self._staging)
         request = Prequest(init(packed.spec, dest, tag))
         # the buffer may change between starts: pack again at each Start
         request._before_start = lambda: datatypes.pack(message.buf, message.count, message.datatype, out=packed.data)

@@ -80,6 +80,10 @@ class Config:
     pack_min_block [COMMLIB_PACK_MIN_BLOCK=4]
         under ``auto`` without a calibration, types whose contiguous blocks are
         shorter than this go to MPI: both are bound by memory latency there.
+    staging_bytes [COMMLIB_STAGING_BYTES=67108864]
+        packed messages of 32 KiB and more are staged in buffers that each
+        interposer session keeps for reuse (:mod:`commlib.staging`), up to
+        this many bytes; 0 allocates every staging buffer per call.
     interpose [COMMLIB_INTERPOSE=1]
         ``python -m commlib`` installs the interposer (``--no-interpose``: 0).
     report [COMMLIB_REPORT=0]
@@ -178,6 +182,7 @@ class Config:
     pack_engine: str = "auto"
     pack_min_bytes: int = 16384
     pack_min_block: int = 4
+    staging_bytes: int = 64 << 20
     interpose: bool = True
     report: bool = False
     cuda_aware_mpi: bool = False
@@ -221,6 +226,7 @@ class Config:
             pack_engine=_env_choice("COMMLIB_PACK", cls.pack_engine, _PACK_ENGINES),
             pack_min_bytes=_env_int("COMMLIB_PACK_MIN_BYTES", cls.pack_min_bytes),
             pack_min_block=_env_int("COMMLIB_PACK_MIN_BLOCK", cls.pack_min_block),
+            staging_bytes=_env_int("COMMLIB_STAGING_BYTES", cls.staging_bytes),
             interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
             report=_env_bool("COMMLIB_REPORT", cls.report),
             cuda_aware_mpi=_env_bool("COMMLIB_CUDA_AWARE_MPI", cls.cuda_aware_mpi),

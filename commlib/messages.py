@@ -22,6 +22,8 @@ import datatypes
 from datatypes import model as cost_model
 from datatypes.canonical import cache_entry, named_datatype
 
+from .staging import StagingPool
+
 __all__ = ["Message", "Packed", "Route", "base_of", "derived", "route_of"]
 
 _SPECS = (list, tuple)
@@ -191,6 +193,10 @@ def derived(spec: Any) -> Message | None:
     return Message(buf, count, datatype, route)
 
 
+def _buffer(nbytes: int, staging: StagingPool | None) -> np.ndarray:
+    return np.empty(nbytes, np.uint8) if staging is None else staging.take(nbytes)
+
+
 @dataclass
 class Packed:
     """A message packed into a contiguous buffer of base-type elements."""
@@ -199,14 +205,15 @@ class Packed:
     data: np.ndarray  # uint8, message.nbytes long
 
     @classmethod
-    def for_send(cls, message: Message) -> Packed:
-        """Pack ``message`` (whose buffer was checked) into a new contiguous buffer."""
-        return cls(message, datatypes.pack(message.buf, message.count, message.datatype))
+    def for_send(cls, message: Message, staging: StagingPool | None = None) -> Packed:
+        """Pack ``message`` (whose buffer was checked) into a contiguous buffer (from ``staging`` if given)."""
+        out = _buffer(message.nbytes, staging)
+        return cls(message, datatypes.pack(message.buf, message.count, message.datatype, out=out))
 
     @classmethod
-    def for_recv(cls, message: Message) -> Packed:
-        """An empty landing buffer for ``message`` (whose buffer was checked)."""
-        return cls(message, np.empty(message.nbytes, np.uint8))
+    def for_recv(cls, message: Message, staging: StagingPool | None = None) -> Packed:
+        """A landing buffer for ``message`` (whose buffer was checked), from ``staging`` if given."""
+        return cls(message, _buffer(message.nbytes, staging))
 
     @property
     def spec(self) -> list:

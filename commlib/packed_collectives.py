@@ -76,9 +76,9 @@ class Collectives:
             return super().Bcast(buf, root)
         start = perf_counter()
         if is_root:
-            super().Bcast(Packed.for_send(message).spec, root)
+            super().Bcast(Packed.for_send(message, self._staging).spec, root)
         else:
-            packed = Packed.for_recv(message)
+            packed = Packed.for_recv(message, self._staging)
             super().Bcast(packed.spec, root)
             packed.unpack()
         self._observe("Bcast", message, True, start)

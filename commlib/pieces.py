@@ -25,6 +25,7 @@ from mpi4py import MPI
 import datatypes
 
 from .messages import Message, base_of
+from .staging import StagingPool
 
 __all__ = ["PackedPieces", "Pieces", "block_pieces", "typed_pieces", "vector_pieces"]
 
@@ -100,16 +101,18 @@ class PackedPieces:
     sizes: tuple[int, ...]  # packed bytes of each piece
 
     @classmethod
-    def layout(cls, pieces: Pieces) -> PackedPieces:
-        """An uninitialised staging buffer for ``pieces``."""
+    def layout(cls, pieces: Pieces, staging: StagingPool | None = None) -> PackedPieces:
+        """An uninitialised staging buffer for ``pieces`` (from ``staging`` if given)."""
         sizes = tuple(c * t.Get_size() for c, t in zip(pieces.counts, pieces.types))
         offsets = tuple(int(x) for x in np.cumsum((0, *sizes[:-1]))) if sizes else ()
-        return cls(pieces, np.empty(sum(sizes), np.uint8), offsets, sizes)
+        total = sum(sizes)
+        data = np.empty(total, np.uint8) if staging is None else staging.take(total)
+        return cls(pieces, data, offsets, sizes)
 
     @classmethod
-    def pack(cls, pieces: Pieces) -> PackedPieces:
+    def pack(cls, pieces: Pieces, staging: StagingPool | None = None) -> PackedPieces:
         """Stage ``pieces`` (whose buffer was checked) for sending."""
-        staged = cls.layout(pieces)
+        staged = cls.layout(pieces, staging)
         for i in range(len(pieces.counts)):
             staged.pack_piece(i)
         return staged

@@ -29,6 +29,7 @@ from datatypes import model as cost_model
 from datatypes.canonical import cache_entry
 
 from .config import config
+from .staging import StagingPool
 
 __all__ = ["Decision", "RECORD_SCHEMA", "Session", "default_decision", "model_decision"]
 
@@ -70,6 +71,7 @@ class Session:
         self._decided: dict[tuple[str, Any], tuple] = {}  # (op, route) -> (stamp, choice, shape, tally)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self.monitor: Any = None
+        self.staging = StagingPool(config.staging_bytes)  # buffers of packed messages, reused
         self._shapes: dict[tuple, dict[str, Any]] = {}
         self._rank = _world_rank()
         if config.record or config.model_save:
