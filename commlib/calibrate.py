@@ -17,6 +17,10 @@ interleaved samples:
   between two ranks of one node and, when the ranks span nodes, of two nodes;
 * the pack strategy's fixed cost beyond pack + send + unpack (the interposer's
   buffers), from ping-pongs of small messages through :mod:`commlib.messages`;
+* per message, ``native`` and ``pack`` in a nonblocking exchange between two
+  ranks of one node with 4 messages in flight each way (``xchg`` tables, from
+  16 KiB up), which the model uses for ``Isend``/``Irecv``: many messages in
+  flight at once change what MPI's derived-type path costs;
 * local reduction cost per byte (numpy add) by dtype, for the collectives.
 
 The device packer is not measured (no GPU strategy is implemented yet); the
@@ -51,6 +55,7 @@ __all__ = [
     "Settings",
     "Shape",
     "calibrate",
+    "concurrent_exchange",
     "host_times",
     "main",
     "native_exchange",
@@ -158,6 +163,9 @@ class Plan:
     levels: tuple[int, ...] = (1, 2, 3)
     reduce_bytes: int = 1 << 20
     reduce_dtypes: tuple[str, ...] = REDUCE_DTYPES
+    exchange_min_bytes: int = 16 << 10
+    exchange_blocks: tuple[int, ...] = (8, 64, 256, 512, 1024, 4096)
+    exchange_messages: int = 4
 
     def shapes(self) -> list[Shape]:
         out = []
@@ -173,9 +181,18 @@ class Plan:
                         out.append(replace(shape, nominal=n) if shape.nbytes != n else shape)
         return out
 
+    def exchange_shapes(self) -> list[Shape]:
+        """The strided shapes of the exchange tables: from ``exchange_min_bytes`` up, blocks ``exchange_blocks``."""
+        return [
+            s
+            for s in self.shapes()
+            if s.levels > 1 and s.row >= self.exchange_min_bytes and s.block in self.exchange_blocks
+        ]
+
     def overhead_shapes(self) -> list[Shape]:
         block = next((b for b in self.blocks if b >= 64), self.blocks[-1])
-        sizes = dict.fromkeys((self.nbytes[0], self.nbytes[len(self.nbytes) // 2], self.nbytes[-1]))
+        last = len(self.nbytes) - 1
+        sizes = dict.fromkeys(self.nbytes[round(last * q / 4)] for q in range(5))  # 5 spread sizes, robust fit
         return [s for n in sizes if (s := Shape.of(n, block, 2)) is not None]
 
 
@@ -220,11 +237,14 @@ def time_interleaved(runners: dict[str, Runner], settings: Settings) -> dict[str
     return {name: settings.reduce(v) for name, v in samples.items()}
 
 
-def ping(pair: MPI.Intracomm, exchanges: dict[str, Runner], settings: Settings) -> dict[str, float]:
-    """One-way seconds of each exchange (``run(k)``: k round trips from this rank's side), interleaved.
+def ping(
+    pair: MPI.Intracomm, exchanges: dict[str, Runner], settings: Settings, *, messages: int = 2
+) -> dict[str, float]:
+    """Seconds per message of each exchange (``run(k)``: k rounds of ``messages`` one-way messages), interleaved.
 
-    Collective over the two ranks of ``pair``; rank 0 of ``pair`` sets the
-    loop counts and returns the medians (rank 1 returns an empty dict).
+    The default is a round trip (two one-way messages). Collective over the
+    two ranks of ``pair``; rank 0 of ``pair`` sets the loop counts and
+    returns the medians (rank 1 returns an empty dict).
     """
     lead = pair.Get_rank() == 0
     calls = {}
@@ -236,7 +256,7 @@ def ping(pair: MPI.Intracomm, exchanges: dict[str, Runner], settings: Settings) 
         for name, run in exchanges.items():
             t0 = time.perf_counter()
             run(calls[name])
-            samples[name].append((time.perf_counter() - t0) / (2 * calls[name]))
+            samples[name].append((time.perf_counter() - t0) / (messages * calls[name]))
     return {name: settings.reduce(v) for name, v in samples.items()} if lead else {}
 
 
@@ -327,6 +347,53 @@ def pack_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray) -> Run
 
 
 # -- the run ----------------------------------------------------------------------------------------
+
+
+def concurrent_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray, strategy: str, k: int) -> Runner:
+    """Rounds in which both ranks send ``k`` objects of ``dt`` to each other at once (Isend/Irecv/Waitall).
+
+    ``native`` hands MPI the derived type; ``pack`` stages every message the
+    interposer's way (packed into reused buffers, unpacked after the wait).
+    Each receive has a buffer of its own.
+    """
+    from .config import config
+    from .messages import Packed, derived
+    from .staging import StagingPool
+
+    peer = 1 - pair.Get_rank()
+    targets = [np.empty_like(buf) for _ in range(k)]
+    waitall = MPI.Request.Waitall
+    if strategy == "native":
+        spec = [buf, 1, dt]
+
+        def native_round() -> None:
+            requests = [pair.Irecv([t, 1, dt], peer, TAG) for t in targets]
+            waitall(requests + [pair.Isend(spec, peer, TAG) for _ in targets])
+
+        return _rounds(native_round)
+    message = derived([buf, 1, dt])
+    landings = [derived([t, 1, dt]) for t in targets]
+    if message is None or not message.packable:
+        raise ValueError(f"calibrate: {dt} cannot be packed by commlib")
+    staging = StagingPool(config.staging_bytes)
+
+    def packed_round() -> None:
+        incoming = [Packed.for_recv(m, staging) for m in landings]
+        requests = [pair.Irecv(p.spec, peer, TAG) for p in incoming]
+        requests += [pair.Isend(Packed.for_send(message, staging).spec, peer, TAG) for _ in targets]
+        waitall(requests)
+        for p in incoming:
+            p.unpack()
+
+    return _rounds(packed_round)
+
+
+def _rounds(one: Callable[[], None]) -> Runner:
+    def run(k: int) -> None:
+        for _ in range(k):
+            one()
+
+    return run
 
 
 def sleeping_barrier(comm: MPI.Intracomm) -> None:
@@ -422,14 +489,32 @@ def _pair_tables(pair: MPI.Intracomm, level: str, plan: Plan, progress: _Progres
     return tables
 
 
+def _exchange_tables(pair: MPI.Intracomm, level: str, plan: Plan, progress: _Progress) -> dict[str, cost_model.Table]:
+    """Seconds per message of ``native`` and ``pack`` with ``plan.exchange_messages`` in flight each way."""
+    points: dict[tuple[str, int], list[tuple[int, int, float]]] = {}
+    k = plan.exchange_messages
+    for shape in plan.exchange_shapes():
+        dt = shape.make()
+        try:
+            buf = _random_bytes(dt.Get_extent()[1])
+            runners = {s: concurrent_exchange(pair, dt, buf, s, k) for s in ("native", "pack")}
+            t = ping(pair, runners, plan.settings, messages=k)
+        finally:
+            dt.Free()
+        for strategy, seconds in t.items():
+            points.setdefault((strategy, shape.levels), []).append((shape.row, shape.block, seconds))
+        progress.step(f"{level} exchange {shape.name()}")
+    return {f"xchg.{s}.{level}.{lv}": cost_model.Table.from_points(p) for (s, lv), p in points.items()}
+
+
 def _pack_overhead(
     pair: MPI.Intracomm, model: cost_model.Model, plan: Plan, progress: _Progress
 ) -> dict[str, float] | None:
-    """The pack strategy's cost beyond pack + p2p + unpack, as fixed + per byte (fresh buffers page-fault).
+    """The pack strategy's cost beyond pack + p2p + unpack, as fixed + per byte.
 
     Fitted to (measured ping of the interposer's pack path - that sum) at a
-    few sizes: the slope between the smallest and largest, then the median
-    intercept; both kept >= 0.
+    few sizes, robustly (one noisy size must not set the constants): the
+    median of the pairwise slopes, then the median intercept; both kept >= 0.
     """
     gaps = []
     previous = cost_model.current()
@@ -451,8 +536,8 @@ def _pack_overhead(
         cost_model.set_current(previous)
     if not gaps:
         return None
-    (n0, g0), (n1, g1) = min(gaps), max(gaps)
-    per_byte = max((g1 - g0) / (n1 - n0), 0.0) if n1 > n0 else 0.0
+    slopes = [(g1 - g0) / (n1 - n0) for i, (n0, g0) in enumerate(gaps) for n1, g1 in gaps[i + 1 :] if n1 != n0]
+    per_byte = max(statistics.median(slopes), 0.0) if slopes else 0.0
     fixed = max(statistics.median(g - per_byte * n for n, g in gaps), 0.0)
     return {"pack_overhead": fixed, "pack_overhead_byte": per_byte}
 
@@ -476,7 +561,7 @@ def calibrate(comm: MPI.Intracomm, plan: Plan, *, progress: bool = True) -> dict
         len(shapes)
         + len(plan.reduce_dtypes)
         + len(pairs) * (len(plan.p2p_bytes) + len(strided))
-        + (len(plan.overhead_shapes()) if intra is not None else 0)
+        + (len(plan.overhead_shapes()) + len(plan.exchange_shapes()) if intra is not None else 0)
     )
     state = _Progress()
     if rank == 0 and progress:
@@ -498,6 +583,7 @@ def calibrate(comm: MPI.Intracomm, plan: Plan, *, progress: bool = True) -> dict
                 tables.update(_pair_tables(pair, level, plan, state))
                 if level == "intra":
                     overhead = _pack_overhead(pair, _shared_model(pair, tables), plan, state)
+                    tables.update(_exchange_tables(pair, level, plan, state))
                 pair.Free()
             sleeping_barrier(comm)
     finally:

@@ -5,8 +5,11 @@ What it predicts. For a message of ``count`` objects of a strided datatype
 one-way time of each *strategy*: ``native`` (MPI sends the derived type
 itself), ``pack`` (commlib packs, sends contiguous bytes, unpacks), and the
 GPU strategies ``DEVICE``, ``ONESHOT``, ``STAGED``, which have a prediction
-only when a calibration measured their parts (never chosen otherwise). It
-also picks the host pack engine (``strided`` numpy copy or ``mpi``
+only when a calibration measured their parts (never chosen otherwise).
+Nonblocking sends and receives (``Isend``, ``Irecv``) are predicted from the
+calibration's exchange tables (``xchg.*``: both ranks with several messages
+in flight at once) where they were measured, and like blocking ones
+elsewhere. It also picks the host pack engine (``strided`` numpy copy or ``mpi``
 ``MPI_Pack``), and gives collectives their ``alpha_beta(level)`` and
 ``reduce_beta(dtype)``.
 
@@ -56,6 +59,7 @@ from .refinement import Bucket, Refinement
 
 __all__ = [
     "ENGINES",
+    "EXCHANGED",
     "GPU_STRATEGIES",
     "HOST_STRATEGIES",
     "LEVELS",
@@ -120,15 +124,19 @@ def features(count: int, datatype: Any) -> Features | None:
 
 
 def op_class(op: str) -> str:
-    """The family an operation's observations are pooled in: ``send``, ``recv``, ``sendrecv`` or the name."""
+    """The family an operation's observations are pooled in: ``send``, ``recv``, ``isend``, ``irecv``,
+    ``sendrecv`` or the name."""
     return _OP_CLASS.get(op) or op.lower()
 
 
 _OP_CLASS = {
-    **dict.fromkeys(("Send", "Ssend", "Bsend", "Rsend", "Isend", "Issend", "Send_init", "Ssend_init"), "send"),
-    **dict.fromkeys(("Recv", "Irecv", "Recv_init", "Mrecv", "Imrecv"), "recv"),
+    **dict.fromkeys(("Send", "Ssend", "Bsend", "Rsend", "Send_init", "Ssend_init"), "send"),
+    **dict.fromkeys(("Recv", "Recv_init", "Mrecv"), "recv"),
+    **dict.fromkeys(("Isend", "Issend"), "isend"),
+    **dict.fromkeys(("Irecv", "Imrecv"), "irecv"),
     **dict.fromkeys(("Sendrecv", "Sendrecv_replace", "Isendrecv", "Isendrecv_replace"), "sendrecv"),
 }
+EXCHANGED = ("isend", "irecv")  # families predicted from the exchange tables (``xchg.*``) where measured
 
 
 # -- analytic defaults ----------------------------------------------------------------------------
@@ -453,11 +461,27 @@ class Model:
     ) -> dict[str, float | None]:
         """Seconds per strategy for ``op`` on a message of features ``f`` (``None``: cannot predict)."""
         level = level or self.level
+        exchanged = op_class(op) in EXCHANGED
         out: dict[str, float | None] = {}
         for strategy in strategies if strategies is not None else STRATEGIES:
-            t = self.base(strategy, f, level)
+            t = self.exchange_time(strategy, f, level) if exchanged else None
+            if t is None:
+                t = self.base(strategy, f, level)
             out[strategy] = None if t is None else t * self.refinement.factor(self._bucket(op, strategy, f, level))
         return out
+
+    def exchange_time(self, strategy: str, f: Features, level: str | None = None) -> float | None:
+        """Seconds per message of ``strategy`` in a nonblocking exchange, from the ``xchg`` tables.
+
+        ``calibrate`` measures both ranks sending several messages of a shape
+        to each other at once (Isend/Irecv/Waitall), where the one-way
+        ping-pong behind :meth:`base` misjudges MPI's derived-type path.
+        ``None`` where not measured, below the smallest measured size included.
+        """
+        table = self.table(f"xchg.{strategy}.{level or self.level}", f.levels)
+        if table is None or f.levels < 2 or not table.nbytes or f.nbytes < table.nbytes[0]:
+            return None
+        return table(f.nbytes, f.block)
 
     def choose(self, op: str, f: Features, allowed: Sequence[str] = HOST_STRATEGIES, level: str | None = None) -> str:
         """The strategy in ``allowed`` predicted fastest (ties: the first); cached until learning moves it."""

@@ -433,3 +433,22 @@ def test_at_exit_a_session_saves_its_run_and_what_the_model_learned(vec, tmp_pat
     data, where = calibration.load()
     assert data is not None, where
     assert len(data["refinement"]["buckets"]) == 1 and "pack.strided.2" in data["tables"]
+
+
+def test_nonblocking_sends_are_predicted_from_the_exchange_tables_where_measured():
+    model = synthetic_model()
+    nbytes, blocks = (1 << 16, 1 << 20), (16, 4096)
+    model.tables["xchg.native.intra.2"] = Table(nbytes, blocks, [[1e-3, 1e-3], [1e-2, 1e-2]])
+    model.tables["xchg.pack.intra.2"] = Table(nbytes, blocks, [[5e-5, 5e-5], [5e-4, 5e-4]])
+    small, large = cm.Features(1 << 10, 16, 2), cm.Features(1 << 20, 16, 2)
+    assert cm.op_class("Isend") == "isend" and cm.op_class("Irecv") == "irecv" and cm.op_class("Send") == "send"
+    assert model.predict("Isend", large, strategies=("native", "pack")) == pytest.approx({"native": 1e-2, "pack": 5e-4})
+    assert model.predict("Irecv", large, strategies=("native",))["native"] == pytest.approx(1e-2)
+    assert model.predict("Send", large, strategies=("native",))["native"] == model.base("native", large, "intra")
+    # below the smallest measured exchange: predicted like a blocking send
+    assert model.exchange_time("native", small) is None
+    assert model.predict("Isend", small) == model.predict("Send", small)
+    assert model.choose("Isend", small) == model.choose("Send", small) == "native"
+    # the exchange tables make packing win where ping-pongs alone would not, and vice versa
+    model.tables["xchg.native.intra.2"] = Table(nbytes, blocks, [[1e-5, 1e-5], [1e-4, 1e-4]])
+    assert model.choose("Isend", large) == "native" and model.choose("Send", large) == "pack"

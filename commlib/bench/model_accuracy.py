@@ -11,10 +11,13 @@ Run under ``mpiexec -n 2`` (1 rank: the pack-engine half only). In one run:
    levels) are measured for real, every shape twice (two
    passes, one after the other): both pack engines (pack and unpack,
    interleaved), and, between two ranks, a ping-pong of the native
-   derived-type send against the interposer's pack path (pack into a new
-   buffer, contiguous send, receive, unpack), interleaved;
-3. for each evaluated shape the model predicts every quantity and makes two
-   choices: the engine (least pack + unpack) and the send strategy.
+   derived-type send against the interposer's pack path (pack into a
+   staging buffer, contiguous send, receive, unpack), interleaved, and from
+   the calibration's exchange size up, the same two in a nonblocking
+   exchange with several messages in flight each way (``xchg``);
+3. for each evaluated shape the model predicts every quantity and makes up
+   to three choices: the engine (least pack + unpack), the send strategy
+   and the strategy of a nonblocking exchange (``Isend``).
 
 Reported: median relative error |predicted - measured| / measured (measured
 = mean of the two passes), overall and per quantity, and the same for the
@@ -49,7 +52,16 @@ from datatypes import model as cost_model
 
 __all__ = ["evaluation_shapes", "main"]
 
-QUANTITIES = ("pack.strided", "pack.mpi", "unpack.strided", "unpack.mpi", "send.native", "send.pack")
+QUANTITIES = (
+    "pack.strided",
+    "pack.mpi",
+    "unpack.strided",
+    "unpack.mpi",
+    "send.native",
+    "send.pack",
+    "xchg.native",
+    "xchg.pack",
+)
 
 
 def _between(values: tuple[int, ...]) -> list[int]:
@@ -71,10 +83,10 @@ def evaluation_shapes(plan: cal.Plan) -> list[cal.Shape]:
     return out
 
 
-def _measure(shape: cal.Shape, pair: MPI.Intracomm | None, settings: cal.Settings, lead: bool) -> dict[str, float]:
+def _measure(shape: cal.Shape, pair: MPI.Intracomm | None, plan: cal.Plan, lead: bool) -> dict[str, float]:
     times: dict[str, float] = {}
     if lead:
-        times.update(cal.host_times(shape, settings))
+        times.update(cal.host_times(shape, plan.settings))
     if pair is not None:
         dt = shape.make()
         try:
@@ -83,17 +95,27 @@ def _measure(shape: cal.Shape, pair: MPI.Intracomm | None, settings: cal.Setting
                 "send.native": cal.native_exchange(pair, dt, buf),
                 "send.pack": cal.pack_exchange(pair, dt, buf),
             }
-            times.update(cal.ping(pair, exchanges, settings))
+            times.update(cal.ping(pair, exchanges, plan.settings))
+            exchanged = [s.row for s in plan.exchange_shapes()]
+            if exchanged and shape.nbytes >= min(exchanged):  # where the calibration's exchange tables reach
+                k = plan.exchange_messages
+                concurrent = {f"xchg.{s}": cal.concurrent_exchange(pair, dt, buf, s, k) for s in ("native", "pack")}
+                times.update(cal.ping(pair, concurrent, plan.settings, messages=k))
         finally:
             dt.Free()
     return times
 
 
-def _predict(model: cost_model.Model, f: cost_model.Features, sends: bool) -> dict[str, float]:
+def _predict(model: cost_model.Model, f: cost_model.Features, measured: dict[str, float]) -> dict[str, float]:
     predicted = {f"{k}.{e}": getattr(model, f"{k}_time")(e, f) for k in ("pack", "unpack") for e in cost_model.ENGINES}
-    if sends:
+    if "send.native" in measured:
         predicted["send.native"] = model.base("native", f, "intra")
         predicted["send.pack"] = model.base("pack", f, "intra")
+    if "xchg.native" in measured:
+        for s in ("native", "pack"):
+            t = model.exchange_time(s, f, "intra")
+            if t is not None:
+                predicted[f"xchg.{s}"] = t
     return predicted
 
 
@@ -132,7 +154,20 @@ def _row(
                 "always pack": "pack",
             },
         )
-    predicted, predicted_log = _predict(model, f, sends), _predict(log_model, f, sends)
+    if "xchg.native" in measured:
+        exchange_cost = {"native": measured["xchg.native"], "pack": measured["xchg.pack"]}
+        row["exchange"] = _choice_row(
+            exchange_cost,
+            {
+                "model": model.choose("Isend", f, level="intra"),
+                "model, log interpolation": log_model.choose("Isend", f, level="intra"),
+                "model, ping-pong tables only": model.choose("Send", f, level="intra"),
+                "analytic (uncalibrated)": prior.choose("Isend", f, level="intra"),
+                "always native": "native",
+                "always pack": "pack",
+            },
+        )
+    predicted, predicted_log = _predict(model, f, measured), _predict(log_model, f, measured)
     row["measured_s"] = measured
     row["predicted_s"] = predicted
     row["predicted_log_s"] = predicted_log
@@ -166,7 +201,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_rel_error_by_quantity": {q: statistics.median(v) for q, v in per_quantity.items() if v},
         "decisions": {},
     }
-    for decision in ("engine", "send", "both"):
+    for decision in ("engine", "send", "exchange", "both"):
         picked = [r[d] for r in rows for d in (("engine", "send") if decision == "both" else (decision,)) if d in r]
         if not picked:
             continue
@@ -276,7 +311,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m commlib bench mod
     try:
         for runs in passes:  # every shape twice, the second pass after the first: the noise floor
             for shape in shapes:
-                runs.append(_measure(shape, pair, plan.settings, rank == 0))
+                runs.append(_measure(shape, pair, plan, rank == 0))
                 if bar is not None:
                     bar.update(1)
     finally:

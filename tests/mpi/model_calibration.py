@@ -18,7 +18,8 @@ comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 out = Path(sys.argv[1])
 path = out / "calibration.json"
-tiny = ["--nbytes", "1024,8192", "--blocks", "8,128", "--p2p-bytes", "8,4096", "--sample-time", "0.0002", "--reps", "2"]
+tiny = ["--nbytes", "1024,8192,32768,131072", "--blocks", "8,128", "--p2p-bytes", "8,4096"]
+tiny += ["--sample-time", "0.0002", "--reps", "2"]
 assert calibrate([*tiny, "--output", str(path), "--no-progress"]) == 0
 
 data, where = calibration.load(path)
@@ -31,6 +32,9 @@ for level in ("intra", "inter"):
     measured = pairs[level] is not None
     assert (f"p2p.{level}" in tables) == measured, (level, tables)
     assert (f"send.native.{level}.2" in tables) == measured, (level, tables)
+    if level == "intra":  # exchanges are measured within a node, from 16 KiB (here: 32 and 128 KiB, block 8)
+        exchange_tables = {t for t in tables if t.startswith("xchg.")}
+        assert {"xchg.native.intra.2", "xchg.pack.intra.3"} <= exchange_tables if measured else not exchange_tables
     assert (level in data["alpha_beta"]) == measured
     alpha, beta = model.alpha_beta(level)
     assert alpha >= 0 and beta >= 0
@@ -46,10 +50,15 @@ if rank == 0:
     report = json.loads(result.read_text())
     rows = report["rows"]
     assert rows and report["summary"]["shapes"] == len(rows)
-    measured_shapes = {(n, b) for n in (1024, 8192) for b in (8, 128)}
+    measured_shapes = {(n, b) for n in (1024, 8192, 32768, 131072) for b in (8, 128)}
     assert all((r["nbytes"], r["block"]) not in measured_shapes for r in rows)
     sends = [r for r in rows if "send" in r]
     assert (len(sends) == len(rows)) == (size >= 2)
+    exchanges = [r for r in rows if "exchange" in r]
+    assert not exchanges if size == 1 else exchanges and all(r["nbytes"] >= 32768 for r in exchanges)
+    for r in exchanges:
+        assert {"model", "model, ping-pong tables only", "always native", "always pack"} <= set(r["exchange"]["regret"])
+        assert {"xchg.native", "xchg.pack"} <= set(r["rel_error"])
     for r in rows:
         assert {"model", "analytic (uncalibrated)", "always mpi", "always strided"} <= set(r["engine"]["regret"])
         assert min(r["engine"]["regret"].values()) == 0.0
