@@ -142,31 +142,12 @@ def _row(
             "always strided": "strided",
         },
     )
+    models = (model, log_model, prior)
     if sends:
-        send_cost = {"native": measured["send.native"], "pack": measured["send.pack"]}
-        row["send"] = _choice_row(
-            send_cost,
-            {
-                "model": model.choose("Send", f, level="intra"),
-                "model, log interpolation": log_model.choose("Send", f, level="intra"),
-                "analytic (uncalibrated)": prior.choose("Send", f, level="intra"),
-                "always native": "native",
-                "always pack": "pack",
-            },
-        )
+        row["send"] = _strategy_choice(measured, "send", "Send", f, models)
     if "xchg.native" in measured:
-        exchange_cost = {"native": measured["xchg.native"], "pack": measured["xchg.pack"]}
-        row["exchange"] = _choice_row(
-            exchange_cost,
-            {
-                "model": model.choose("Isend", f, level="intra"),
-                "model, log interpolation": log_model.choose("Isend", f, level="intra"),
-                "model, ping-pong tables only": model.choose("Send", f, level="intra"),
-                "analytic (uncalibrated)": prior.choose("Isend", f, level="intra"),
-                "always native": "native",
-                "always pack": "pack",
-            },
-        )
+        ping_pong = {"model, ping-pong tables only": model.choose("Send", f, level="intra")}
+        row["exchange"] = _strategy_choice(measured, "xchg", "Isend", f, models, ping_pong)
     predicted, predicted_log = _predict(model, f, measured), _predict(log_model, f, measured)
     row["measured_s"] = measured
     row["predicted_s"] = predicted
@@ -175,6 +156,27 @@ def _row(
     row["rel_error_log"] = {q: abs(predicted_log[q] - measured[q]) / measured[q] for q in predicted_log}
     row["noise"] = {q: abs(first[q] - second[q]) / measured[q] for q in measured}
     return row
+
+
+def _strategy_choice(
+    measured: dict[str, float],
+    quantity: str,
+    op: str,
+    f: cost_model.Features,
+    models: tuple[cost_model.Model, cost_model.Model, cost_model.Model],
+    more: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The native-or-pack choice of ``op``, by every chooser, against the measured ``quantity`` times."""
+    model, log_model, prior = models
+    choices = {
+        "model": model.choose(op, f, level="intra"),
+        "model, log interpolation": log_model.choose(op, f, level="intra"),
+        **(more or {}),
+        "analytic (uncalibrated)": prior.choose(op, f, level="intra"),
+        "always native": "native",
+        "always pack": "pack",
+    }
+    return _choice_row({s: measured[f"{quantity}.{s}"] for s in ("native", "pack")}, choices)
 
 
 def _choice_row(cost: dict[str, float], choices: dict[str, str]) -> dict[str, Any]:
