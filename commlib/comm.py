@@ -25,6 +25,7 @@ from mpi4py import MPI
 import datatypes
 from transport.flows import HEADER_BYTES
 
+from .config import config
 from .messages import Message, Packed, derived
 from .packed_collectives import Collectives, NeighborCollectives
 from .pieces import PackedPieces
@@ -97,11 +98,24 @@ class _Interposed:
         message.check(op, writable=writable)
         return message, self._decide(op, message)
 
+    @staticmethod
+    def _native(spec: Any, message: Message | None) -> Any:
+        """The spec MPI gets for a derived-type message it moves itself.
+
+        With ``COMMLIB_REBUILD`` (the default) the datatype is replaced by its
+        rebuild from the canonical form (:mod:`datatypes.rebuild`): the same
+        type map, which MPI may move faster than the type as it was built.
+        """
+        if message is None or not config.rebuild:
+            return spec
+        twin = message.route.native
+        return spec if twin is None else [message.buf, message.count, twin]
+
     def _stage_one(self, op: str, spec: Any, *, send: bool) -> tuple[Any, Packed | None]:
         """The spec to give MPI for one message, and its staging buffer when it is packed."""
         message, pack = self._message(op, spec, writable=not send)
         if not pack:
-            return spec, None
+            return self._native(spec, message), None
         packed = Packed.for_send(message, self._staging) if send else Packed.for_recv(message, self._staging)
         return packed.spec, packed
 
@@ -136,7 +150,7 @@ class _Interposed:
         if message is None:
             return super().Send(buf, dest, tag)
         start = perf_counter()
-        super().Send(Packed.for_send(message, self._staging).spec if pack else buf, dest, tag)
+        super().Send(Packed.for_send(message, self._staging).spec if pack else self._native(buf, message), dest, tag)
         self._observe("Send", message, pack, start)
 
     def Ssend(self, buf: Any, dest: int, tag: int = 0) -> None:
@@ -144,7 +158,7 @@ class _Interposed:
         if message is None:
             return super().Ssend(buf, dest, tag)
         start = perf_counter()
-        super().Ssend(Packed.for_send(message, self._staging).spec if pack else buf, dest, tag)
+        super().Ssend(Packed.for_send(message, self._staging).spec if pack else self._native(buf, message), dest, tag)
         self._observe("Ssend", message, pack, start)
 
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
@@ -160,7 +174,7 @@ class _Interposed:
             super().Recv(packed.spec, source, tag, st)
             packed.unpack(st)
         else:
-            super().Recv(buf, source, tag, status)
+            super().Recv(self._native(buf, message), source, tag, status)
         self._observe("Recv", message, pack, start)
 
     def Sendrecv(
@@ -176,7 +190,7 @@ class _Interposed:
         outgoing, _ = self._stage_one("Sendrecv", sendbuf, send=True)
         message, pack = self._message("Sendrecv", recvbuf, writable=True)
         if not pack:
-            return super().Sendrecv(outgoing, dest, sendtag, recvbuf, source, recvtag, status)
+            return super().Sendrecv(outgoing, dest, sendtag, self._native(recvbuf, message), source, recvtag, status)
         packed = Packed.for_recv(message, self._staging)
         st = status if status is not None else MPI.Status()
         super().Sendrecv(outgoing, dest, sendtag, packed.spec, source, recvtag, st)
@@ -201,7 +215,7 @@ class _Interposed:
             super().Sendrecv_replace(packed.spec, dest, sendtag, source, recvtag, st)
             packed.unpack(st)
         else:
-            super().Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
+            super().Sendrecv_replace(self._native(buf, message), dest, sendtag, source, recvtag, status)
         self._observe("Sendrecv_replace", message, pack, start)
 
     # -- nonblocking and persistent ------------------------------------------
@@ -225,13 +239,13 @@ class _Interposed:
             return super().Irecv(buf, source, tag)
         spec, packed = self._stage_one("Irecv", buf, send=False)
         if packed is None:
-            return super().Irecv(buf, source, tag)
+            return super().Irecv(spec, source, tag)
         return with_action(super().Irecv(spec, source, tag), packed.unpack)
 
     def _send_init(self, op: str, init: Any, buf: Any, dest: int, tag: int) -> MPI.Prequest:
         message, pack = self._message(op, buf)
         if not pack:
-            return init(buf, dest, tag)
+            return init(self._native(buf, message), dest, tag)
         packed = Packed.for_send(message, self._staging)
         request = Prequest(init(packed.spec, dest, tag))
         # the buffer may change between starts: pack again at each Start
@@ -247,7 +261,7 @@ class _Interposed:
     def Recv_init(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Prequest:
         spec, packed = self._stage_one("Recv_init", buf, send=False)
         if packed is None:
-            return super().Recv_init(buf, source, tag)
+            return super().Recv_init(spec, source, tag)
         request = Prequest(super().Recv_init(spec, source, tag))
         request._persistent_action = packed.unpack
         return request

@@ -80,6 +80,10 @@ class Config:
     pack_min_block [COMMLIB_PACK_MIN_BLOCK=4]
         under ``auto`` without a calibration, types whose contiguous blocks are
         shorter than this go to MPI: both are bound by memory latency there.
+    rebuild [COMMLIB_REBUILD=1]
+        derived types that MPI moves itself (the ``native`` choice) are handed
+        to it rebuilt from their canonical form, with the same type map
+        (:mod:`datatypes.rebuild`); 0 hands MPI the application's type.
     staging_bytes [COMMLIB_STAGING_BYTES=67108864]
         packed messages of 32 KiB and more are staged in buffers that each
         interposer session keeps for reuse (:mod:`commlib.staging`), up to
@@ -182,6 +186,7 @@ class Config:
     pack_engine: str = "auto"
     pack_min_bytes: int = 16384
     pack_min_block: int = 4
+    rebuild: bool = True
     staging_bytes: int = 64 << 20
     interpose: bool = True
     report: bool = False
@@ -226,6 +231,7 @@ class Config:
             pack_engine=_env_choice("COMMLIB_PACK", cls.pack_engine, _PACK_ENGINES),
             pack_min_bytes=_env_int("COMMLIB_PACK_MIN_BYTES", cls.pack_min_bytes),
             pack_min_block=_env_int("COMMLIB_PACK_MIN_BLOCK", cls.pack_min_block),
+            rebuild=_env_bool("COMMLIB_REBUILD", cls.rebuild),
             staging_bytes=_env_int("COMMLIB_STAGING_BYTES", cls.staging_bytes),
             interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
             report=_env_bool("COMMLIB_REPORT", cls.report),

@@ -21,6 +21,7 @@ from mpi4py import MPI
 import datatypes
 from datatypes import model as cost_model
 from datatypes.canonical import cache_entry, named_datatype
+from datatypes.rebuild import rebuilt
 
 from .staging import StagingPool
 
@@ -35,11 +36,12 @@ class Route:
 
     Cached on the datatype handle beside the packer's plans, so a repeated
     message costs one lookup: the named base type that carries it packed
-    (``None`` when commlib cannot pack it), its packed size and elements, and
-    the cost model's features of its shape.
+    (``None`` when commlib cannot pack it), its packed size and elements, the
+    cost model's features of its shape, and the type rebuilt from its
+    canonical form that MPI's own path gets (``None``: the type itself).
     """
 
-    __slots__ = ("base", "elements", "features", "hi", "lo", "nbytes")
+    __slots__ = ("base", "elements", "features", "hi", "lo", "native", "nbytes")
 
     def __init__(self, datatype: MPI.Datatype, count: int) -> None:
         self.lo, self.hi = datatypes.touched(count, datatype)
@@ -47,6 +49,7 @@ class Route:
         self.nbytes = count * datatype.Get_size()
         self.elements = self.nbytes // self.base.Get_size() if self.base is not None else 0
         self.features = cost_model.features(count, datatype) if self.base is not None else None
+        self.native = rebuilt(datatype) if self.base is not None else None  # what MPI gets on its own path
 
 
 _SEEN: dict[int, tuple[Any, int, dict[int, Route] | None]] = {}

@@ -214,3 +214,29 @@ def test_learning_that_moves_a_choice_changes_the_generation(vec):
     assert cost_model.generation() == before
     model.observe("Send", f, "native", predicted * 50)
     assert cost_model.generation() != before
+
+
+def test_native_messages_reach_mpi_rebuilt_from_their_canonical_form(monkeypatch):
+    from commlib.config import config
+    from commlib.messages import derived
+
+    comm = wrap(MPI.Intracomm(MPI.COMM_SELF), Session(lambda op, message: "native"))
+    full = [10, 10, 10, 4]
+    dt = MPI.DOUBLE.Create_subarray(full, [3, 8, 8, 4], [1, 1, 1, 0]).Commit()
+    try:
+        src, dst = np.random.default_rng(1).random(full), np.zeros(full)
+        spec = [src, 1, dt]
+        given = comm._native(spec, derived(spec))
+        twin = given[2]
+        assert given[:2] == [src, 1] and twin is not dt and twin.Get_size() == dt.Get_size()
+        assert twin.Get_extent() == dt.Get_extent()
+        st = MPI.Status()
+        comm.Sendrecv(spec, 0, 4, [dst, 1, dt], 0, 4, st)
+        inside = (slice(1, 4), slice(1, 9), slice(1, 9))
+        assert np.array_equal(dst[inside], src[inside]) and np.count_nonzero(dst) == 3 * 8 * 8 * 4
+        assert st.Get_count(dt) == 1 and st.Get_elements(MPI.DOUBLE) == 3 * 8 * 8 * 4
+        monkeypatch.setattr(config, "rebuild", False)
+        assert comm._native(spec, derived(spec)) is spec
+    finally:
+        dt.Free()
+    assert twin.handle == MPI.DATATYPE_NULL.handle  # freed with the application's type
