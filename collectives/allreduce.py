@@ -160,6 +160,11 @@ def _costs(topo: Topology, model: Any) -> cost.Costs:
     return topo.agree(key, cost.costs_from_model(model))
 
 
+def _plan_key(model: Any, algorithm: str, nbytes: int) -> tuple[int | None, str, int]:
+    """The key of a decision in a topology's plan cache."""
+    return (None if model is None else id(model), algorithm, nbytes)
+
+
 def plan(comm: MPI.Intracomm, nbytes: int, algorithm: str = "auto", *, model: Any = None) -> tuple[str, str, int]:
     """What ``algorithm`` runs for ``nbytes`` bytes on ``comm``: ``(algorithm, inner, segments)``.
 
@@ -172,7 +177,7 @@ def plan(comm: MPI.Intracomm, nbytes: int, algorithm: str = "auto", *, model: An
         return algorithm, algorithm, 1
     topo = topology(comm)
     decisions = topo.plans
-    key = (None if model is None else id(model), algorithm, nbytes)
+    key = _plan_key(model, algorithm, nbytes)
     found = decisions.get(key)
     if found is not None:
         return found
@@ -242,14 +247,14 @@ def _on_host(spec: Any) -> bool:
 def _auto_is_native(comm: Any, nbytes: int, model: Any) -> bool:
     """Whether ``auto`` keeps MPI's own for ``nbytes`` of host memory: on one node, or as planned.
 
-    A size planned before costs one dictionary lookup (this runs before every
-    interposed ``Allreduce`` of an array from ``cost.MIN_BYTES`` up).
+    This runs before every interposed ``Allreduce`` of an array from
+    ``cost.MIN_BYTES`` up; a size planned before costs one dictionary lookup.
     """
     topo = cached_topology(comm)
     if topo is not None:
         if topo.n_nodes == 1:
             return True
-        decided = topo.plans.get((None if model is None else id(model), "auto", nbytes))
+        decided = topo.plans.get(_plan_key(model, "auto", nbytes))  # plan()'s cache, without its calls
         if decided is not None:
             return decided[0] == "native"
     return isinstance(comm, MPI.Intracomm) and plan(comm, nbytes, "auto", model=model)[0] == "native"

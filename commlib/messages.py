@@ -23,7 +23,7 @@ from datatypes import model as cost_model
 from datatypes.canonical import cache_entry, named_datatype
 from datatypes.rebuild import rebuilt
 
-from .staging import StagingPool
+from .staging import StagingPool, staging_buffer
 
 __all__ = ["Message", "Packed", "Route", "base_of", "derived", "route_of"]
 
@@ -167,9 +167,8 @@ def derived(spec: Any) -> Message | None:
     canonical form, or no single named base type, is returned with
     ``base=None``: it still gets its bounds checked, then goes to MPI.
     """
-    if spec.__class__ not in _SPECS or not 2 <= len(spec) <= 3:
-        if not isinstance(spec, _SPECS) or not 2 <= len(spec) <= 3:
-            return None
+    if not isinstance(spec, _SPECS) or not 2 <= len(spec) <= 3:
+        return None
     datatype = spec[-1]
     if not isinstance(datatype, MPI.Datatype):
         return None
@@ -196,10 +195,6 @@ def derived(spec: Any) -> Message | None:
     return Message(buf, count, datatype, route)
 
 
-def _buffer(nbytes: int, staging: StagingPool | None) -> np.ndarray:
-    return np.empty(nbytes, np.uint8) if staging is None else staging.take(nbytes)
-
-
 @dataclass
 class Packed:
     """A message packed into a contiguous buffer of base-type elements."""
@@ -210,13 +205,13 @@ class Packed:
     @classmethod
     def for_send(cls, message: Message, staging: StagingPool | None = None) -> Packed:
         """Pack ``message`` (whose buffer was checked) into a contiguous buffer (from ``staging`` if given)."""
-        out = _buffer(message.nbytes, staging)
+        out = staging_buffer(message.nbytes, staging)
         return cls(message, datatypes.pack(message.buf, message.count, message.datatype, out=out))
 
     @classmethod
     def for_recv(cls, message: Message, staging: StagingPool | None = None) -> Packed:
         """A landing buffer for ``message`` (whose buffer was checked), from ``staging`` if given."""
-        return cls(message, _buffer(message.nbytes, staging))
+        return cls(message, staging_buffer(message.nbytes, staging))
 
     @property
     def spec(self) -> list:

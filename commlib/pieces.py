@@ -25,7 +25,7 @@ from mpi4py import MPI
 import datatypes
 
 from .messages import Message, base_of
-from .staging import StagingPool
+from .staging import StagingPool, staging_buffer
 
 __all__ = ["PackedPieces", "Pieces", "block_pieces", "typed_pieces", "vector_pieces"]
 
@@ -105,9 +105,7 @@ class PackedPieces:
         """An uninitialised staging buffer for ``pieces`` (from ``staging`` if given)."""
         sizes = tuple(c * t.Get_size() for c, t in zip(pieces.counts, pieces.types))
         offsets = tuple(int(x) for x in np.cumsum((0, *sizes[:-1]))) if sizes else ()
-        total = sum(sizes)
-        data = np.empty(total, np.uint8) if staging is None else staging.take(total)
-        return cls(pieces, data, offsets, sizes)
+        return cls(pieces, staging_buffer(sum(sizes), staging), offsets, sizes)
 
     @classmethod
     def pack(cls, pieces: Pieces, staging: StagingPool | None = None) -> PackedPieces:

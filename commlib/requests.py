@@ -88,13 +88,8 @@ class _Completing:
             return base(requests, statuses)
         sts = cls._statuses(requests, statuses)
         done = base(requests, sts)
-        if done:  # _finish_all inlined: a halo exchange completes dozens of actions per call
-            n = len(sts)
-            for i in acting:
-                request = requests[i]
-                action, request._action = request._action, None
-                if action is not None:
-                    action(sts[i] if i < n else None)
+        if done:
+            cls._finish_all(requests, sts, acting)
         return done
 
     @classmethod

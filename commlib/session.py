@@ -94,7 +94,8 @@ class Session:
         self._last = (message, f)
         return f
 
-    def decide(self, op: str, message: Any) -> str:
+    def _decision(self, op: str, message: Any) -> tuple[str, dict[str, Any] | None]:
+        """The choice for ``message`` and its recorded-run entry (not yet counted)."""
         f = self._features(message)
         if self.decision is default_decision or self.decision is self._own_decision:
             choice = _choose(self.model, op, message, f)
@@ -102,7 +103,10 @@ class Session:
             choice = self.decision(op, message)
         if choice not in ("pack", "native"):
             raise ValueError(f"decision for {op}: expected 'pack' or 'native', got {choice!r}")
-        shape = self._shape(op, choice, message, f)
+        return choice, self._shape(op, choice, message, f)
+
+    def decide(self, op: str, message: Any) -> str:
+        choice, shape = self._decision(op, message)
         if shape is not None:
             shape["calls"] += 1
         return choice
@@ -146,15 +150,10 @@ class Session:
         key = (op, route)
         hit = self._decided.get(key)
         if hit is None or hit[0] != stamp:
-            choice = self.decide(op, message) if message.packable else "native"
-            f = self._features(message) if message.packable else None
-            shape = self._shape(op, choice, message, f) if f is not None else None
+            choice, shape = self._decision(op, message) if message.packable else ("native", None)
             if len(self._decided) >= MAX_DECIDED:
                 self._decided.clear()
             hit = self._decided[key] = (stamp, choice, shape, self._tally(op, choice))
-            hit[3][0] += 1
-            hit[3][1] += message.nbytes
-            return choice
         _, choice, shape, tally = hit
         if shape is not None:
             shape["calls"] += 1

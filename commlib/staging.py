@@ -7,9 +7,9 @@ page (for a halo exchange's 768 KiB faces that made packing 8 times slower
 than the copy itself). A :class:`StagingPool` keeps buffers of power-of-two
 sizes from :data:`MIN_POOLED` bytes up and hands a buffer out again only when
 nothing but the pool refers to it: mpi4py holds the buffer of a nonblocking
-or persistent request until the request completes or is freed, and commlib's
-staging objects hold theirs until they have unpacked, so a buffer in use is
-never handed out twice. Each interposer session owns one pool
+or persistent request until the request completes (a freed request: until
+the request object goes), and commlib's staging objects hold theirs until
+they have unpacked, so a buffer in use is never handed out twice. Each interposer session owns one pool
 (``COMMLIB_STAGING_BYTES`` caps what it keeps; past the cap, buffers are
 allocated per call as before).
 """
@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["MIN_POOLED", "StagingPool"]
+__all__ = ["MIN_POOLED", "StagingPool", "staging_buffer"]
 
 MIN_POOLED = 32 << 10  # smaller buffers come from the allocator's free lists, which is cheaper than a lookup
 _FREE = 3  # sys.getrefcount of a pooled block nobody uses: the bucket, the loop variable, the argument
@@ -70,3 +70,8 @@ class StagingPool:
         with self._lock:
             self._buckets.clear()
             self.held = 0
+
+
+def staging_buffer(nbytes: int, staging: StagingPool | None) -> np.ndarray:
+    """A uint8 buffer of ``nbytes`` for a packed message: from ``staging``, or allocated when it is ``None``."""
+    return np.empty(nbytes, np.uint8) if staging is None else staging.take(nbytes)
