@@ -39,7 +39,7 @@ def test_harness_reports_a_failing_rank(mpirun, tmp_path):
 
 
 @pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
-@pytest.mark.parametrize("engine", ["auto", "strided"])
+@pytest.mark.parametrize("engine", ["auto", "strided", "mpi"])  # mpi: every message native, as a rebuilt type
 def test_interposed_point_to_point_matches_mpi4py(mpirun, nprocs, engine):
     script = str(HERE / "interposer_p2p.py")
     command = [sys.executable, "-m", "commlib", script]
