@@ -8,6 +8,7 @@ objects of any datatype to and from contiguous bytes, bit-identical to
 
 from .canonical import StridedBlock, canonicalize, from_array
 from .packer import check_buffer, choose_engine, pack, packed_size, touched, unpack, unpack_partial
+from .signature import signature
 
 __all__ = [
     "StridedBlock",
@@ -17,6 +18,7 @@ __all__ = [
     "from_array",
     "pack",
     "packed_size",
+    "signature",
     "touched",
     "unpack",
     "unpack_partial",

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from .signature import signature
+
 __all__ = ["StridedBlock", "canonicalize", "from_array"]
 
 Levels = tuple[tuple[int, int], ...]  # ((count, stride), ...), level 0 first
@@ -363,7 +365,10 @@ def _combine(combiner: str, p: dict[str, Any], children: list[MPI.Datatype]) -> 
 class CacheEntry:
     """What commlib keeps on a datatype handle: its canonical form, plus a
     small table other modules may fill (the packer keeps its copy plans there).
-    It lives as an MPI attribute, so it dies with the handle."""
+    It lives as an MPI attribute, so it dies with the handle; handles whose
+    types were built by the same constructor calls share one entry
+    (:mod:`datatypes.signature`), so a type rebuilt for every transfer is
+    translated once."""
 
     __slots__ = ("block", "plans")
 
@@ -373,10 +378,22 @@ class CacheEntry:
 
 
 _keyval: int | None = None
+_SHARED: dict[tuple, CacheEntry] = {}  # signature -> entry, the most recent MAX_SHARED
+MAX_SHARED = 1024
+
+
+def _translate(datatype: MPI.Datatype) -> StridedBlock | None:
+    try:
+        lay = _layout(datatype)
+    except _Reject:
+        return None
+    lb, extent = datatype.Get_extent()
+    counts, strides = zip(*lay.levels)
+    return StridedBlock(lay.start, counts, strides, extent, lb, lay.base)
 
 
 def cache_entry(datatype: MPI.Datatype) -> CacheEntry:
-    """The cache entry of ``datatype``, translating it on first use."""
+    """The cache entry of ``datatype``, translating it on first use (of its signature)."""
     global _keyval
     if _keyval is None:
         _keyval = MPI.Datatype.Create_keyval()
@@ -384,15 +401,14 @@ def cache_entry(datatype: MPI.Datatype) -> CacheEntry:
         raise ValueError("canonicalize: MPI.DATATYPE_NULL has no type map")
     entry = datatype.Get_attr(_keyval)
     if entry is None:
-        try:
-            lay = _layout(datatype)
-        except _Reject:
-            block = None
-        else:
-            lb, extent = datatype.Get_extent()
-            counts, strides = zip(*lay.levels)
-            block = StridedBlock(lay.start, counts, strides, extent, lb, lay.base)
-        entry = CacheEntry(block)
+        sig = signature(datatype)
+        entry = _SHARED.pop(sig, None) if sig is not None else None
+        if entry is None:
+            entry = CacheEntry(_translate(datatype))
+        if sig is not None:
+            if len(_SHARED) >= MAX_SHARED:
+                del _SHARED[next(iter(_SHARED))]  # the least recently met
+            _SHARED[sig] = entry
         datatype.Set_attr(_keyval, entry)
     return entry
 
