@@ -16,6 +16,8 @@ from typing import Any
 
 from mpi4py import MPI
 
+from transport.watchdog import register_waits
+
 __all__ = ["Prequest", "Request", "add_action", "with_action"]
 
 Action = Callable[[MPI.Status | None], None]
@@ -228,3 +230,13 @@ def add_action(request: MPI.Request, action: Action) -> MPI.Request:
 
         request._action = both
     return request
+
+
+# a thread inside one of these is waiting for requests (the fault monitor's hang rule)
+register_waits(
+    _Completing.Wait,
+    _Completing.wait,
+    _Completing._completing_all,
+    _Completing._some,
+    _Completing.Waitany,
+)

@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 from mpi4py import MPI
 
+from transport.flight import Traced
+from transport.operations import BLOCKING, NONBLOCKING, OP_INDEX
+
 from .requests import add_action
 
 __all__ = ["BLOCKING", "NONBLOCKING", "Monitor", "traced"]
@@ -32,43 +35,26 @@ class Monitor(Protocol):
     def leave(self, token: Any) -> None: ...
 
 
-BLOCKING = frozenset(
-    {
-        # point to point
-        "Send", "Ssend", "Bsend", "Rsend", "Recv", "Sendrecv", "Sendrecv_replace", "Probe", "Mprobe",
-        "send", "ssend", "bsend", "recv", "sendrecv", "probe", "mprobe",
-        # collectives
-        "Barrier", "Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
-        "Alltoall", "Alltoallv", "Alltoallw", "Reduce", "Allreduce", "Reduce_scatter",
-        "Reduce_scatter_block", "Scan", "Exscan",
-        "barrier", "bcast", "gather", "scatter", "allgather", "alltoall", "reduce", "allreduce", "scan", "exscan",
-        # neighbourhood collectives
-        "Neighbor_allgather", "Neighbor_allgatherv", "Neighbor_alltoall", "Neighbor_alltoallv", "Neighbor_alltoallw",
-        "neighbor_allgather", "neighbor_alltoall",
-    }
-)  # fmt: skip
-
-NONBLOCKING = frozenset(
-    {
-        "Isend", "Issend", "Ibsend", "Irsend", "Irecv", "Isendrecv", "Isendrecv_replace",
-        "Ibarrier", "Ibcast", "Igather", "Igatherv", "Iscatter", "Iscatterv", "Iallgather", "Iallgatherv",
-        "Ialltoall", "Ialltoallv", "Ialltoallw", "Ireduce", "Iallreduce", "Ireduce_scatter",
-        "Ireduce_scatter_block", "Iscan", "Iexscan",
-        "Ineighbor_allgather", "Ineighbor_allgatherv", "Ineighbor_alltoall", "Ineighbor_alltoallv",
-        "Ineighbor_alltoallw",
-    }
-)  # fmt: skip
+# Positional arguments (after the communicator) that are buffers: where none is a list/tuple spec, commlib's
+# method would hand the call to mpi4py as it is, so a traced method calls mpi4py's directly.
+_BUFFERS = {
+    **dict.fromkeys(("Send", "Ssend", "Isend", "Issend", "Recv", "Irecv", "Sendrecv_replace", "Bcast"), 0b1),
+    "Sendrecv": 0b1001,
+    **dict.fromkeys(
+        ("Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv", "Alltoall", "Alltoallv"), 0b11
+    ),
+    **dict.fromkeys(("Neighbor_allgather", "Neighbor_allgatherv", "Neighbor_alltoall", "Neighbor_alltoallv"), 0b11),
+}
+_SPLIT = frozenset({"Send", "Recv", "Isend", "Irecv"})  # may go through a flow splitter (commlib.interposer)
+_KNOWN = frozenset({"Send", "Ssend", "Isend", "Issend", "Recv", "Irecv"})  # one spec, first: the session's SpecCache
 
 
-def traced(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` (an unbound communicator method) reporting to the session's monitor, if any."""
+def _generic(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` reporting to a session monitor that implements the protocol in Python."""
     if name in NONBLOCKING:
 
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            session = self._session
-            monitor = session.monitor if session is not None else None
-            if monitor is None:
-                return method(self, *args, **kwargs)
+            monitor = self._session.monitor
             token = monitor.enter(self, name, args, kwargs)
             try:
                 request = method(self, *args, **kwargs)
@@ -83,17 +69,32 @@ def traced(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     else:
 
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            session = self._session
-            monitor = session.monitor if session is not None else None
-            if monitor is None:
-                return method(self, *args, **kwargs)
+            monitor = self._session.monitor
             token = monitor.enter(self, name, args, kwargs)
             try:
                 return method(self, *args, **kwargs)
             finally:
                 monitor.leave(token)
 
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = method.__doc__
-    call.__wrapped__ = method  # type: ignore[attr-defined]
     return call
+
+
+def traced(name: str, method: Callable[..., Any], base: Callable[..., Any] | None = None) -> Callable[..., Any]:
+    """``method`` (an unbound communicator method) recording its calls in the session's monitor, if any.
+
+    ``base`` is mpi4py's method of the same name: where ``method`` is
+    commlib's own and no buffer argument is a list/tuple spec, ``base`` is
+    called directly (:class:`transport.flight.Traced`).
+    """
+    fast = base if base is not None and base is not method and name in _BUFFERS else None
+    return Traced(
+        name,
+        OP_INDEX[name],
+        method,
+        fast,
+        _generic(name, method),
+        _BUFFERS.get(name, 0),
+        name in NONBLOCKING,
+        name in _SPLIT,
+        fast is not None and name in _KNOWN,
+    )

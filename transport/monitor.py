@@ -41,11 +41,11 @@ from mpi4py import MPI
 from commlib.config import config
 
 from . import linkprobe, rendezvous
-from .recorder import FlightRecorder, ranges
+from .recorder import FlightRecorder, describe_comm, ranges
 from .reports import Reporter
 from .sidechannel import SideChannel, SideChannelError, ask
 from .stragglers import Collector, StragglerDetector
-from .watchdog import Stuck, Watchdog, wait_codes
+from .watchdog import Stuck, Watchdog, is_waiting
 from .wavefront import analyse, call_text
 
 __all__ = ["ABORT_CODE", "Monitor", "start_monitor"]
@@ -119,6 +119,7 @@ class Monitor:
         self.recorder = FlightRecorder(int(pick(ring, config.monitor_ring)))
         self.enter = self.recorder.enter
         self.leave = self.recorder.leave
+        self.core = self.recorder.core  # what the traced methods record into (transport.flight)
         world = MPI.COMM_WORLD
         self.rank, self.size = world.Get_rank(), world.Get_size()
         self.reporter = Reporter(self.rank, pick(report, config.monitor_report))
@@ -144,7 +145,6 @@ class Monitor:
         self._next_probe = 0.0
         self._last_probe = -1e9
         self._errors = 0
-        self._codes = wait_codes()
         self._lock = threading.Lock()  # one probe at a time
         self._known_slow: set[tuple] = set()
 
@@ -268,7 +268,7 @@ class Monitor:
             if name.startswith("commlib-"):
                 continue
             stack = [[f.filename, f.lineno, f.name, f.line or ""] for f in traceback.extract_stack(frame, limit=40)]
-            threads[str(ident)] = {"name": name, "stack": stack, "waiting": frame.f_code in self._codes}
+            threads[str(ident)] = {"name": name, "stack": stack, "waiting": is_waiting(frame)}
         recent = []
         for record, end in self.recorder.completed(5):
             item = self.recorder.describe(record, now)
@@ -281,7 +281,7 @@ class Monitor:
             "node": self.node,
             "now": now,
             "main": str(threading.main_thread().ident),
-            "comms": {c.ident: c.describe() for c in self.recorder.comms()},
+            "comms": {c.ident: describe_comm(c) for c in self.recorder.comms()},
             "inflight": [self.recorder.describe(record, now) for _, record in self.recorder.inflight()],
             "recent": recent,
             "threads": threads,

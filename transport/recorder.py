@@ -17,86 +17,27 @@ own thread, never on the application's path.
 
 from __future__ import annotations
 
-import itertools
-import operator
 import time
 import zlib
-from _thread import get_ident
-from collections.abc import Callable
 from typing import Any
 
 from mpi4py import MPI
 
-from commlib.tracing import BLOCKING, NONBLOCKING
+from .flight import CommState, Core
+from .operations import ARGUMENTS, COLLECTIVES, OPERATIONS, SPECS
 
-__all__ = ["COLLECTIVES", "CommState", "FlightRecorder", "Record", "describe_peers", "ranges"]
+__all__ = [
+    "COLLECTIVES",
+    "CommState",
+    "FlightRecorder",
+    "Record",
+    "comm_ident",
+    "describe_comm",
+    "describe_peers",
+    "ranges",
+]
 
 _now = time.perf_counter
-
-# Operations that every member of the communicator calls, in the same order on every member.
-COLLECTIVES = frozenset(
-    name
-    for name in BLOCKING | NONBLOCKING
-    if name.lstrip("I").lower().startswith(
-        ("barrier", "bcast", "gather", "scatter", "allgather", "alltoall", "reduce", "allreduce", "scan", "exscan",
-         "neighbor")
-    )
-)  # fmt: skip
-
-# Where each operation's peer ranks and tag sit: (field, position, keyword) for the fields it has.
-_SEND = (("dest", 1, "dest"), ("tag", 2, "tag"))
-_RECV = (("source", 1, "source"), ("tag", 2, "tag"))
-_PROBE = (("source", 0, "source"), ("tag", 1, "tag"))
-_SENDRECV = (("dest", 1, "dest"), ("tag", 2, "sendtag"), ("source", 4, "source"))
-_REPLACE = (("dest", 1, "dest"), ("tag", 2, "sendtag"), ("source", 3, "source"))
-_ROOT1, _ROOT2, _ROOT3 = (("root", 1, "root"),), (("root", 2, "root"),), (("root", 3, "root"),)
-_ARGUMENTS = {
-    **dict.fromkeys(("Send", "Ssend", "Bsend", "Rsend", "send", "ssend", "bsend"), _SEND),
-    **dict.fromkeys(("Isend", "Issend", "Ibsend", "Irsend"), _SEND),
-    **dict.fromkeys(("Recv", "Irecv", "recv"), _RECV),
-    **dict.fromkeys(("Probe", "Mprobe", "probe", "mprobe"), _PROBE),
-    **dict.fromkeys(("Sendrecv", "Isendrecv", "sendrecv"), _SENDRECV),
-    **dict.fromkeys(("Sendrecv_replace", "Isendrecv_replace"), _REPLACE),
-    **dict.fromkeys(("Bcast", "Ibcast", "bcast", "gather", "scatter"), _ROOT1),
-    **dict.fromkeys(("Gather", "Gatherv", "Scatter", "Scatterv", "reduce"), _ROOT2),
-    **dict.fromkeys(("Igather", "Igatherv", "Iscatter", "Iscatterv"), _ROOT2),
-    **dict.fromkeys(("Reduce", "Ireduce"), _ROOT3),
-}
-_DEFAULTS = {"dest": None, "root": 0, "source": MPI.ANY_SOURCE, "tag": MPI.ANY_TAG, "sendtag": 0}
-
-
-def _extractor(fields: tuple) -> Callable[[tuple, dict], tuple]:
-    """A function taking an operation's ``(args, kwargs)`` to the tuple of its ``fields`` (ints, as given)."""
-    positions = tuple(position for _, position, _ in fields)
-    need = max(positions)
-    fast = operator.itemgetter(*positions, need)  # one more item keeps the result a tuple
-
-    def slow(args: tuple, kwargs: dict) -> tuple:
-        return tuple(
-            args[position] if len(args) > position else kwargs.get(keyword, _DEFAULTS[keyword])
-            for _, position, keyword in fields
-        )
-
-    def extract(args: tuple, kwargs: dict) -> tuple:
-        if kwargs or len(args) <= need:
-            return slow(args, kwargs)
-        return fast(args)[:-1]
-
-    return extract
-
-
-class _Specs(dict):
-    """op -> (is collective, is blocking, argument extractor or None); a name traced later than this module
-    was written counts as a blocking point-to-point call rather than raising into the application."""
-
-    def __missing__(self, op: str) -> tuple[bool, bool, Callable | None]:
-        return (False, True, None)
-
-
-_SPECS = _Specs(
-    (name, (name in COLLECTIVES, name in BLOCKING, _extractor(_ARGUMENTS[name]) if name in _ARGUMENTS else None))
-    for name in BLOCKING | NONBLOCKING
-)
 
 
 def ranges(ranks: tuple[int, ...] | list[int]) -> str:
@@ -113,35 +54,29 @@ def ranges(ranks: tuple[int, ...] | list[int]) -> str:
     return ",".join(parts)
 
 
-class CommState:
-    """What the recorder knows of one communicator: identity, members and counters."""
+def comm_ident(handle: int, members: tuple[int, ...], generation: int = 1) -> str:
+    """An identity of a communicator that its members agree on.
 
-    __slots__ = ("coll_done", "coll_entered", "handle", "ident", "label", "last_op", "members", "p2p")
+    The same on every member when they create and free their communicators
+    in the same order (MPICH then gives the same handles); the generation
+    tells apart communicators that reused a freed one's handle.
+    """
+    digest = zlib.crc32(",".join(map(str, members)).encode())
+    return f"{handle & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
 
-    def __init__(self, handle: int, members: tuple[int, ...], label: str, generation: int = 1) -> None:
-        self.handle = handle
-        self.members = members  # world rank of each communicator rank (intercomms: local group, then remote)
-        digest = zlib.crc32(",".join(map(str, members)).encode())
-        # the same on every member when they create and free their communicators in the same order (MPICH then
-        # gives the same handles); the generation tells apart communicators that reused a freed one's handle
-        self.ident = f"{handle & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
-        self.label = label
-        self.coll_entered = 0  # number of the last collective entered
-        self.coll_done = 0  # highest number of a collective completed
-        self.p2p = 0  # point-to-point operations entered
-        self.last_op = ""
 
-    def describe(self) -> dict:
-        return {
-            "ident": self.ident,
-            "label": self.label,
-            "size": len(self.members),
-            "members": ranges(self.members),
-            "coll_entered": self.coll_entered,
-            "coll_done": self.coll_done,
-            "p2p": self.p2p,
-            "last_op": self.last_op,
-        }
+def describe_comm(state: CommState) -> dict:
+    """A communicator's state as plain data (for reports and the side channel)."""
+    return {
+        "ident": state.ident,
+        "label": state.label,
+        "size": len(state.members),
+        "members": ranges(state.members),
+        "coll_entered": state.coll_entered,
+        "coll_done": state.coll_done,
+        "p2p": state.p2p,
+        "last_op": state.last_op,
+    }
 
 
 # An in-flight record: (start, comm state, op, sequence number, thread id, peer fields or None, is collective).
@@ -151,9 +86,9 @@ Record = tuple
 def describe_peers(op: str, peers: tuple | None, members: tuple[int, ...]) -> dict:
     """The peer ranks and tag of a record, as the communicator's ranks and (where known) world ranks."""
     out: dict[str, Any] = {}
-    if peers is None or op not in _ARGUMENTS:
+    if peers is None or op not in ARGUMENTS:
         return out
-    for (name, _, _), value in zip(_ARGUMENTS[op], peers):
+    for (name, _, _), value in zip(ARGUMENTS[op], peers):
         try:
             value = int(value)
         except (TypeError, ValueError):
@@ -172,55 +107,15 @@ class FlightRecorder:
             raise ValueError(f"FlightRecorder: capacity must be at least 16, got {capacity}")
         size = 1 << (capacity - 1).bit_length()  # a power of two: the slot is a mask away
         self.capacity = size
-        self._mask = size - 1
-        self._ring: list[tuple | None] = [None] * size
-        self._pos = 0  # completed calls so far; the next one goes to slot _pos & _mask
-        self._inflight: dict[int, Record] = {}
-        self._tokens = itertools.count(1)
         self._comms: dict[int, CommState] = {}
         self._generations: dict[int, int] = {}
         self._world = MPI.COMM_WORLD.Get_group()
         self._fixed = {MPI.COMM_WORLD.handle, MPI.COMM_SELF.handle}
         self._keyval = MPI.Comm.Create_keyval(delete_fn=self._forget)
         self.world_rank = MPI.COMM_WORLD.Get_rank()
-        self.enter, self.leave = self._protocol()
-
-    # -- the monitor protocol (the application's path) ------------------------
-    def _protocol(self) -> tuple[Callable, Callable]:
-        """``enter`` and ``leave`` as closures: locals instead of attribute lookups on the hot path."""
-        comms, inflight, specs, ring, mask = self._comms, self._inflight, _SPECS, self._ring, self._mask
-        tokens, adopt, now, ident = self._tokens, self._adopt, _now, get_ident
-        recorder = self
-
-        def enter(comm: Any, op: str, args: tuple, kwargs: dict) -> int:
-            start = now()
-            state = comms.get(comm.handle)
-            if state is None:
-                state = adopt(comm)
-            collective, _, extract = specs[op]
-            if collective:
-                seq = state.coll_entered = state.coll_entered + 1
-            else:
-                seq = state.p2p = state.p2p + 1
-            state.last_op = op
-            token = next(tokens)
-            inflight[token] = (start, state, op, seq, ident(), extract(args, kwargs) if extract else None, collective)
-            return token
-
-        def leave(token: int) -> None:
-            record = inflight.pop(token, None)
-            if record is None:
-                return
-            end = now()
-            if record[6]:
-                state = record[1]
-                if record[3] > state.coll_done:
-                    state.coll_done = record[3]
-            pos = recorder._pos
-            recorder._pos = pos + 1
-            ring[pos & mask] = (record, end)
-
-        return enter, leave
+        # the application's path: enter/leave/post, in C where the extension is built (transport.flight)
+        self.core = Core(self._comms, self._adopt, size, OPERATIONS)
+        self.enter, self.leave = self.core.enter, self.core.leave
 
     # -- communicators ---------------------------------------------------------
     def _adopt(self, comm: Any) -> CommState:
@@ -241,7 +136,7 @@ class FlightRecorder:
             except Exception:  # a name or attribute is a nicety
                 pass
         generation = self._generations[handle] = self._generations.get(handle, 0) + 1
-        state = CommState(handle, members, label, generation)
+        state = CommState(handle, members, label, comm_ident(handle, members, generation))
         self._comms[handle] = state
         return state
 
@@ -271,27 +166,27 @@ class FlightRecorder:
 
     # -- reading (the monitor's thread) ----------------------------------------
     def inflight(self) -> list[tuple[int, Record]]:
-        """``(token, record)`` of the calls entered and not yet completed, oldest first."""
-        return sorted(self._inflight.copy().items(), key=lambda item: item[1][0])
+        """``(token, record)`` of the calls entered and not yet completed, oldest first.
+
+        Nonblocking calls whose requests MPI has completed are ended first.
+        """
+        self.core.sweep()
+        return sorted(self.core.inflight(), key=lambda item: item[1][0])
 
     def completed(self, limit: int | None = None) -> list[tuple[Record, float]]:
         """The last ``limit`` (default: all kept) completed calls as ``(record, end)``, oldest first."""
-        pos = self._pos
-        ring = self._ring.copy()
-        count = min(pos, self.capacity if limit is None else min(limit, self.capacity))
-        return [ring[(pos - count + i) & self._mask] for i in range(count) if ring[(pos - count + i) & self._mask]]
+        return self.core.completed(-1 if limit is None else limit)
 
     @property
     def position(self) -> int:
         """How many calls have completed since the recorder started."""
-        return self._pos
+        return self.core.position
 
     def since(self, position: int, limit: int) -> tuple[int, list[tuple[Record, float]]]:
         """Completed calls after ``position`` (at most the last ``limit``), and the current position."""
-        pos = self._pos
+        pos = self.core.position
         count = max(0, min(pos - position, limit, self.capacity))
-        ring = self._ring.copy()
-        return pos, [ring[(pos - count + i) & self._mask] for i in range(count)]
+        return pos, self.core.completed(count) if count else []
 
     def comms(self) -> list[CommState]:
         return list(self._comms.copy().values())
@@ -308,23 +203,15 @@ class FlightRecorder:
 
     def prune(self, keep: int) -> int:
         """Forget the oldest nonblocking in-flight records beyond ``keep`` (never completed); returns how many."""
-        records = self._inflight.copy()
-        if len(records) <= keep:
-            return 0
-        nonblocking = sorted((r[0], t) for t, r in records.items() if not _SPECS[r[2]][1])
-        dropped = 0
-        for _, token in nonblocking[: len(records) - keep]:
-            if self._inflight.pop(token, None) is not None:
-                dropped += 1
-        return dropped
+        return self.core.forget(keep)
 
     @staticmethod
     def is_collective(op: str) -> bool:
-        return _SPECS[op][0]
+        return SPECS[op][0]
 
     @staticmethod
     def is_blocking(op: str) -> bool:
-        return _SPECS[op][1]
+        return SPECS[op][1]
 
     def describe(self, record: Record, now: float) -> dict:
         """One in-flight or completed record as plain data (for reports and the side channel)."""
@@ -335,8 +222,8 @@ class FlightRecorder:
             "label": state.label,
             "size": len(state.members),
             "seq": seq,
-            "kind": "collective" if _SPECS[op][0] else "p2p",
-            "blocking": _SPECS[op][1],
+            "kind": "collective" if SPECS[op][0] else "p2p",
+            "blocking": SPECS[op][1],
             "thread": thread,
             "age": now - start,
         }

@@ -37,7 +37,7 @@ import statistics
 from collections import deque
 from typing import Any
 
-from commlib.tracing import BLOCKING, NONBLOCKING
+from transport.operations import BLOCKING, NONBLOCKING
 
 __all__ = ["SYMMETRIC", "Collector", "StragglerDetector"]
 

@@ -4,9 +4,9 @@ A blocking call is stuck while it stays in the flight recorder's in-flight
 table: the thread that made it is inside it. A nonblocking call is in flight
 from the moment it is posted until its request completes, which may
 legitimately be long (a receive posted early); it counts as stuck only
-while a thread (the one that posted it, else any) sits in one of commlib's
-``Wait`` calls and no operation of the rank completes at all; the oldest
-such operation then stands for that wait.
+while a thread (the one that posted it, else any) waits for requests
+(:func:`is_waiting`) and no operation of the rank completes at all; the
+oldest such operation then stands for that wait.
 
 The limit of an operation is ``multiple`` times its usual duration (the
 90th percentile of its recent calls on the same communicator, from the
@@ -19,29 +19,65 @@ unstuck after having been reported.
 
 from __future__ import annotations
 
+import dis
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import CodeType
 from typing import Any
 
 from .recorder import FlightRecorder, Record
 
-__all__ = ["Stuck", "Watchdog", "wait_codes"]
+__all__ = ["WAIT_NAMES", "Stuck", "Watchdog", "is_waiting", "register_waits"]
 
 
-def wait_codes() -> frozenset:
-    """Code objects of commlib's request-completion calls: a thread whose innermost frame is one is waiting."""
-    from commlib import requests
+_WAITS: set[CodeType] = set()
+WAIT_NAMES = frozenset({"Wait", "Waitall", "Waitany", "Waitsome", "wait", "waitall", "waitany", "waitsome"})
+_CALLS = frozenset({"CALL", "CALL_FUNCTION", "CALL_METHOD", "CALL_FUNCTION_EX", "CALL_KW", "PRECALL"})
+_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 
-    codes = set()
-    for cls in vars(requests).values():
-        if not isinstance(cls, type):
-            continue
-        for name, attr in vars(cls).items():
-            if name.lower().startswith("wait") or name in ("_some", "_completing_all"):
-                code = getattr(getattr(attr, "__func__", attr), "__code__", None)
-                if code is not None:
-                    codes.add(code)
-    return frozenset(codes)
+
+def register_waits(*functions: Any) -> None:
+    """Declare ``functions`` as request waits: a thread inside one of them counts as waiting.
+
+    The interposer registers its own ``Wait``/``Waitall``/... (commlib's
+    request classes); mpi4py's run in C and are recognised by their call site.
+    """
+    for function in functions:
+        code = getattr(getattr(function, "__func__", function), "__code__", None)
+        if code is None:
+            raise TypeError(f"register_waits: {function!r} is not a Python function")
+        _WAITS.add(code)
+
+
+def is_waiting(frame: Any) -> bool:
+    """Whether a thread whose innermost Python frame is ``frame`` is blocked waiting for requests.
+
+    So it is inside a registered wait (:func:`register_waits`), or in a call,
+    on its current line, of a method named ``Wait``, ``Waitall``, ``Waitany``
+    or ``Waitsome`` (mpi4py's, which run in C and leave no frame).
+    """
+    return frame.f_code in _WAITS or _calls_wait(frame.f_code, frame.f_lasti)
+
+
+@lru_cache(maxsize=4096)
+def _calls_wait(code: CodeType, lasti: int) -> bool:
+    names = []
+    for instruction in _instructions(code):
+        if instruction.offset > lasti:
+            break
+        if instruction.starts_line:
+            names.clear()  # a new line: only the current line's calls count
+        if instruction.opname in _LOADS:
+            names.append(instruction.argval)
+        elif instruction.offset == lasti:
+            return instruction.opname in _CALLS and any(name in WAIT_NAMES for name in names)
+    return False
+
+
+@lru_cache(maxsize=256)
+def _instructions(code: CodeType) -> tuple:
+    return tuple(dis.get_instructions(code))
 
 
 @dataclass
@@ -65,7 +101,6 @@ class Watchdog:
         self.floor = floor
         self.multiple = multiple
         self.stuck: dict[int, Stuck] = {}
-        self._codes = wait_codes()
         self._waiting: dict[int, tuple[float, int]] = {}  # thread -> (since, recorder position then)
 
     def limit(self, record: Record) -> float:
@@ -80,7 +115,7 @@ class Watchdog:
         position = self.recorder.position
         waiting = {}
         for thread, frame in sys._current_frames().items():
-            if frame.f_code not in self._codes:
+            if not is_waiting(frame):
                 self._waiting.pop(thread, None)
                 continue
             since, seen = self._waiting.get(thread, (now, position))
