@@ -330,7 +330,7 @@ def pack_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray) -> Run
     from .staging import StagingPool
 
     peer = 1 - pair.Get_rank()
-    message = derived([buf, 1, dt])
+    message = derived([buf, 1, dt], eager=True)
     if message is None or not message.packable:
         raise ValueError(f"calibrate: {dt} cannot be packed by commlib")
     staging = StagingPool(config.staging_bytes)  # as an interposer session stages them
@@ -371,8 +371,8 @@ def concurrent_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray, 
             waitall(requests + [pair.Isend(spec, peer, TAG) for _ in targets])
 
         return _rounds(native_round)
-    message = derived([buf, 1, dt])
-    landings = [derived([t, 1, dt]) for t in targets]
+    message = derived([buf, 1, dt], eager=True)
+    landings = [derived([t, 1, dt], eager=True) for t in targets]
     if message is None or not message.packable:
         raise ValueError(f"calibrate: {dt} cannot be packed by commlib")
     staging = StagingPool(config.staging_bytes)
@@ -460,6 +460,41 @@ def _reduce_betas(plan: Plan, progress: _Progress) -> dict[str, float]:
         out[name] = time_interleaved({name: run}, plan.settings)[name] / a.nbytes
         progress.step(f"reduce {name}")
     return out
+
+
+def interposer_costs(settings: Settings, types: int = 64) -> dict[str, float]:
+    """commlib's own fixed costs, for the cost model's ``analysis`` and ``pack_piece`` constants.
+
+    ``analysis``: what the interposer spends on a datatype met for the first
+    time (its signature, canonical form, route and choice), over ``types``
+    new subarray types of distinct signatures. ``pack_piece``: one more piece
+    of a vector collective packed on its own (a small piece at a displacement).
+    """
+    from .decision import TypeInfo
+
+    made = [MPI.BYTE.Create_subarray([16, 16, 16], [8, 8, 8], [i % 8, i // 8 % 8, 1]).Commit() for i in range(types)]
+    model = cost_model.current()
+    try:
+        start = time.perf_counter()
+        for dt in made:
+            route = TypeInfo(dt, datatypes.signature(dt)).route(dt, 1, eager=True)
+            model.choose("Isend", route.features)
+        analysis = (time.perf_counter() - start) / types
+    finally:
+        for dt in made:
+            dt.Free()
+    piece = MPI.BYTE.Create_vector(4, 8, 64).Commit()
+    src, out = np.zeros(1024, np.uint8), np.zeros(32, np.uint8)
+
+    def pack_piece(k: int) -> None:
+        for _ in range(k):
+            datatypes.pack(src, 1, piece, out=out, displacement=256, engine="strided")
+
+    try:
+        per_piece = time_interleaved({"piece": pack_piece}, settings)["piece"]
+    finally:
+        piece.Free()
+    return {"analysis": analysis, "pack_piece": per_piece}
 
 
 def _pair_tables(pair: MPI.Intracomm, level: str, plan: Plan, progress: _Progress) -> dict[str, cost_model.Table]:
@@ -560,6 +595,7 @@ def calibrate(comm: MPI.Intracomm, plan: Plan, *, progress: bool = True) -> dict
     total = (
         len(shapes)
         + len(plan.reduce_dtypes)
+        + 1
         + len(pairs) * (len(plan.p2p_bytes) + len(strided))
         + (len(plan.overhead_shapes()) + len(plan.exchange_shapes()) if intra is not None else 0)
     )
@@ -572,10 +608,13 @@ def calibrate(comm: MPI.Intracomm, plan: Plan, *, progress: bool = True) -> dict
     tables: dict[str, cost_model.Table] = {}
     reduce_beta: dict[str, float] = {}
     overhead = None
+    costs: dict[str, float] = {}
     try:
         if rank == 0:
             tables.update(_host_tables(plan, state))
             reduce_beta = _reduce_betas(plan, state)
+            costs = interposer_costs(plan.settings)
+            state.step("interposer costs")
         sleeping_barrier(comm)
         for level, partner in (("intra", intra), ("inter", inter)):
             pair = _pair(comm, partner)
@@ -604,7 +643,7 @@ def calibrate(comm: MPI.Intracomm, plan: Plan, *, progress: bool = True) -> dict
         name[4:]: list(cost_model.fit_alpha_beta(table)) for name, table in tables.items() if name.startswith("p2p.")
     }
     doc["reduce_beta"] = reduce_beta
-    doc["constants"] = overhead or {}
+    doc["constants"] = {**costs, **(overhead or {})}
     doc["plan"] = {
         "nbytes": list(plan.nbytes),
         "blocks": list(plan.blocks),

@@ -23,6 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 import datatypes
+from transport.flight import invalidate
 from transport.flows import HEADER_BYTES
 
 from .config import config
@@ -37,6 +38,7 @@ from .tracing import BLOCKING, NONBLOCKING, traced
 __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "Topocomm", "wrap"]
 
 ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
+_OBSERVED = frozenset({"Send", "Ssend", "Recv", "Sendrecv_replace", "Bcast"})  # timed for the cost model
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
 
 
@@ -81,38 +83,51 @@ class _Interposed:
         """Wrap a communicator derived from this one, in this one's session."""
         return wrap(comm, self._session)
 
-    def _decide(self, op: str, message: Message) -> bool:
-        """Ask the session whether to pack ``message`` for ``op``, and count the choice."""
-        session = self._session
-        return session is not None and session.choose(op, message) == "pack"
-
     def _message(self, op: str, spec: Any, *, writable: bool = False) -> tuple[Message | None, bool]:
         """``(message, pack?)`` for a spec with a derived datatype, ``(None, False)`` to pass ``spec`` as is.
 
         Every derived-type buffer is bounds-checked here, whatever the choice:
         a buffer too small raises before MPI sees it.
         """
-        message = derived(spec)
+        session = self._session
+        message = derived(spec, eager=session is not None and session.eager)
         if message is None:
             return None, False
         message.check(op, writable=writable)
-        return message, self._decide(op, message)
+        if session is None:
+            return message, False
+        pack = session.choose(op, message) == "pack"
+        if not pack and len(spec) == 3:
+            session.remember_native(op, message, self._twin(message), observed=op in _OBSERVED)
+        return message, pack
+
+    def _known(self, op: str, spec: Any) -> Any:
+        """The spec for MPI of a message already known to go to MPI (:meth:`Session.native_spec`), else ``None``."""
+        session = self._session
+        return None if session is None else session.native_spec(op, spec)
 
     @staticmethod
-    def _native(spec: Any, message: Message | None) -> Any:
+    def _twin(message: Message) -> MPI.Datatype | None:
+        """The datatype MPI gets in place of the message's own: its rebuild (``COMMLIB_REBUILD``), or ``None``."""
+        if message.route is None or not config.rebuild:
+            return None
+        return message.route.native
+
+    @classmethod
+    def _native(cls, spec: Any, message: Message | None) -> Any:
         """The spec MPI gets for a derived-type message it moves itself.
 
         With ``COMMLIB_REBUILD`` (the default) the datatype is replaced by its
         rebuild from the canonical form (:mod:`datatypes.rebuild`): the same
         type map, which MPI may move faster than the type as it was built.
         """
-        if message is None or not config.rebuild:
-            return spec
-        twin = message.route.native
+        twin = None if message is None else cls._twin(message)
         return spec if twin is None else [message.buf, message.count, twin]
 
     def _stage_one(self, op: str, spec: Any, *, send: bool) -> tuple[Any, Packed | None]:
         """The spec to give MPI for one message, and its staging buffer when it is packed."""
+        if spec.__class__ in _SPECS and (known := self._known(op, spec)) is not None:
+            return known, None
         message, pack = self._message(op, spec, writable=not send)
         if not pack:
             return self._native(spec, message), None
@@ -121,13 +136,16 @@ class _Interposed:
 
     def _stage(self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool) -> tuple[Any, Any]:
         """The spec to give MPI for a buffer of per-peer pieces (see :mod:`commlib.pieces`), and its staging."""
-        pieces = read(spec, blocks)
+        session = self._session
+        pieces = read(spec, blocks, eager=session is not None and session.eager)
         if pieces is None:
             return spec, None
         pieces.check(op, writable=not send)
-        if not self._decide(op, pieces.message()):
+        layout = session.choose_side(op, pieces, send=send) if session is not None else None
+        if layout is None:
             return spec, None
-        staged = PackedPieces.pack(pieces, self._staging) if send else PackedPieces.layout(pieces, self._staging)
+        staging = session.staging
+        staged = PackedPieces.pack(pieces, layout, staging) if send else PackedPieces.staged(pieces, layout, staging)
         return getattr(staged, form)(), staged
 
     def _observe(self, op: str, message: Message, packed: bool, start: float) -> None:
@@ -146,7 +164,11 @@ class _Interposed:
     def Send(self, buf: Any, dest: int, tag: int = 0) -> None:
         if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
             return splitter.Send(buf, dest, tag)
-        message, pack = self._message("Send", buf) if buf.__class__ in _SPECS else (None, False)
+        if buf.__class__ not in _SPECS:
+            return super().Send(buf, dest, tag)
+        if (known := self._known("Send", buf)) is not None:
+            return super().Send(known, dest, tag)
+        message, pack = self._message("Send", buf)
         if message is None:
             return super().Send(buf, dest, tag)
         start = perf_counter()
@@ -154,6 +176,8 @@ class _Interposed:
         self._observe("Send", message, pack, start)
 
     def Ssend(self, buf: Any, dest: int, tag: int = 0) -> None:
+        if buf.__class__ in _SPECS and (known := self._known("Ssend", buf)) is not None:
+            return super().Ssend(known, dest, tag)
         message, pack = self._message("Ssend", buf)
         if message is None:
             return super().Ssend(buf, dest, tag)
@@ -164,7 +188,11 @@ class _Interposed:
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
         if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
             return splitter.Recv(buf, source, tag, status)
-        message, pack = self._message("Recv", buf, writable=True) if buf.__class__ in _SPECS else (None, False)
+        if buf.__class__ not in _SPECS:
+            return super().Recv(buf, source, tag, status)
+        if (known := self._known("Recv", buf)) is not None:
+            return super().Recv(known, source, tag, status)
+        message, pack = self._message("Recv", buf, writable=True)
         if message is None:
             return super().Recv(buf, source, tag, status)
         start = perf_counter()
@@ -188,6 +216,8 @@ class _Interposed:
         status: MPI.Status | None = None,
     ) -> None:
         outgoing, _ = self._stage_one("Sendrecv", sendbuf, send=True)
+        if recvbuf.__class__ in _SPECS and (known := self._known("Sendrecv", recvbuf)) is not None:
+            return super().Sendrecv(outgoing, dest, sendtag, known, source, recvtag, status)
         message, pack = self._message("Sendrecv", recvbuf, writable=True)
         if not pack:
             return super().Sendrecv(outgoing, dest, sendtag, self._native(recvbuf, message), source, recvtag, status)
@@ -205,6 +235,8 @@ class _Interposed:
         recvtag: int = ANY_TAG,
         status: MPI.Status | None = None,
     ) -> None:
+        if buf.__class__ in _SPECS and (known := self._known("Sendrecv_replace", buf)) is not None:
+            return super().Sendrecv_replace(known, dest, sendtag, source, recvtag, status)
         message, pack = self._message("Sendrecv_replace", buf, writable=True)
         if message is None:
             return super().Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
@@ -318,7 +350,7 @@ def _trace(cls: type, mpi_class: type, inherited: type | None = None) -> None:
     """Route ``cls``'s communication methods through the monitor hook (once per method)."""
     for name in sorted(BLOCKING | NONBLOCKING):
         if hasattr(mpi_class, name) and (inherited is None or not hasattr(inherited, name)):
-            setattr(cls, name, traced(name, getattr(cls, name)))
+            setattr(cls, name, traced(name, getattr(cls, name), getattr(mpi_class, name)))
 
 
 _trace(Intracomm, MPI.Intracomm)
@@ -350,5 +382,6 @@ def wrap(comm: MPI.Comm, session: Session | None = None) -> MPI.Comm:
         if isinstance(comm, mpi_class):
             wrapped = comm if type(comm) is ours else ours(comm)
             wrapped._session = session
+            invalidate()  # the traced methods read the session afresh
             return wrapped
     raise TypeError(f"wrap: {type(comm).__name__} is not an intra- or inter-communicator")

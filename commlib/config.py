@@ -58,6 +58,10 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
 
 
+def _auto(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("", "auto")
+
+
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = os.environ.get(name, default).strip().lower() or default
     if raw not in choices:
@@ -84,6 +88,12 @@ class Config:
         derived types that MPI moves itself (the ``native`` choice) are handed
         to it rebuilt from their canonical form, with the same type map
         (:mod:`datatypes.rebuild`); 0 hands MPI the application's type.
+    analyse_bytes [COMMLIB_ANALYSE_BYTES=auto]
+        the interposer analyses a derived datatype (canonical form, cost-model
+        choice, rebuilt type) once the messages of one (type, count) have
+        moved this many bytes; until then they go to MPI untouched. ``auto``
+        (-1): the cost model's analysis cost over the most packing can save
+        per byte, so that analysis pays for itself; 0 analyses every message.
     staging_bytes [COMMLIB_STAGING_BYTES=67108864]
         packed messages of 32 KiB and more are staged in buffers that each
         interposer session keeps for reuse (:mod:`commlib.staging`), up to
@@ -187,6 +197,7 @@ class Config:
     pack_min_bytes: int = 16384
     pack_min_block: int = 4
     rebuild: bool = True
+    analyse_bytes: int = -1
     staging_bytes: int = 64 << 20
     interpose: bool = True
     report: bool = False
@@ -232,6 +243,7 @@ class Config:
             pack_min_bytes=_env_int("COMMLIB_PACK_MIN_BYTES", cls.pack_min_bytes),
             pack_min_block=_env_int("COMMLIB_PACK_MIN_BLOCK", cls.pack_min_block),
             rebuild=_env_bool("COMMLIB_REBUILD", cls.rebuild),
+            analyse_bytes=-1 if _auto("COMMLIB_ANALYSE_BYTES") else _env_int("COMMLIB_ANALYSE_BYTES", -1),
             staging_bytes=_env_int("COMMLIB_STAGING_BYTES", cls.staging_bytes),
             interpose=_env_bool("COMMLIB_INTERPOSE", cls.interpose),
             report=_env_bool("COMMLIB_REPORT", cls.report),

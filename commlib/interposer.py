@@ -14,6 +14,8 @@ from typing import Any
 
 from mpi4py import MPI
 
+from transport.flight import invalidate
+
 from .comm import wrap
 from .config import config
 from .requests import Prequest, Request
@@ -52,6 +54,7 @@ def interpose(decision: Decision | None = None, monitor: Any = None) -> Session:
         from transport import flows
 
         MPI.COMM_WORLD._splitter = flows.attach(MPI.COMM_WORLD)
+        invalidate()  # the traced methods read the splitter afresh
     MPI.Request = Request
     MPI.Prequest = Prequest
     _session = session

@@ -11,7 +11,6 @@ derived type or not, sends and receives the same bytes.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,92 +18,50 @@ import numpy as np
 from mpi4py import MPI
 
 import datatypes
-from datatypes import model as cost_model
-from datatypes.canonical import cache_entry, named_datatype
-from datatypes.rebuild import rebuilt
 
+from .decision import Route, TypeInfo, type_info
 from .staging import StagingPool, staging_buffer
 
-__all__ = ["Message", "Packed", "Route", "base_of", "derived", "route_of"]
+__all__ = ["Message", "Packed", "derived"]
 
 _SPECS = (list, tuple)
 _SPECIAL = (MPI.IN_PLACE, MPI.BOTTOM)
 
 
-class Route:
-    """What every message of ``count`` objects of one datatype shares, computed once per (datatype, count).
-
-    Cached on the datatype handle beside the packer's plans, so a repeated
-    message costs one lookup: the named base type that carries it packed
-    (``None`` when commlib cannot pack it), its packed size and elements, the
-    cost model's features of its shape, and the type rebuilt from its
-    canonical form that MPI's own path gets (``None``: the type itself).
-    """
-
-    __slots__ = ("base", "elements", "features", "hi", "lo", "native", "nbytes")
-
-    def __init__(self, datatype: MPI.Datatype, count: int) -> None:
-        self.lo, self.hi = datatypes.touched(count, datatype)
-        self.base = base_of(datatype)
-        self.nbytes = count * datatype.Get_size()
-        self.elements = self.nbytes // self.base.Get_size() if self.base is not None else 0
-        self.features = cost_model.features(count, datatype) if self.base is not None else None
-        self.native = rebuilt(datatype) if self.base is not None else None  # what MPI gets on its own path
-
-
-_SEEN: dict[int, tuple[Any, int, dict[int, Route] | None]] = {}
-_SEEN_LIMIT = 4096
-
-
-def _routes(datatype: MPI.Datatype) -> dict[int, Route] | None:
-    """The routes by count of a derived ``datatype`` object; ``None`` for a predefined type.
-
-    Kept per Python object - alive (a weak reference) and still holding the
-    same handle - so a program that passes the same datatype object call
-    after call skips MPI's attribute lookups; a freed type, or a new object,
-    starts afresh.
-    """
-    seen = _SEEN.get(id(datatype))
-    if seen is not None and seen[0]() is datatype and seen[1] == datatype.handle:
-        return seen[2]
-    routes = None if datatype.is_predefined else {}
-    if len(_SEEN) >= _SEEN_LIMIT:
-        _SEEN.clear()
-    _SEEN[id(datatype)] = (weakref.ref(datatype), datatype.handle, routes)
-    return routes
-
-
-def route_of(datatype: MPI.Datatype, count: int) -> Route:
-    """The cached :class:`Route` of ``count`` objects of ``datatype``."""
-    plans = cache_entry(datatype).plans
-    route = plans.get(("route", count))
-    if route is None:
-        route = plans[("route", count)] = Route(datatype, count)
-    return route
-
-
 class Message:
-    """``count`` objects of a derived ``datatype`` in ``buf``; ``base`` carries it packed (``None``: cannot)."""
+    """``count`` objects of a derived ``datatype`` in ``buf``.
 
-    __slots__ = ("base", "buf", "count", "datatype", "route")
+    ``info`` is what is known of the type (:class:`commlib.decision.TypeInfo`);
+    ``route`` its analysis, or ``None`` while the (type, count) is cold: the
+    message then goes to MPI as it is. ``base`` carries it packed (``None``:
+    not analysed, or commlib cannot pack it).
+    """
 
-    def __init__(self, buf: Any, count: int, datatype: MPI.Datatype, route: Route | None = None) -> None:
+    __slots__ = ("buf", "count", "datatype", "info", "route")
+
+    def __init__(self, buf: Any, count: int, datatype: MPI.Datatype, info: TypeInfo, route: Route | None) -> None:
         self.buf = buf
         self.count = count
         self.datatype = datatype
-        self.route = route if route is not None else route_of(datatype, count)
-        self.base = self.route.base
+        self.info = info
+        self.route = route
 
     def __repr__(self) -> str:
         return f"Message(count={self.count}, nbytes={self.nbytes}, base={self.base})"
 
     @property
+    def base(self) -> MPI.Datatype | None:
+        route = self.route
+        return None if route is None else route.base
+
+    @property
     def packable(self) -> bool:
-        return self.base is not None
+        route = self.route
+        return route is not None and route.base is not None
 
     @property
     def nbytes(self) -> int:
-        return self.route.nbytes
+        return self.count * self.info.size
 
     @property
     def elements(self) -> int:
@@ -113,18 +70,40 @@ class Message:
 
     @property
     def features(self) -> Any:
-        """The cost model's features of the message's shape (``None`` without a canonical form)."""
-        return self.route.features
+        """The cost model's features of the message's shape (``None``: not analysed, or no canonical form)."""
+        route = self.route
+        return None if route is None else route.features
 
     def check(self, op: str, *, writable: bool) -> None:
         """Refuse (``ValueError``) a buffer that does not hold the message, before MPI sees it."""
-        buf, route = self.buf, self.route
-        if type(buf) is np.ndarray:  # the common case: a few attribute reads
-            flags = buf.flags
-            if flags.c_contiguous and (flags.writeable or not writable):
-                if route.hi <= route.lo or (route.lo >= 0 and route.hi <= buf.nbytes):
-                    return
-        datatypes.check_buffer(op, buf, self.count, self.datatype, writable=writable)
+        check_span(op, self.buf, self.count, self.datatype, self.info, self.route, writable=writable)
+
+
+def check_span(
+    op: str,
+    buf: Any,
+    count: int,
+    datatype: MPI.Datatype,
+    info: TypeInfo,
+    route: Route | None,
+    *,
+    writable: bool,
+    displacement: int = 0,
+) -> None:
+    """Refuse (``ValueError``) a buffer that does not hold ``count`` objects, before MPI sees it.
+
+    A contiguous numpy array is checked against the analysed byte range, or
+    for a cold type against MPI's true extent (exact, or wider where a type
+    has empty members); anything else, and anything that fails, gets the
+    exact check of :func:`datatypes.check_buffer`, which raises.
+    """
+    if type(buf) is np.ndarray:  # the common case: a few attribute reads
+        flags = buf.flags
+        if flags.c_contiguous and (flags.writeable or not writable):
+            lo, hi = (route.lo, route.hi) if route is not None else info.touched(count)
+            if hi <= lo or (lo + displacement >= 0 and hi + displacement <= buf.nbytes):
+                return
+    datatypes.check_buffer(op, buf, count, datatype, writable=writable, displacement=displacement)
 
 
 def _has_buffer(buf: Any) -> bool:
@@ -135,9 +114,8 @@ def _has_buffer(buf: Any) -> bool:
     return True
 
 
-def _count_from_buffer(buf: Any, datatype: MPI.Datatype) -> int | None:
-    """The count mpi4py infers for ``[buf, datatype]``, or ``None`` where it would refuse the spec."""
-    extent = datatype.Get_extent()[1]
+def _count_from_buffer(buf: Any, extent: int) -> int | None:
+    """The count mpi4py infers for ``[buf, datatype]`` of this extent, or ``None`` where it would refuse the spec."""
     try:
         nbytes = memoryview(buf).nbytes
     except TypeError:
@@ -147,52 +125,39 @@ def _count_from_buffer(buf: Any, datatype: MPI.Datatype) -> int | None:
     return nbytes // extent
 
 
-def base_of(datatype: MPI.Datatype) -> MPI.Datatype | None:
-    """The named type whose elements carry a packed ``datatype``, or ``None`` when commlib cannot pack it."""
-    sb = datatypes.canonicalize(datatype)
-    if sb is None:
-        return None
-    base = named_datatype(sb.base)
-    if base is None or base.Get_size() == 0 or sb.size % base.Get_size():
-        return None
-    return base
-
-
-def derived(spec: Any) -> Message | None:
+def derived(spec: Any, *, eager: bool = False) -> Message | None:
     """The :class:`Message` of a buffer spec with a derived datatype, else ``None``.
 
     ``None`` means "give the spec to mpi4py untouched": plain buffers,
     predefined datatypes, typecode strings, special buffers (``IN_PLACE``,
-    ``BOTTOM``) and (count, displacement) pairs. A message whose type has no
-    canonical form, or no single named base type, is returned with
-    ``base=None``: it still gets its bounds checked, then goes to MPI.
+    ``BOTTOM``) and (count, displacement) pairs. The message's ``route`` is
+    ``None`` while its (type, count) is cold (:mod:`commlib.decision`);
+    ``eager`` analyses it at once. An analysed type with no canonical form,
+    or no single named base type, has ``base=None``: it still gets its
+    bounds checked, then goes to MPI.
     """
     if not isinstance(spec, _SPECS) or not 2 <= len(spec) <= 3:
         return None
     datatype = spec[-1]
     if not isinstance(datatype, MPI.Datatype):
         return None
-    routes = _routes(datatype)
-    if routes is None:
+    info = type_info(datatype)
+    if info is None:
         return None
     buf = spec[0]
     if type(buf) is not np.ndarray and (buf is None or buf in _SPECIAL or not _has_buffer(buf)):
         return None  # special buffers, DLPack or CUDA-array-interface buffers go to mpi4py as they are
     if len(spec) == 3:
         count = spec[1]
-        if type(count) is not int and (not isinstance(count, (int, np.integer)) or isinstance(count, bool)):
-            return None  # (count, displacement) pairs belong to v-collectives: leave them to MPI
+        if type(count) is not int:
+            if not isinstance(count, (int, np.integer)) or isinstance(count, bool):
+                return None  # (count, displacement) pairs belong to v-collectives: leave them to MPI
+            count = int(count)
     else:
-        count = _count_from_buffer(buf, datatype)
+        count = _count_from_buffer(buf, info.extent)
         if count is None:
             return None  # mpi4py reports the spec it cannot read
-    count = int(count)
-    route = routes.get(count)
-    if route is None:
-        if len(routes) >= 64:
-            routes.clear()
-        route = routes[count] = route_of(datatype, count)
-    return Message(buf, count, datatype, route)
+    return Message(buf, count, datatype, info, info.route(datatype, count, eager=eager))
 
 
 @dataclass

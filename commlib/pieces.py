@@ -24,7 +24,8 @@ from mpi4py import MPI
 
 import datatypes
 
-from .messages import Message, base_of
+from .decision import Layout, Route, TypeInfo, piece_info
+from .messages import Message, check_span
 from .staging import StagingPool, staging_buffer
 
 __all__ = ["PackedPieces", "Pieces", "block_pieces", "typed_pieces", "vector_pieces"]
@@ -58,113 +59,129 @@ def _nbytes(buf: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Pieces:
-    """``counts[i]`` objects of ``types[i]`` at byte ``displacements[i]`` of ``buf``, for each peer ``i``."""
+    """``counts[i]`` objects of ``types[i]`` at byte ``displacements[i]`` of ``buf``, for each peer ``i``.
+
+    ``infos[i]`` is what is known of ``types[i]`` (:mod:`commlib.decision`)
+    and ``routes[i]`` its analysis for ``counts[i]`` objects: ``None`` for an
+    empty piece, or while the piece's (type, count) is cold.
+    """
 
     buf: Any
     counts: tuple[int, ...]
     displacements: tuple[int, ...]
     types: tuple[MPI.Datatype, ...]
-    bases: tuple[MPI.Datatype | None, ...]
+    infos: tuple[TypeInfo, ...]
+    routes: tuple[Route | None, ...]
+
+    @property
+    def analysed(self) -> bool:
+        """Every non-empty piece has been analysed (a cold one keeps the whole call on MPI's path)."""
+        return all(r is not None or c == 0 for c, r in zip(self.counts, self.routes))
 
     @property
     def packable(self) -> bool:
         """Every non-empty piece has a canonical form with one named base type."""
-        return all(b is not None or c == 0 for c, b in zip(self.counts, self.bases))
+        return all(c == 0 or (r is not None and r.base is not None) for c, r in zip(self.counts, self.routes))
 
     @property
     def nbytes(self) -> int:
-        return sum(c * t.Get_size() for c, t in zip(self.counts, self.types))
+        return sum(c * info.size for c, info in zip(self.counts, self.infos))
 
     def message(self) -> Message:
-        """The whole as one message, for the decision hook: the datatype that carries the most bytes."""
-        k = max(range(len(self.counts)), key=lambda i: self.counts[i] * self.types[i].Get_size(), default=0)
-        total = sum(c for c, t in zip(self.counts, self.types) if t == self.types[k]) if self.counts else 0
-        message = Message(self.buf, total, self.types[k])
+        """The whole as one message, for a session's own decision rule: the datatype that carries the most bytes."""
+        k = max(range(len(self.counts)), key=lambda i: self.counts[i] * self.infos[i].size, default=0)
+        total = sum(c for c, info in zip(self.counts, self.infos) if info is self.infos[k])
+        info = self.infos[k]
+        route = info.route(self.types[k], total, eager=True)
         if not self.packable:
-            message.base = None
-        return message
+            route = None
+        return Message(self.buf, total, self.types[k], info, route)
 
     def check(self, op: str, *, writable: bool) -> None:
         """Refuse (``ValueError``) a buffer that does not hold every piece, before MPI sees it."""
-        for count, disp, dt in zip(self.counts, self.displacements, self.types):
+        buf = self.buf
+        for count, disp, dt, info, route in zip(self.counts, self.displacements, self.types, self.infos, self.routes):
             if count:
-                datatypes.check_buffer(op, self.buf, count, dt, writable=writable, displacement=disp)
+                check_span(op, buf, count, dt, info, route, writable=writable, displacement=disp)
 
 
 @dataclass
 class PackedPieces:
-    """The pieces laid end to end in ``data``, each as ``elements[i]`` of ``bases[i]``."""
+    """The pieces laid end to end in ``data``, as ``layout`` (:class:`commlib.decision.Layout`) places them."""
 
     pieces: Pieces
+    layout: Layout
     data: np.ndarray
-    offsets: tuple[int, ...]  # byte offset of each piece in data
-    sizes: tuple[int, ...]  # packed bytes of each piece
 
     @classmethod
-    def layout(cls, pieces: Pieces, staging: StagingPool | None = None) -> PackedPieces:
+    def staged(cls, pieces: Pieces, layout: Layout, staging: StagingPool | None = None) -> PackedPieces:
         """An uninitialised staging buffer for ``pieces`` (from ``staging`` if given)."""
-        sizes = tuple(c * t.Get_size() for c, t in zip(pieces.counts, pieces.types))
-        offsets = tuple(int(x) for x in np.cumsum((0, *sizes[:-1]))) if sizes else ()
-        return cls(pieces, staging_buffer(sum(sizes), staging), offsets, sizes)
+        return cls(pieces, layout, staging_buffer(layout.nbytes, staging))
 
     @classmethod
-    def pack(cls, pieces: Pieces, staging: StagingPool | None = None) -> PackedPieces:
-        """Stage ``pieces`` (whose buffer was checked) for sending."""
-        staged = cls.layout(pieces, staging)
-        for i in range(len(pieces.counts)):
-            staged.pack_piece(i)
+    def pack(cls, pieces: Pieces, layout: Layout, staging: StagingPool | None = None) -> PackedPieces:
+        """Stage ``pieces`` (whose buffer was checked) for sending: one copy where the layout allows."""
+        staged = cls.staged(pieces, layout, staging)
+        whole = layout.whole
+        if whole is not None:
+            datatypes.pack(pieces.buf, 1, whole, out=staged.data)
+        else:
+            for i in range(len(pieces.counts)):
+                staged.pack_piece(i)
         return staged
+
+    def _slot(self, i: int) -> np.ndarray:
+        offset = self.layout.offsets[i]
+        return self.data[offset : offset + self.layout.sizes[i]]
 
     def pack_piece(self, i: int) -> None:
         """Stage piece ``i`` from the user's buffer (an ``IN_PLACE`` contribution)."""
         p = self.pieces
         if p.counts[i]:
-            out = self.data[self.offsets[i] : self.offsets[i] + self.sizes[i]]
-            datatypes.pack(p.buf, p.counts[i], p.types[i], out=out, displacement=p.displacements[i])
+            datatypes.pack(p.buf, p.counts[i], p.types[i], out=self._slot(i), displacement=p.displacements[i])
 
     def unpack(self, skip: int | None = None) -> None:
-        """Copy every received piece (but piece ``skip``) into the user's buffer."""
-        p = self.pieces
+        """Copy every received piece (but piece ``skip``) into the user's buffer: one copy where the layout allows."""
+        p, whole = self.pieces, self.layout.whole
+        if whole is not None and skip is None:
+            datatypes.unpack(self.data, p.buf, 1, whole)
+            return
         for i, (count, disp, dt) in enumerate(zip(p.counts, p.displacements, p.types)):
             if count and i != skip:
-                src = self.data[self.offsets[i] : self.offsets[i] + self.sizes[i]]
-                datatypes.unpack(src, p.buf, count, dt, displacement=disp)
-
-    def _base(self) -> MPI.Datatype:
-        return next((b for b in self.pieces.bases if b is not None), MPI.BYTE)
-
-    def _elements(self) -> list[int]:
-        return [s // b.Get_size() if b is not None else 0 for s, b in zip(self.sizes, self.pieces.bases)]
+                datatypes.unpack(self._slot(i), p.buf, count, dt, displacement=disp)
 
     def block_spec(self) -> list:
         """``[data, n, base]``: equal pieces of ``n`` base elements (``Gather``, ``Scatter``, ...)."""
-        elements = self._elements()
-        return [self.data, elements[0] if elements else 0, self._base()]
+        elements = self.layout.elements
+        return [self.data, elements[0] if elements else 0, self.layout.base]
 
     def vector_spec(self) -> list:
         """``[data, (counts, displacements), base]`` in base elements (``Gatherv``, ``Alltoallv``, ...)."""
-        base = self._base()
-        return [self.data, (self._elements(), [o // base.Get_size() for o in self.offsets]), base]
+        size = self.layout.base.Get_size()
+        return [self.data, (list(self.layout.elements), [o // size for o in self.layout.offsets]), self.layout.base]
 
     def typed_spec(self) -> list:
         """``[data, (counts, byte displacements), bases]`` (``Alltoallw``, ``Neighbor_alltoallw``)."""
-        bases = [b if b is not None else MPI.BYTE for b in self.pieces.bases]
-        return [self.data, (self._elements(), list(self.offsets)), bases]
+        return [self.data, (list(self.layout.elements), list(self.layout.offsets)), list(self.layout.bases)]
 
 
-def _pieces(buf: Any, counts: Sequence[int], disps: Sequence[int], types: Sequence[MPI.Datatype]) -> Pieces | None:
-    if any(c < 0 for c in counts) or any(d < 0 for d in disps):
+def _pieces(
+    buf: Any, counts: Sequence[int], disps: Sequence[int], types: Sequence[MPI.Datatype], eager: bool
+) -> Pieces | None:
+    if any(c < 0 for c in counts) or any(d < 0 for d in disps) or any(t == MPI.DATATYPE_NULL for t in types):
         return None  # mpi4py or MPI will report it
-    if all(t.is_predefined for t in types):
+    infos, routes, derived = [], [], False
+    known: dict[int, TypeInfo] = {}
+    for t, count in zip(types, counts):
+        info = known.get(id(t))
+        if info is None:
+            info = known[id(t)] = piece_info(t)
+            derived = derived or not t.is_predefined
+        infos.append(info)
+        routes.append(info.route(t, count, eager=eager) if count else None)
+    if not derived:
         return None
-    cache: dict[int, MPI.Datatype | None] = {}
-    bases = []
-    for t in types:
-        key = t.handle
-        if key not in cache:
-            cache[key] = t if t.is_predefined else base_of(t)
-        bases.append(cache[key])
-    return Pieces(buf, tuple(counts), tuple(disps), tuple(types), tuple(bases))
+    return Pieces(buf, tuple(counts), tuple(disps), tuple(types), tuple(infos), tuple(routes))
 
 
 def _split_spec(spec: Any) -> tuple[Any, Any, Any, Any] | None:
@@ -181,7 +198,7 @@ def _split_spec(spec: Any) -> tuple[Any, Any, Any, Any] | None:
     return buf, counts, None, datatype
 
 
-def block_pieces(spec: Any, blocks: int) -> Pieces | None:
+def block_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
     """``blocks`` equal pieces laid end to end: the root's buffer of ``Gather``/``Scatter``, ``Allgather``..."""
     parts = _split_spec(spec)
     if parts is None or len(spec) == 4 or blocks <= 0:
@@ -200,10 +217,10 @@ def block_pieces(spec: Any, blocks: int) -> Pieces | None:
     elif not _is_int(count):
         return None
     count = int(count)
-    return _pieces(buf, [count] * blocks, [i * count * extent for i in range(blocks)], [datatype] * blocks)
+    return _pieces(buf, [count] * blocks, [i * count * extent for i in range(blocks)], [datatype] * blocks, eager)
 
 
-def vector_pieces(spec: Any, blocks: int) -> Pieces | None:
+def vector_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
     """Pieces at displacements counted in extents: ``Gatherv``/``Scatterv``, ``(Neighbor_)alltoallv``..."""
     parts = _split_spec(spec)
     if parts is None or blocks <= 0:
@@ -232,10 +249,10 @@ def vector_pieces(spec: Any, blocks: int) -> Pieces | None:
         displs = _int_list(displs, blocks)
         if displs is None:
             return None
-    return _pieces(buf, counts, [d * extent for d in displs], [datatype] * blocks)
+    return _pieces(buf, counts, [d * extent for d in displs], [datatype] * blocks, eager)
 
 
-def typed_pieces(spec: Any, blocks: int) -> Pieces | None:
+def typed_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
     """Pieces of their own datatypes at byte displacements: ``Alltoallw``, ``Neighbor_alltoallw``."""
     if not isinstance(spec, (list, tuple)) or not 2 <= len(spec) <= 4 or blocks <= 0:
         return None
@@ -255,4 +272,4 @@ def typed_pieces(spec: Any, blocks: int) -> Pieces | None:
     counts, displs = _int_list(counts, blocks), _int_list(displs, blocks)
     if counts is None or displs is None:
         return None
-    return _pieces(buf, counts, displs, list(types))
+    return _pieces(buf, counts, displs, list(types), eager)

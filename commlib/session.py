@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +28,17 @@ from typing import Any
 
 from datatypes import model as cost_model
 from datatypes.canonical import cache_entry
+from transport.flight import SpecCache, invalidate
+from transport.operations import OP_INDEX, OPERATIONS
 
 from .config import config
+from .decision import Layout, hot_bytes, pack_pays, type_info
 from .staging import StagingPool
 
 __all__ = ["Decision", "RECORD_SCHEMA", "Session", "default_decision", "model_decision"]
 
 Decision = Callable[[str, Any], str]
+_RECEIVES = frozenset({"Recv", "Irecv", "Recv_init", "Sendrecv", "Sendrecv_replace", "Bcast"})  # write the buffer
 RECORD_SCHEMA = "commlib-recorded-run"
 MAX_RECORDED_SHAPES = 256
 MAX_DECIDED = 4096
@@ -69,13 +74,28 @@ class Session:
         self._last: tuple[Any, cost_model.Features | None] = (None, None)
         self._tallies: dict[tuple[str, str], list[int]] = {}  # (op, choice) -> [calls, bytes]
         self._decided: dict[tuple[str, Any], tuple] = {}  # (op, route) -> (stamp, choice, shape, tally)
+        self._sides: dict[tuple, tuple] = {}  # (op, send, routes, counts, displacements) -> (stamp, layout)
+        self._specs = SpecCache()  # messages known to go to MPI, read by the traced methods (transport.flight)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
-        self.monitor: Any = None
+        self._monitor: Any = None
+        self._core: Any = None  # what the traced methods record into (see the monitor setter)
         self.staging = StagingPool(config.staging_bytes)  # buffers of packed messages, reused
         self._shapes: dict[tuple, dict[str, Any]] = {}
         self._rank = _world_rank()
         if config.record or config.model_save:
             atexit.register(self._at_exit)
+
+    @property
+    def monitor(self) -> Any:
+        """The fault-detection monitor told of every communication call (:mod:`commlib.tracing`), or ``None``."""
+        return self._monitor
+
+    @monitor.setter
+    def monitor(self, monitor: Any) -> None:
+        self._monitor = monitor
+        # what the traced methods read: the monitor's per-call recorder, else the monitor itself (or None)
+        self._core = getattr(monitor, "core", monitor) if monitor is not None else None
+        invalidate()
 
     @property
     def model(self) -> cost_model.Model:
@@ -126,22 +146,33 @@ class Session:
     @property
     def calls(self) -> dict[tuple[str, str], int]:
         """Calls per (operation, choice)."""
+        self._drain()
         return {key: tally[0] for key, tally in self._tallies.items()}
 
     @property
     def bytes(self) -> dict[tuple[str, str], int]:
         """Bytes per (operation, choice)."""
+        self._drain()
         return {key: tally[1] for key, tally in self._tallies.items()}
+
+    @property
+    def eager(self) -> bool:
+        """Analyse every derived-type message at once: a rule of the session's own, or packing forced, decides."""
+        return not (self.decision is default_decision or self.decision is self._own_decision) or (
+            config.pack_engine == "strided"
+        )
 
     def choose(self, op: str, message: Any) -> str:
         """:meth:`decide` (``"native"`` for a message commlib cannot pack), then :meth:`record`.
 
-        The interposer's per-call entry. With the model deciding, the outcome
-        for a repeated (operation, datatype, count) is kept until the config
-        or a model's choices change (:func:`datatypes.model.generation`), so
-        a halo loop's calls cost one lookup here.
+        The interposer's per-call entry. A message not analysed (its
+        datatype is cold: :mod:`commlib.decision`) goes to MPI. With the
+        model deciding, the outcome for a repeated (operation, datatype,
+        count) is kept until the config or a model's choices change
+        (:func:`datatypes.model.generation`), so a halo loop's calls cost one
+        lookup here.
         """
-        route = getattr(message, "route", None)
+        route = message.route
         if route is None or not (self.decision is default_decision or self.decision is self._own_decision):
             choice = self.decide(op, message) if message.packable else "native"
             self.record(op, choice, message.nbytes)
@@ -160,6 +191,84 @@ class Session:
         tally[0] += 1
         tally[1] += message.nbytes
         return choice
+
+    def choose_side(self, op: str, pieces: Any, *, send: bool) -> Layout | None:
+        """How to stage one side of a collective (:mod:`commlib.pieces`): a :class:`Layout`, or ``None`` for MPI.
+
+        Only when every non-empty piece is analysed and packable; then the
+        session's own rule, or the cost model (:func:`commlib.decision.pack_pays`),
+        kept per (operation, side, pieces) until the config or the model changes.
+        """
+        if not (pieces.analysed and pieces.packable):
+            layout = None
+        elif not (self.decision is default_decision or self.decision is self._own_decision):
+            choice = self.decision(op, pieces.message())
+            if choice not in ("pack", "native"):
+                raise ValueError(f"decision for {op}: expected 'pack' or 'native', got {choice!r}")
+            layout = Layout(pieces) if choice == "pack" else None
+        else:
+            stamp = (config.changes, cost_model.generation())
+            key = (op, send, pieces.routes, pieces.counts, pieces.displacements)
+            hit = self._sides.get(key)
+            if hit is None or hit[0] != stamp:
+                layout = Layout(pieces)
+                engine = config.pack_engine
+                pack = engine == "strided" if engine != "auto" else pack_pays(self.model, pieces, layout, send=send)
+                if len(self._sides) >= MAX_DECIDED:
+                    self._sides.clear()
+                hit = self._sides[key] = (stamp, layout if pack else None)
+            layout = hit[1]
+        self.record(op, "native" if layout is None else "pack", pieces.nbytes)
+        return layout
+
+    def native_spec(self, op: str, spec: Any) -> Any:
+        """The spec to hand MPI for a derived-type message this session already sent to MPI, else ``None``.
+
+        The interposer's cheapest path (:class:`transport.flight.SpecCache`,
+        which the traced methods consult before any Python runs): a repeated
+        (operation, datatype object, count) whose outcome was ``native``, with
+        a contiguous buffer that holds the message, costs one lookup and a
+        few comparisons. ``None`` sends the caller down the full path
+        (:meth:`choose`), which records new outcomes (:meth:`remember_native`).
+        """
+        index = OP_INDEX.get(op)  # traced operations only
+        return None if index is None else self._specs.lookup(index, spec)
+
+    def remember_native(self, op: str, message: Any, twin: Any, *, observed: bool) -> None:
+        """Keep the ``native`` outcome of ``message`` for :meth:`native_spec`.
+
+        A cold message is kept until analysing it may pay; an analysed one
+        only where its calls are not timed for the model (``observed``
+        operations take the full path, which times them).
+        """
+        index = OP_INDEX.get(op)
+        if index is None or not (self.decision is default_decision or self.decision is self._own_decision):
+            return
+        route, info, count = message.route, message.info, message.count
+        if route is None:
+            remaining = math.ceil(hot_bytes() / max(count * info.size, 1)) - info.uses.get(count, 0)
+            if remaining <= 1:
+                return
+            lo, hi = info.touched(count)
+        elif observed:
+            return
+        else:
+            remaining, lo, hi = -1, route.lo, route.hi
+        self._specs.add(index, message.datatype, count, lo, hi, twin, message.nbytes, remaining, op in _RECEIVES)
+
+    def _drain(self) -> None:
+        """Count the calls that went through the :class:`SpecCache` in the tallies and the recorded run."""
+        for op_index, datatype, count, calls, nbytes in self._specs.drain():
+            op = OPERATIONS[op_index][0]
+            tally = self._tally(op, "native")
+            tally[0] += calls
+            tally[1] += nbytes
+            info = type_info(datatype)
+            route = info.routes.get(count) if info is not None else None
+            if route is not None and route.features is not None:
+                shape = self._shapes.get((op, "native", route.features, count))
+                if shape is not None:
+                    shape["calls"] += calls
 
     def observe(self, op: str, message: Any, choice: str, seconds: float) -> None:
         """The measured time of one blocking intercepted operation (pack and unpack included)."""
@@ -199,6 +308,7 @@ class Session:
 
     def recorded_run(self) -> dict[str, Any]:
         """What this session observed, per (operation, choice, shape), as JSON-ready data."""
+        self._drain()
         return {
             "schema": RECORD_SCHEMA,
             "version": 1,

@@ -167,6 +167,8 @@ class Prior:
     block_cost: float = 10e-9
     pack_overhead: float = 2.0e-6  # the pack strategy's buffers and bookkeeping, both sides together
     pack_overhead_byte: float = 0.25e-9  # its fresh buffers' page faults (about 1 us per 4 KiB page)
+    pack_piece: float = 2.0e-6  # each further piece of a vector collective packed or unpacked on its own
+    analysis: float = 40e-6  # the interposer's analysis of a new (datatype, count): canonical form, route, choice
     links: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(_LINKS))
     reduce: float = 0.25e-9  # seconds per byte of a local elementwise reduction
 
@@ -189,6 +191,9 @@ class Prior:
 
     def link(self, level: str) -> tuple[float, float]:
         return self.links.get(level, self.links["inter"])
+
+
+_PAYBACK_SHAPES = tuple(Features(1 << 20, block, 2) for block in (8, 64, 512, 4096))
 
 
 # -- strategies -----------------------------------------------------------------------------------
@@ -429,6 +434,25 @@ class Model:
                 self._engines.clear()
             self._engines[key] = engine
         return engine
+
+    def saving_per_byte(self) -> float:
+        """The most that packing with commlib saves per packed byte over MPI's own pack and unpack.
+
+        Taken from large (1 MiB) two-level shapes of several block lengths,
+        where per-byte costs dominate; 0 when MPI is never slower.
+        """
+        best = 0.0
+        for f in _PAYBACK_SHAPES:
+            engine = self.engine_for(f.nbytes, f.block, f.levels)
+            mpi = self.pack_time("mpi", f) + self.unpack_time("mpi", f)
+            ours = self.pack_time(engine, f) + self.unpack_time(engine, f)
+            best = max(best, (mpi - ours) / f.nbytes)
+        return best
+
+    def analysis_payback_bytes(self) -> float:
+        """Bytes a (datatype, count) must move before its analysis can have paid for itself."""
+        saving = self.saving_per_byte()
+        return self.constant("analysis") / saving if saving > 0 else math.inf
 
     # -- prediction, choice, learning ----------------------------------------
     def base(self, strategy: str, f: Features, level: str | None = None) -> float | None:

@@ -348,3 +348,9 @@ def test_benchmark_noise_control(tmp_path, capsys):
     assert set(row["median_s"]) == {"native", "mpi-again", "auto"} and not row["errors"]["mpi-again"]
     assert all(t > 0 for t in row["samples_s"]["mpi-again"]) and len(row["samples_s"]["mpi-again"]) == 2
     assert "1node: noise floor: MPI against itself differs by up to" in capsys.readouterr().out
+
+
+def test_interposed_allreduce_keeps_the_same_small_size_rule():
+    from commlib import packed_collectives
+
+    assert packed_collectives._SMALL == cost.MIN_BYTES  # the interposer's shortcut is auto's own rule

@@ -226,7 +226,7 @@ def test_native_messages_reach_mpi_rebuilt_from_their_canonical_form(monkeypatch
     try:
         src, dst = np.random.default_rng(1).random(full), np.zeros(full)
         spec = [src, 1, dt]
-        given = comm._native(spec, derived(spec))
+        given = comm._native(spec, derived(spec, eager=True))
         twin = given[2]
         assert given[:2] == [src, 1] and twin is not dt and twin.Get_size() == dt.Get_size()
         assert twin.Get_extent() == dt.Get_extent()
@@ -235,8 +235,12 @@ def test_native_messages_reach_mpi_rebuilt_from_their_canonical_form(monkeypatch
         inside = (slice(1, 4), slice(1, 9), slice(1, 9))
         assert np.array_equal(dst[inside], src[inside]) and np.count_nonzero(dst) == 3 * 8 * 8 * 4
         assert st.Get_count(dt) == 1 and st.Get_elements(MPI.DOUBLE) == 3 * 8 * 8 * 4
+        again = MPI.DOUBLE.Create_subarray(full, [3, 8, 8, 4], [1, 1, 1, 0]).Commit()
+        try:  # the same type built again shares the analysis and its rebuilt twin
+            assert comm._native([src, 1, again], derived([src, 1, again], eager=True))[2] is twin
+        finally:
+            again.Free()
         monkeypatch.setattr(config, "rebuild", False)
-        assert comm._native(spec, derived(spec)) is spec
+        assert comm._native(spec, derived(spec, eager=True)) is spec
     finally:
         dt.Free()
-    assert twin.handle == MPI.DATATYPE_NULL.handle  # freed with the application's type

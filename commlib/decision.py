@@ -1,0 +1,274 @@
+"""What the interposer knows of a derived datatype, and when it is worth knowing more.
+
+Analysing a datatype (its canonical form, packed size, named base type, the
+cost model's features, a rebuilt type for MPI's own path) costs tens of
+microseconds; a program that builds a type, uses it once or twice and frees
+it would pay that on every call and never get it back. So knowledge comes in
+two grades:
+
+* :class:`TypeInfo`, made the first time a datatype object is met: MPI's
+  extents of the type (enough for an exact-or-safer bounds check) and a use
+  counter. It is shared by every datatype with the same constructor
+  signature (:mod:`datatypes.signature`), so a subarray type rebuilt for
+  every transfer is met as one type. A datatype object is found again by
+  identity, one dictionary lookup.
+* :class:`Route`, the analysis of ``count`` objects of the type, made once
+  the (type, count) is *hot*: when its uses so far, times the bytes each use
+  moves, times the largest saving per byte that packing can bring, reach
+  the cost of the analysis (:func:`hot_bytes`). Until then the message goes
+  to MPI untouched. A message of a few hundred KiB is analysed at its first
+  use; a small type only after many.
+
+The choice between ``pack`` and ``native`` for an analysed message is the
+session's (:mod:`commlib.session`), from the cost model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from mpi4py import MPI
+
+import datatypes
+from datatypes import model as cost_model
+from datatypes.canonical import named_datatype
+from datatypes.rebuild import build
+from datatypes.signature import signature
+
+from .config import Config, config
+
+__all__ = ["Layout", "Route", "TypeInfo", "hot_bytes", "pack_pays", "piece_info", "type_info"]
+
+MAX_TYPES = 4096  # datatype objects, and signatures, remembered at once
+
+
+class Route:
+    """The analysis of ``count`` objects of one datatype signature, computed once.
+
+    ``base`` is the named type whose elements carry it packed (``None``:
+    commlib cannot pack it), ``nbytes``/``elements`` its packed size,
+    ``features`` the cost model's view of its shape, ``lo``/``hi`` the exact
+    byte range it touches, ``contiguous`` whether it is one run of bytes
+    (MPI moves those in place: packing cannot gain).
+    """
+
+    __slots__ = ("base", "block", "contiguous", "elements", "features", "hi", "info", "lo", "nbytes")
+
+    def __init__(self, info: TypeInfo, datatype: MPI.Datatype, count: int) -> None:
+        self.info = info
+        self.lo, self.hi = datatypes.touched(count, datatype)
+        self.block = datatypes.canonicalize(datatype)
+        self.base = _base_of(self.block)
+        self.nbytes = count * info.size
+        self.elements = self.nbytes // self.base.Get_size() if self.base is not None else 0
+        self.features = cost_model.features(count, datatype) if self.base is not None else None
+        self.contiguous = self.features is not None and self.features.levels == 1
+
+    @property
+    def native(self) -> MPI.Datatype | None:
+        """The type MPI's own path gets: rebuilt from the canonical form (``None``: the application's)."""
+        return self.info.rebuilt(self.block) if self.base is not None else None
+
+
+def _base_of(block: datatypes.StridedBlock | None) -> MPI.Datatype | None:
+    if block is None:
+        return None
+    base = named_datatype(block.base)
+    if base is None or base.Get_size() == 0 or block.size % base.Get_size():
+        return None
+    return base
+
+
+class TypeInfo:
+    """What every datatype with one constructor signature shares: MPI's extents, uses, analyses."""
+
+    __slots__ = ("__weakref__", "_twin", "extent", "routes", "signature", "size", "true_lb", "true_ub", "uses")
+
+    def __init__(self, datatype: MPI.Datatype, sig: tuple | None) -> None:
+        self.signature = sig
+        self.size = datatype.Get_size()
+        self.extent = datatype.Get_extent()[1]
+        lb, extent = datatype.Get_true_extent()
+        self.true_lb, self.true_ub = lb, lb + extent
+        self.uses: dict[int, int] = {}  # count -> uses while cold
+        self.routes: dict[int, Route] = {}  # count -> analysis, once hot
+        self._twin: Any = None
+
+    def touched(self, count: int) -> tuple[int, int]:
+        """``[lo, hi)`` that ``count`` objects may touch, from MPI's true extent (exact, or wider)."""
+        if count <= 0 or self.size == 0:
+            return 0, 0
+        span = (count - 1) * self.extent
+        return self.true_lb + min(0, span), self.true_ub + max(0, span)
+
+    def route(self, datatype: MPI.Datatype, count: int, *, eager: bool = False) -> Route | None:
+        """The analysis of ``count`` objects: made now if ``eager`` or the pair just turned hot, else ``None``."""
+        route = self.routes.get(count)
+        if route is not None:
+            return route
+        if not eager:
+            uses = self.uses.get(count, 0) + 1
+            if uses * count * self.size < hot_bytes():
+                self.uses[count] = uses
+                return None
+            self.uses.pop(count, None)
+        if len(self.routes) >= 64:
+            self.routes.clear()
+        route = self.routes[count] = Route(self, datatype, count)
+        return route
+
+    def rebuilt(self, block: datatypes.StridedBlock | None) -> MPI.Datatype | None:
+        """The type rebuilt from the canonical form, made on first need and freed with this object."""
+        twin = self._twin
+        if twin is None:
+            made = build(block) if block is not None and block.ndim > 1 else None
+            twin = self._twin = False if made is None else made
+        return twin or None
+
+    def __del__(self) -> None:
+        twin = self._twin
+        if twin and MPI.Is_initialized() and not MPI.Is_finalized():
+            twin.Free()
+
+
+class Layout:
+    """One side of a collective staged: where each piece sits in the staging buffer, and how to copy them.
+
+    ``whole`` is the canonical form of all the pieces at once when they are
+    copies of one shape at evenly spaced places of the user's buffer (the
+    transposes of a pencil FFT, the faces of a regular halo): the pieces
+    are then packed, or unpacked, in one pass. Otherwise ``None``: one copy
+    per piece.
+    """
+
+    __slots__ = ("base", "bases", "elements", "nbytes", "offsets", "sizes", "whole")
+
+    def __init__(self, pieces: Any) -> None:
+        self.sizes = tuple(c * info.size for c, info in zip(pieces.counts, pieces.infos))
+        offsets, at = [], 0
+        for size in self.sizes:
+            offsets.append(at)
+            at += size
+        self.offsets, self.nbytes = tuple(offsets), at
+        bases = [r.base if r is not None else None for r in pieces.routes]
+        self.base = next((b for b in bases if b is not None), MPI.BYTE)
+        self.bases = tuple(b if b is not None else self.base for b in bases)
+        self.elements = tuple(size // b.Get_size() for size, b in zip(self.sizes, self.bases))
+        self.whole = _whole(pieces)
+
+    def features(self) -> cost_model.Features | None:
+        """The cost model's view of the one-pass copy (``None``: no one-pass copy)."""
+        whole = self.whole
+        return None if whole is None else cost_model.Features(whole.size, whole.block, whole.ndim)
+
+
+def _whole(pieces: Any) -> datatypes.StridedBlock | None:
+    """All the pieces as one canonical form (each piece one object of it, in order), or ``None``."""
+    n = len(pieces.counts)
+    if n < 2 or not all(pieces.counts):
+        return None
+    shapes = []
+    for route, count, disp in zip(pieces.routes, pieces.counts, pieces.displacements):
+        block = route.block if route is not None else None
+        if block is None:
+            return None
+        one = block.repeated(count)
+        if one.size == 0:
+            return None
+        shapes.append((disp + one.start, one.counts, one.strides, one.base))
+    first, second = shapes[0], shapes[1]
+    step = second[0] - first[0]
+    for i, shape in enumerate(shapes):
+        if shape[1:] != first[1:] or shape[0] != first[0] + i * step:
+            return None
+    _, counts, strides, base = first
+    return datatypes.StridedBlock(first[0], counts, strides, step, 0, base).repeated(n)
+
+
+def pack_pays(model: cost_model.Model, pieces: Any, layout: Layout, *, send: bool) -> bool:
+    """Whether packing one side of a collective is predicted faster than MPI moving the derived types.
+
+    Either way the same bytes cross the network; what differs is the copy:
+    MPI's derived-type engine over every piece, against commlib's copies
+    (one pass, or one per piece) plus its fixed costs per call, per piece
+    and per staged byte. Contiguous pieces cost MPI nothing to copy.
+    """
+    copy = model.pack_time if send else model.unpack_time
+    features = [r.features for r in pieces.routes if r is not None]
+    native = sum(copy("mpi", f) for f in features if f.levels > 1)
+    whole = layout.features()
+    if whole is not None:
+        ours = copy("strided", whole) + model.constant("pack_piece")
+    else:
+        ours = sum(copy(model.engine_for(f.nbytes, f.block, f.levels), f) for f in features)
+        ours += model.constant("pack_piece") * len(features)
+    ours += 0.5 * (model.constant("pack_overhead") + model.constant("pack_overhead_byte") * layout.nbytes)
+    return ours < native
+
+
+_OBJECTS: dict[int, tuple[Any, int, TypeInfo | None]] = {}  # id(datatype) -> (weak reference, handle, info)
+_SIGNATURES: dict[tuple, TypeInfo] = {}
+
+
+def type_info(datatype: MPI.Datatype) -> TypeInfo | None:
+    """The :class:`TypeInfo` of a derived ``datatype`` (``None`` for a predefined or null one).
+
+    Kept per Python object, alive and still holding the same handle, so a
+    program that passes the same datatype object call after call pays one
+    lookup; a new object with a known signature pays reading its constructor
+    back from MPI.
+    """
+    seen = _OBJECTS.get(id(datatype))
+    if seen is not None and seen[0]() is datatype and seen[1] == datatype.handle:
+        return seen[2]
+    return _meet(datatype)
+
+
+def _meet(datatype: MPI.Datatype) -> TypeInfo | None:
+    info = None
+    if not datatype.is_predefined:
+        sig = signature(datatype)
+        info = _SIGNATURES.get(sig) if sig is not None else None
+        if info is None:
+            info = TypeInfo(datatype, sig)
+            if sig is not None:
+                if len(_SIGNATURES) >= MAX_TYPES:
+                    del _SIGNATURES[next(iter(_SIGNATURES))]  # the oldest
+                _SIGNATURES[sig] = info
+    if len(_OBJECTS) >= MAX_TYPES:
+        _OBJECTS.clear()
+    _OBJECTS[id(datatype)] = (weakref.ref(datatype), datatype.handle, info)
+    return info
+
+
+_NAMED_INFOS: dict[int, TypeInfo] = {}
+
+
+def piece_info(datatype: MPI.Datatype) -> TypeInfo:
+    """:func:`type_info`, and for a predefined type (a collective piece may be one) its own :class:`TypeInfo`."""
+    info = type_info(datatype)
+    if info is None:
+        info = _NAMED_INFOS.get(datatype.handle)
+        if info is None:
+            info = _NAMED_INFOS[datatype.handle] = TypeInfo(datatype, None)
+    return info
+
+
+_hot: tuple[tuple[int, int], float] = ((-1, -1), 0.0)
+
+
+def hot_bytes() -> float:
+    """Bytes a (type, count) must have moved before analysing it can pay for itself.
+
+    ``COMMLIB_ANALYSE_BYTES`` when set (0: analyse every message at once),
+    else the cost model's analysis cost divided by the most that packing can
+    save per byte (:meth:`datatypes.model.Model.analysis_payback_bytes`).
+    Recomputed only when the configuration or the model changes.
+    """
+    global _hot
+    stamp = (Config.changes, cost_model.generation())
+    if _hot[0] != stamp:
+        setting = config.analyse_bytes
+        _hot = (stamp, float(setting) if setting >= 0 else cost_model.current().analysis_payback_bytes())
+    return _hot[1]
