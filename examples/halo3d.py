@@ -37,17 +37,8 @@ def region(d, n, r, halo):
     return (r if d < 0 else n), r
 
 
-def main():
-    parser = argparse.ArgumentParser(description="3D halo exchange (26 neighbours) in plain mpi4py")
-    parser.add_argument("--n", type=int, default=32, help="cells per side of each rank's block (32)")
-    parser.add_argument("--radius", type=int, default=3, help="halo width in cells (3)")
-    parser.add_argument("--quantities", type=int, default=8, help="doubles per cell (8)")
-    parser.add_argument("--iters", type=int, default=20, help="timed exchanges (20)")
-    parser.add_argument("--json", default=None, help="write the timing here")
-    args = parser.parse_args()
-    n, r, q = args.n, args.radius, args.quantities
-
-    world = MPI.COMM_WORLD
+def exchange_time(world, n, r, q, iters):
+    """Median exchange time (the slowest rank's) of an n^3 block, and the number of wrong halo values."""
     dims = MPI.Compute_dims(world.Get_size(), 3)
     cart = world.Create_cart(dims, periods=[True] * 3, reorder=False)
     coords = cart.Get_coords(cart.Get_rank())
@@ -80,41 +71,46 @@ def main():
     bad = np.count_nonzero(grid != expected)
 
     times = []
-    for _ in range(args.iters):
+    for _ in range(iters):
         cart.Barrier()
         t = time.perf_counter()
         exchange()
         times.append(time.perf_counter() - t)
-    local = statistics.median(times)
-    slowest = cart.allreduce(local, op=MPI.MAX)
+    slowest = cart.allreduce(statistics.median(times), op=MPI.MAX)
     bad_total = cart.allreduce(bad, op=MPI.SUM)
-    if cart.Get_rank() == 0:
-        interposed = type(cart).__module__.startswith("commlib")
-        mode = "commlib" if interposed else "mpi4py"
-        sent = sum(types[d, False].Get_size() for d in directions)
-        print(
-            f"halo3d [{mode}]: {world.Get_size()} ranks, dims {dims}, {n}^3 cells x {q} quantities, radius {r}: "
-            f"median exchange {slowest * 1e3:.3f} ms ({sent / 1e6:.2f} MB sent per rank), "
-            + ("halos OK" if bad_total == 0 else f"{bad_total} WRONG halo values")
-        )
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(
-                    {
-                        "mode": mode,
-                        "ranks": world.Get_size(),
-                        "n": n,
-                        "radius": r,
-                        "quantities": q,
-                        "median_exchange_s": slowest,
-                        "bytes_sent_per_rank": sent,
-                        "ok": bool(bad_total == 0),
-                    },
-                    f,
-                )
+    sent = sum(types[d, False].Get_size() for d in directions)
     for t in types.values():
         t.Free()
-    return 0 if bad_total == 0 else 1
+    cart.Free()
+    return {"n": n, "dims": dims, "median_exchange_s": slowest, "bytes_sent_per_rank": sent, "ok": bool(bad_total == 0)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description="3D halo exchange (26 neighbours) in plain mpi4py")
+    parser.add_argument("--n", type=int, nargs="+", default=[32], help="cells per side of each rank's block (32)")
+    parser.add_argument("--radius", type=int, default=3, help="halo width in cells (3)")
+    parser.add_argument("--quantities", type=int, default=8, help="doubles per cell (8)")
+    parser.add_argument("--iters", type=int, default=20, help="timed exchanges (20)")
+    parser.add_argument("--json", default=None, help="write the timings here")
+    args = parser.parse_args()
+    r, q = args.radius, args.quantities
+    world = MPI.COMM_WORLD
+    mode = "commlib" if type(world).__module__.startswith("commlib") else "mpi4py"
+    rows = []
+    for n in args.n:
+        row = exchange_time(world, n, r, q, args.iters)
+        rows.append(row)
+        if world.Get_rank() == 0:
+            print(
+                f"halo3d [{mode}]: {world.Get_size()} ranks, dims {row['dims']}, {n}^3 cells x {q} quantities, "
+                f"radius {r}: median exchange {row['median_exchange_s'] * 1e3:.3f} ms "
+                f"({row['bytes_sent_per_rank'] / 1e6:.2f} MB sent per rank), "
+                + ("halos OK" if row["ok"] else "WRONG halo values")
+            )
+    if world.Get_rank() == 0 and args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mode": mode, "ranks": world.Get_size(), "radius": r, "quantities": q, "rows": rows}, f)
+    return 0 if all(row["ok"] for row in rows) else 1
 
 
 if __name__ == "__main__":

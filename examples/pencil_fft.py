@@ -65,7 +65,9 @@ class Transfer:
 
     def _types(self):
         p = self.comm.Get_size()
-        return subarrays(self.mpitype, self.shape_a, self.axis_b, p), subarrays(self.mpitype, self.shape_b, self.axis_a, p)
+        return subarrays(self.mpitype, self.shape_a, self.axis_b, p), subarrays(
+            self.mpitype, self.shape_b, self.axis_a, p
+        )
 
     def _move(self, src, dst, forward):
         types = self._types() if self.rebuild else self.types
@@ -193,45 +195,53 @@ def check(fft, n, dtype):
     return bool(fft.cart.allreduce(ok, op=MPI.LAND))
 
 
-def main():
-    parser = argparse.ArgumentParser(description="Pencil-decomposed 3D FFT (Alltoallw of subarray types) in mpi4py")
-    parser.add_argument("--n", type=int, default=32, help="global cells per side (32)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="complex128")
-    parser.add_argument("--types", choices=["reuse", "rebuild"], default="reuse", help="build types once or per call")
-    parser.add_argument("--mode", choices=["fft", "transpose"], default="fft", help="time whole transforms or transposes")
-    parser.add_argument("--iters", type=int, default=20, help="timed forward + backward pairs (20)")
-    parser.add_argument("--json", default=None, help="write the timing here")
-    args = parser.parse_args()
-
-    world = MPI.COMM_WORLD
+def transform_time(world, n, dtype, rebuild, transform, iters):
+    """Median time (the slowest rank's) of a forward + backward pair on an N^3 grid, and whether it was right."""
     cart = world.Create_cart(MPI.Compute_dims(world.Get_size(), 2), reorder=False)
-    fft = PencilFFT(cart, args.n, DTYPES[args.dtype], args.types == "rebuild")
-    transform = args.mode == "fft"
-    if np.dtype(DTYPES[args.dtype]).kind != "c":
+    fft = PencilFFT(cart, n, dtype, rebuild)
+    if np.dtype(dtype).kind != "c":
         transform = False  # real data: transposes only
     fft.z[...] = 1
     fft.forward(transform)  # warm-up
     fft.backward(transform)
     times = []
-    for _ in range(args.iters):
+    for _ in range(iters):
         cart.Barrier()
         start = time.perf_counter()
         fft.forward(transform)
         fft.backward(transform)
         times.append(world.allreduce(time.perf_counter() - start, op=MPI.MAX))
-    ok = check(fft, args.n, DTYPES[args.dtype])
+    ok = check(fft, n, dtype)
     fft.free()
     cart.Free()
-    median = statistics.median(times)
-    if world.Get_rank() == 0:
-        grid = "x".join(map(str, MPI.Compute_dims(world.Get_size(), 2)))
-        what = "FFT forward + backward" if transform else "transposes forward + backward"
-        print(f"{world.Get_size()} ranks ({grid}), N={args.n}, {args.dtype}, types {args.types}: "
-              f"{what} median {median * 1e3:.3f} ms; " + ("OK" if ok else "WRONG"))
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump({"median_s": median, "times_s": times, "ok": ok, "n": args.n, "ranks": world.Get_size()}, f)
-    return 0 if ok else 1
+    return {"n": n, "median_s": statistics.median(times), "ok": ok, "transform": transform}
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Pencil-decomposed 3D FFT (Alltoallw of subarray types) in mpi4py")
+    parser.add_argument("--n", type=int, nargs="+", default=[32], help="global cells per side (32)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="complex128")
+    parser.add_argument("--types", choices=["reuse", "rebuild"], default="reuse", help="build types once or per call")
+    parser.add_argument("--mode", choices=["fft", "transpose"], default="fft", help="time transforms or transposes")
+    parser.add_argument("--iters", type=int, default=20, help="timed forward + backward pairs (20)")
+    parser.add_argument("--json", default=None, help="write the timings here")
+    args = parser.parse_args()
+    world = MPI.COMM_WORLD
+    grid = "x".join(map(str, MPI.Compute_dims(world.Get_size(), 2)))
+    rows = []
+    for n in args.n:
+        row = transform_time(world, n, DTYPES[args.dtype], args.types == "rebuild", args.mode == "fft", args.iters)
+        rows.append(row)
+        if world.Get_rank() == 0:
+            what = "FFT forward + backward" if row["transform"] else "transposes forward + backward"
+            print(
+                f"{world.Get_size()} ranks ({grid}), N={n}, {args.dtype}, types {args.types}: "
+                f"{what} median {row['median_s'] * 1e3:.3f} ms; " + ("OK" if row["ok"] else "WRONG")
+            )
+    if world.Get_rank() == 0 and args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"ranks": world.Get_size(), "dtype": args.dtype, "types": args.types, "rows": rows}, f)
+    return 0 if all(row["ok"] for row in rows) else 1
 
 
 if __name__ == "__main__":

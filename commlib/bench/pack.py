@@ -53,6 +53,9 @@ BLOCKS_2D = (1, 2, 4, 8, 32, 64, 128, 256, 512)
 OBJECTS_2D = (1 << 10, 1 << 20, 4 << 20)
 SHAPES_3D = ((1, 512, 512), (8, 512, 512), (64, 256, 256), (512, 64, 64), (256, 1024, 16))  # block B, rows, planes
 BIG_BLOCK = 256  # blocks of at least this many bytes should pack near memcpy speed
+LINE = 64  # bytes of a cache line: a strided read costs whole lines
+BIG_OBJECT = 1 << 20  # objects of at least this many bytes: the pack engine against the memory-traffic limit
+SMALL_OBJECT = 64 << 10  # objects below this: auto must never be slower than MPI_Pack
 
 Runner = Callable[[int], None]
 
@@ -229,6 +232,7 @@ def run_shape(shape: Shape, rng: np.random.Generator, min_time: float, min_reps:
         _verify(shape, dt, src, outs, size)
         canonical = datatypes.canonicalize(dt)
         engine = datatypes.choose_engine(1, dt)
+        lines = lines_touched(canonical)
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -239,6 +243,8 @@ def run_shape(shape: Shape, rng: np.random.Generator, min_time: float, min_reps:
     finally:
         dt.Free()
     med = {m: res[m].median for m in METHODS}
+    traffic = lines * LINE + size  # the type map's cache lines read, the packed bytes written
+    limit = 2 * size / med["memcpy"]  # memcpy's rate counted the same way: size read, size written
     return {
         "name": shape.name,
         "kind": shape.kind,
@@ -256,7 +262,24 @@ def run_shape(shape: Shape, rng: np.random.Generator, min_time: float, min_reps:
         "speedup_strided_vs_mpi": med["mpi"] / med["strided"],
         "speedup_auto_vs_mpi": med["mpi"] / med["auto"],
         "strided_pct_memcpy": 100.0 * med["memcpy"] / med["strided"],
+        "lines_touched": lines,
+        "traffic_bytes": traffic,
+        "pct_traffic_limit": {m: 100.0 * traffic / med[m] / limit for m in ("mpi", "strided", "auto")},
     }
+
+
+def lines_touched(canonical: datatypes.StridedBlock | None) -> int:
+    """Distinct 64-byte cache lines one object's type map touches (its buffer taken as line-aligned)."""
+    if canonical is None or canonical.is_empty:
+        return 0
+    starts = canonical.block_offsets()
+    first, last = starts // LINE, (starts + canonical.block - 1) // LINE
+    if canonical.block <= LINE:  # a block spans at most two lines
+        return int(np.unique(np.concatenate((first, last))).size)
+    spans = np.sort(np.stack((first, last), axis=1), axis=0)  # blocks in address order
+    ends = np.maximum.accumulate(spans[:, 1])
+    overlap = np.maximum(0, ends[:-1] - spans[1:, 0] + 1)  # lines a block shares with those before it
+    return int((spans[:, 1] - spans[:, 0] + 1).sum() - np.minimum(overlap, spans[1:, 1] - spans[1:, 0] + 1).sum())
 
 
 def _median(xs: list[float]) -> float | None:
@@ -284,7 +307,20 @@ def summarize(rows: list[dict]) -> dict:
         for r in rows
         if r["speedup_strided_vs_mpi"] < 1.0
     ]
+    big_objects = [r for r in rows if r["packed_bytes"] >= BIG_OBJECT]
+    traffic = {}
+    for m in ("strided", "auto"):
+        pct = [r["pct_traffic_limit"][m] for r in big_objects]
+        traffic[m] = {"min": min(pct), "median": _median(pct)} if pct else {}
+    small = [r for r in rows if r["packed_bytes"] < SMALL_OBJECT]
     return {
+        "traffic_limit_big_objects": {"min_bytes": BIG_OBJECT, "shapes": len(big_objects), **traffic},
+        "small_objects_auto_vs_mpi": {
+            "max_bytes": SMALL_OBJECT,
+            "shapes": len(small),
+            "worst": min((r["speedup_auto_vs_mpi"] for r in small), default=None),
+            "worst_shape": min(small, key=lambda r: r["speedup_auto_vs_mpi"])["name"] if small else None,
+        },
         "median_speedup": speedup,
         "strided_pct_memcpy_big_blocks": {
             "min_block": BIG_BLOCK,
@@ -318,6 +354,9 @@ def format_table(rows: list[dict]) -> str:
             f" {r['speedup_auto_vs_mpi']:>7.2f}x {r['strided_pct_memcpy']:>7.1f}%"
         )
     lines.append("GB/s = packed bytes / median time per call / 1e9; speedup = MPI time / time; engine: auto's choice")
+    lines.append(
+        "memory-traffic limit: (64-byte lines the type map touches + packed bytes) at memcpy's rate of (2 x size)"
+    )
     return "\n".join(lines)
 
 
@@ -335,6 +374,18 @@ def format_summary(summary: dict) -> str:
     lines.append(
         f"Strided as % of memcpy, blocks >= {big['min_block']} B ({big['shapes']} shapes):"
         f" min {_fmt(big['min'], '.1f', '%')}, median {_fmt(big['median'], '.1f', '%')}"
+    )
+    traffic = summary["traffic_limit_big_objects"]
+    for m in ("strided", "auto"):
+        t = traffic[m]
+        lines.append(
+            f"{m} as % of the memory-traffic limit, objects >= {traffic['min_bytes'] >> 20} MiB ({traffic['shapes']}"
+            f" shapes): min {_fmt(t.get('min'), '.1f', '%')}, median {_fmt(t.get('median'), '.1f', '%')}"
+        )
+    small = summary["small_objects_auto_vs_mpi"]
+    lines.append(
+        f"auto vs MPI_Pack, objects < {small['max_bytes'] >> 10} KiB ({small['shapes']} shapes): worst"
+        f" {_fmt(small['worst'], '.2f', 'x')} ({small['worst_shape']})"
     )
     slower = summary["strided_slower_than_mpi"]
     lines.append(f"Strided slower than MPI_Pack ({len(slower)} shapes):")
