@@ -43,6 +43,10 @@ BENCHMARKS: dict[str, tuple[str, Handler]] = {
     "model-accuracy": ("cost model: predicted vs measured time and regret", _lazy("commlib.bench.model_accuracy")),
     "monitor-overhead": ("allreduce loop with and without the fault monitor", _lazy("commlib.bench.monitor_overhead")),
     "cluster-rates": ("emulated links: measured vs configured rates", _lazy("commlib.bench.cluster_rates")),
+    "percall": (
+        "the interposer's cost per call: plain and derived-type calls, one rank",
+        _lazy("commlib.bench.percall"),
+    ),
     "noharm": (
         "do-no-harm sweeps: halo, pencil FFT, ping-pong, allreduce, plain vs interposed",
         _lazy("commlib.bench.noharm"),

@@ -32,6 +32,7 @@ from .packed_collectives import Collectives, NeighborCollectives
 from .pieces import PackedPieces
 from .requests import Prequest, with_action
 from .session import Session
+from .sides import side_key
 from .staging import StagingPool
 from .tracing import BLOCKING, NONBLOCKING, traced
 
@@ -137,11 +138,22 @@ class _Interposed:
     def _stage(self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool) -> tuple[Any, Any]:
         """The spec to give MPI for a buffer of per-peer pieces (see :mod:`commlib.pieces`), and its staging."""
         session = self._session
-        pieces = read(spec, blocks, eager=session is not None and session.eager)
-        if pieces is None:
+        if session is None:
+            pieces = read(spec, blocks)
+            if pieces is not None:
+                pieces.check(op, writable=not send)
             return spec, None
-        pieces.check(op, writable=not send)
-        layout = session.choose_side(op, pieces, send=send) if session is not None else None
+        key = side_key(op, spec, send)
+        known = session.sides.lookup(key, spec)
+        if known is not None:  # decided before for this spec, and its buffer holds every piece
+            side, pieces = known
+            layout = side.layout
+        else:
+            pieces = read(spec, blocks, eager=session.eager)
+            if pieces is None:
+                return spec, None
+            pieces.check(op, writable=not send)
+            layout = session.choose_side(op, pieces, send=send, key=key)
         if layout is None:
             return spec, None
         staging = session.staging

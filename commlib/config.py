@@ -9,11 +9,13 @@ the documented default below. ``config`` is read once at import; call
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 __all__ = ["Config", "config"]
 
+_listeners: list[Callable[[], None]] = []
 _PACK_ENGINES = ("auto", "strided", "mpi")
 _NODE_DETECT = ("auto", "shared", "name", "env")
 _ALLREDUCE_ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
@@ -235,6 +237,13 @@ class Config:
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         Config.changes += 1
+        for listener in _listeners:
+            listener()
+
+    @staticmethod
+    def on_change(listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every assignment to a setting (caches of decisions kept outside Python)."""
+        _listeners.append(listener)
 
     @classmethod
     def from_env(cls) -> Config:

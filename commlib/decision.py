@@ -8,10 +8,12 @@ two grades:
 
 * :class:`TypeInfo`, made the first time a datatype object is met: MPI's
   extents of the type (enough for an exact-or-safer bounds check) and a use
-  counter. It is shared by every datatype with the same constructor
-  signature (:mod:`datatypes.signature`), so a subarray type rebuilt for
-  every transfer is met as one type. A datatype object is found again by
-  identity, one dictionary lookup.
+  counter. A type of :data:`SHARE_MIN_BYTES` or more is shared by every
+  datatype with the same constructor signature (:mod:`datatypes.signature`),
+  so a large subarray type rebuilt for every transfer is met as one type;
+  reading a smaller one back from MPI would cost about what packing it could
+  ever save. A datatype object is found again by identity, one dictionary
+  lookup.
 * :class:`Route`, the analysis of ``count`` objects of the type, made once
   the (type, count) is *hot*: when its uses so far, times the bytes each use
   moves, times the largest saving per byte that packing can bring, reach
@@ -41,6 +43,7 @@ from .config import Config, config
 __all__ = ["Layout", "Route", "TypeInfo", "hot_bytes", "pack_pays", "piece_info", "type_info"]
 
 MAX_TYPES = 4096  # datatype objects, and signatures, remembered at once
+SHARE_MIN_BYTES = 64 << 10  # smaller types are known per object, not by signature
 
 
 class Route:
@@ -228,7 +231,8 @@ def type_info(datatype: MPI.Datatype) -> TypeInfo | None:
 def _meet(datatype: MPI.Datatype) -> TypeInfo | None:
     info = None
     if not datatype.is_predefined:
-        sig = signature(datatype)
+        # a small type is not worth reading back: its signature costs about what packing it could ever save
+        sig = signature(datatype) if datatype.Get_size() >= SHARE_MIN_BYTES else None
         info = _SIGNATURES.get(sig) if sig is not None else None
         if info is None:
             info = TypeInfo(datatype, sig)

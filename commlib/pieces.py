@@ -38,9 +38,14 @@ def _is_int(value: Any) -> bool:
 def _int_list(values: Any, blocks: int) -> list[int] | None:
     if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != blocks:
         return None
-    if not all(_is_int(v) for v in values):
-        return None
-    return [int(v) for v in values]
+    out = []
+    for v in values:
+        if type(v) is not int:
+            if not _is_int(v):
+                return None
+            v = int(v)
+        out.append(v)
+    return out
 
 
 def _plain_buffer(buf: Any) -> bool:
@@ -57,35 +62,44 @@ def _nbytes(buf: Any) -> int | None:
         return None
 
 
-@dataclass(frozen=True)
 class Pieces:
     """``counts[i]`` objects of ``types[i]`` at byte ``displacements[i]`` of ``buf``, for each peer ``i``.
 
     ``infos[i]`` is what is known of ``types[i]`` (:mod:`commlib.decision`)
     and ``routes[i]`` its analysis for ``counts[i]`` objects: ``None`` for an
-    empty piece, or while the piece's (type, count) is cold.
+    empty piece, or while the piece's (type, count) is cold. ``analysed``:
+    every non-empty piece has been (a cold one keeps the whole call on MPI's
+    path); ``packable``: every non-empty piece has a canonical form with one
+    named base type; ``nbytes``: the packed bytes of all pieces.
     """
 
-    buf: Any
-    counts: tuple[int, ...]
-    displacements: tuple[int, ...]
-    types: tuple[MPI.Datatype, ...]
-    infos: tuple[TypeInfo, ...]
-    routes: tuple[Route | None, ...]
+    __slots__ = ("analysed", "buf", "counts", "displacements", "infos", "nbytes", "packable", "routes", "types")
 
-    @property
-    def analysed(self) -> bool:
-        """Every non-empty piece has been analysed (a cold one keeps the whole call on MPI's path)."""
-        return all(r is not None or c == 0 for c, r in zip(self.counts, self.routes))
+    def __init__(
+        self,
+        buf: Any,
+        counts: tuple[int, ...],
+        displacements: tuple[int, ...],
+        types: tuple[MPI.Datatype, ...],
+        infos: tuple[TypeInfo, ...],
+        routes: tuple[Route | None, ...],
+    ) -> None:
+        self.buf, self.counts, self.displacements, self.types = buf, counts, displacements, types
+        self.infos, self.routes = infos, routes
+        analysed = packable = True
+        nbytes = 0
+        for count, info, route in zip(counts, infos, routes):
+            if count:
+                nbytes += count * info.size
+                if route is None:
+                    analysed = packable = False
+                elif route.base is None:
+                    packable = False
+        self.analysed, self.packable, self.nbytes = analysed, packable, nbytes
 
-    @property
-    def packable(self) -> bool:
-        """Every non-empty piece has a canonical form with one named base type."""
-        return all(c == 0 or (r is not None and r.base is not None) for c, r in zip(self.counts, self.routes))
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c * info.size for c, info in zip(self.counts, self.infos))
+    def with_buffer(self, buf: Any) -> Pieces:
+        """The same pieces in another buffer."""
+        return Pieces(buf, self.counts, self.displacements, self.types, self.infos, self.routes)
 
     def message(self) -> Message:
         """The whole as one message, for a session's own decision rule: the datatype that carries the most bytes."""
@@ -168,13 +182,16 @@ class PackedPieces:
 def _pieces(
     buf: Any, counts: Sequence[int], disps: Sequence[int], types: Sequence[MPI.Datatype], eager: bool
 ) -> Pieces | None:
-    if any(c < 0 for c in counts) or any(d < 0 for d in disps) or any(t == MPI.DATATYPE_NULL for t in types):
-        return None  # mpi4py or MPI will report it
+    for c, d in zip(counts, disps):
+        if c < 0 or d < 0:
+            return None  # mpi4py or MPI will report it
     infos, routes, derived = [], [], False
     known: dict[int, TypeInfo] = {}
     for t, count in zip(types, counts):
         info = known.get(id(t))
         if info is None:
+            if not t:  # DATATYPE_NULL: MPI's to report
+                return None
             info = known[id(t)] = piece_info(t)
             derived = derived or not t.is_predefined
         infos.append(info)

@@ -31,11 +31,16 @@ from datatypes.canonical import cache_entry
 from transport.flight import SpecCache, invalidate
 from transport.operations import OP_INDEX, OPERATIONS
 
-from .config import config
+from .config import Config, config
 from .decision import Layout, hot_bytes, pack_pays, type_info
+from .sides import KnownSides
 from .staging import StagingPool
 
 __all__ = ["Decision", "RECORD_SCHEMA", "Session", "default_decision", "model_decision"]
+
+# what the traced methods cache of decisions (transport.flight) is stale when the settings or the model change
+Config.on_change(invalidate)
+cost_model.on_change(invalidate)
 
 Decision = Callable[[str, Any], str]
 _RECEIVES = frozenset({"Recv", "Irecv", "Recv_init", "Sendrecv", "Sendrecv_replace", "Bcast"})  # write the buffer
@@ -74,7 +79,8 @@ class Session:
         self._last: tuple[Any, cost_model.Features | None] = (None, None)
         self._tallies: dict[tuple[str, str], list[int]] = {}  # (op, choice) -> [calls, bytes]
         self._decided: dict[tuple[str, Any], tuple] = {}  # (op, route) -> (stamp, choice, shape, tally)
-        self._sides: dict[tuple, tuple] = {}  # (op, send, routes, counts, displacements) -> (stamp, layout)
+        self.sides = KnownSides()  # collective sides decided before, by their spec
+        self._layouts: dict[tuple, tuple] = {}  # (op, send, routes, counts, displacements) -> (stamp, layout)
         self._specs = SpecCache()  # messages known to go to MPI, read by the traced methods (transport.flight)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self._monitor: Any = None
@@ -192,33 +198,47 @@ class Session:
         tally[1] += message.nbytes
         return choice
 
-    def choose_side(self, op: str, pieces: Any, *, send: bool) -> Layout | None:
+    def choose_side(self, op: str, pieces: Any, *, send: bool, key: tuple | None = None) -> Layout | None:
         """How to stage one side of a collective (:mod:`commlib.pieces`): a :class:`Layout`, or ``None`` for MPI.
 
         Only when every non-empty piece is analysed and packable; then the
-        session's own rule, or the cost model (:func:`commlib.decision.pack_pays`),
-        kept per (operation, side, pieces) until the config or the model changes.
+        session's own rule, or the cost model (:func:`commlib.decision.pack_pays`).
+        With the model deciding, the outcome is kept under the spec's ``key``
+        (:class:`commlib.sides.KnownSides`), until the config or the model
+        changes or, while a piece is not yet analysed, until it may be.
         """
+        own = self.decision is default_decision or self.decision is self._own_decision
         if not (pieces.analysed and pieces.packable):
             layout = None
-        elif not (self.decision is default_decision or self.decision is self._own_decision):
+        elif not own:
             choice = self.decision(op, pieces.message())
             if choice not in ("pack", "native"):
                 raise ValueError(f"decision for {op}: expected 'pack' or 'native', got {choice!r}")
             layout = Layout(pieces) if choice == "pack" else None
-        else:
+        else:  # kept per (operation, side, routes, counts, displacements): types rebuilt alike share it
             stamp = (config.changes, cost_model.generation())
-            key = (op, send, pieces.routes, pieces.counts, pieces.displacements)
-            hit = self._sides.get(key)
+            shape = (op, send, pieces.routes, pieces.counts, pieces.displacements)
+            hit = self._layouts.get(shape)
             if hit is None or hit[0] != stamp:
                 layout = Layout(pieces)
                 engine = config.pack_engine
                 pack = engine == "strided" if engine != "auto" else pack_pays(self.model, pieces, layout, send=send)
-                if len(self._sides) >= MAX_DECIDED:
-                    self._sides.clear()
-                hit = self._sides[key] = (stamp, layout if pack else None)
+                if len(self._layouts) >= MAX_DECIDED:
+                    self._layouts.clear()
+                hit = self._layouts[shape] = (stamp, layout if pack else None)
             layout = hit[1]
-        self.record(op, "native" if layout is None else "pack", pieces.nbytes)
+        tally = self._tally(op, "native" if layout is None else "pack")
+        tally[0] += 1
+        tally[1] += pieces.nbytes
+        if own and key is not None:
+            remaining = -1
+            if not pieces.analysed:  # until the first cold piece may be analysed
+                remaining = min(
+                    math.ceil(hot_bytes() / max(count * info.size, 1)) - info.uses.get(count, 0)
+                    for count, info, route in zip(pieces.counts, pieces.infos, pieces.routes)
+                    if count and route is None
+                )
+            self.sides.remember(key, pieces, layout, tally, remaining, send)
         return layout
 
     def native_spec(self, op: str, spec: Any) -> Any:

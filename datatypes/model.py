@@ -75,6 +75,7 @@ __all__ = [
     "fit_alpha_beta",
     "generation",
     "load",
+    "on_change",
     "op_class",
     "register_strategy",
     "set_current",
@@ -601,9 +602,19 @@ def generation() -> int:
     return _generation
 
 
+_listeners: list[Callable[[], None]] = []
+
+
+def on_change(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` whenever :func:`generation` moves (caches of choices kept outside Python use it)."""
+    _listeners.append(listener)
+
+
 def _bump() -> None:
     global _generation
     _generation += 1
+    for listener in _listeners:
+        listener()
 
 
 _warned: set[str] = set()

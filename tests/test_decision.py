@@ -21,6 +21,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(decision, "_OBJECTS", {})
     monkeypatch.setattr(decision, "_SIGNATURES", {})
     monkeypatch.setattr(config, "analyse_bytes", 4096)
+    monkeypatch.setattr(decision, "SHARE_MIN_BYTES", 0)  # these small types are shared by signature too
 
 
 def subarray(start: int = 2) -> MPI.Datatype:
@@ -51,6 +52,17 @@ def test_rebuilt_types_share_what_is_known(fresh):
     finally:
         for t in (first, second, other):
             t.Free()
+
+
+def test_small_types_are_known_per_object(fresh, monkeypatch):
+    monkeypatch.setattr(decision, "SHARE_MIN_BYTES", 129)
+    first, second = subarray(), subarray()  # 128 bytes: below the threshold
+    try:
+        assert decision.type_info(first) is not decision.type_info(second)
+        assert decision.type_info(first) is decision.type_info(first) and decision.type_info(first).signature is None
+    finally:
+        first.Free()
+        second.Free()
 
 
 def test_a_type_is_analysed_once_its_messages_could_pay(fresh):

@@ -1,0 +1,134 @@
+"""Sides of collectives a session has seen: a repeated call finds its outcome in one lookup.
+
+Reading a vector collective's buffer spec into pieces (one per peer),
+bounds-checking every piece and deciding (:mod:`commlib.decision`) takes
+tens of microseconds of Python for an ``Alltoallw`` among a few peers.
+Programs repeat the same call, with the same datatype objects, counts and
+displacements (the transposes of a pencil FFT, a halo's neighbourhood
+exchange): :class:`KnownSides` keeps each side's outcome (MPI's path, or a
+staging layout) under a key made of the spec's counts, displacements and
+datatype identities, and a later call pays for the key, a check that its
+buffer holds every piece and that the datatypes are still alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from datatypes import model as cost_model
+
+from .config import Config
+from .decision import Layout
+
+__all__ = ["KnownSides", "Side"]
+
+MAX_SIDES = 1024
+
+
+def _freeze(item: Any) -> Any:
+    """A hashable stand-in for one spec item (ints, datatypes and lists of them), or ``None``: not kept."""
+    cls = item.__class__
+    if cls is int:
+        return item
+    if cls is MPI.Datatype:
+        return ~id(item)  # negative: never equal to a count or a displacement
+    if cls is list or cls is tuple:
+        out = []
+        for x in item:
+            frozen = _freeze(x)
+            if frozen is None:
+                return None
+            out.append(frozen)
+        return tuple(out)
+    return None
+
+
+def side_key(op: str, spec: Any, send: bool) -> tuple | None:
+    """The key of one side of a collective: its operation, direction and spec without the buffer."""
+    if spec.__class__ not in (list, tuple) or not 2 <= len(spec) <= 4:
+        return None
+    if len(spec) == 3 and spec[2].__class__ is list:  # Alltoallw's [buf, (counts, displacements), types]
+        try:
+            counts, displs = spec[1]
+            return (op, send, tuple(counts), tuple(displs), tuple(map(id, spec[2])))
+        except (TypeError, ValueError):
+            return None
+    rest = _freeze(spec[1:])
+    return None if rest is None else (op, send, rest)
+
+
+@dataclass
+class Side:
+    """One side's outcome and what a repeated call must check: the byte range its pieces touch."""
+
+    types: tuple[MPI.Datatype, ...]  # held, so that their ids in the key cannot be reused while kept
+    lo: int
+    hi: int
+    writable: bool
+    pieces: Any  # the commlib.pieces.Pieces of the first call (its buffer is replaced by each call's)
+    layout: Layout | None  # None: MPI's path
+    tally: list[int]
+    nbytes: int
+    remaining: int  # calls left before the full path must see one again (-1: never)
+    stamp: tuple[int, int]
+
+
+class KnownSides:
+    """The collective sides of one session whose outcome was decided by the cost model.
+
+    A side is kept the second time its key is met: a spec built for one
+    call (new datatypes every time) costs its key and nothing more.
+    """
+
+    def __init__(self) -> None:
+        self._sides: dict[tuple, Side] = {}
+        self._met: set[tuple] = set()
+
+    def lookup(self, key: tuple | None, spec: Any) -> tuple[Side, Any] | None:
+        """``(side, pieces for this call's buffer)`` of a known side whose buffer holds every piece, else ``None``."""
+        side = self._sides.get(key) if key is not None else None
+        if side is None or side.stamp != (Config.changes, cost_model.generation()):
+            return None
+        buf = spec[0]
+        if type(buf) is not np.ndarray:
+            return None
+        flags = buf.flags
+        if not flags.c_contiguous or (side.writable and not flags.writeable):
+            return None
+        if side.lo < 0 or side.hi > buf.nbytes or not all(side.types):  # a freed datatype is null
+            return None
+        if side.remaining >= 0:
+            side.remaining -= 1
+            if side.remaining <= 0:
+                del self._sides[key]
+                return None
+        side.tally[0] += 1
+        side.tally[1] += side.nbytes
+        return side, (side.pieces if side.pieces.buf is buf else side.pieces.with_buffer(buf))
+
+    def remember(
+        self, key: tuple | None, pieces: Any, layout: Layout | None, tally: list[int], remaining: int, send: bool
+    ) -> None:
+        """Keep the outcome of one side (``remaining`` calls, or for ever with -1), if its key was met before."""
+        if key is None or remaining in (0, 1):
+            return
+        if key not in self._met:
+            if len(self._met) >= MAX_SIDES:
+                self._met.clear()
+            self._met.add(key)
+            return
+        lo = hi = 0
+        for count, disp, info, route in zip(pieces.counts, pieces.displacements, pieces.infos, pieces.routes):
+            if count:
+                a, b = info.touched(count) if route is None else (route.lo, route.hi)
+                if b > a:
+                    lo, hi = (a + disp, b + disp) if hi <= lo else (min(lo, a + disp), max(hi, b + disp))
+        if len(self._sides) >= MAX_SIDES:
+            self._sides.clear()
+        types = tuple({id(t): t for t in pieces.types}.values())
+        stamp = (Config.changes, cost_model.generation())
+        self._sides[key] = Side(types, lo, hi, not send, pieces, layout, tally, pieces.nbytes, remaining, stamp)
