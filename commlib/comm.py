@@ -27,9 +27,10 @@ from transport.flight import invalidate
 from transport.flows import HEADER_BYTES
 
 from .config import config
+from .decision import Trial
 from .messages import Message, Packed, derived
 from .packed_collectives import Collectives, NeighborCollectives
-from .pieces import PackedPieces
+from .pieces import PackedPieces, cold_check, pieces_of
 from .requests import Prequest, with_action
 from .session import Session
 from .sides import side_key
@@ -135,30 +136,44 @@ class _Interposed:
         packed = Packed.for_send(message, self._staging) if send else Packed.for_recv(message, self._staging)
         return packed.spec, packed
 
-    def _stage(self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool) -> tuple[Any, Any]:
-        """The spec to give MPI for a buffer of per-peer pieces (see :mod:`commlib.pieces`), and its staging."""
+    def _stage(
+        self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool
+    ) -> tuple[Any, Any, Trial | None]:
+        """The spec to give MPI for a buffer of per-peer pieces (see :mod:`commlib.pieces`), its staging, and
+        the trial to report the call's time to (:class:`commlib.decision.Trial`) when both ways are being timed.
+
+        ``read`` reads the spec into parts (:func:`commlib.pieces.typed_parts`, ...). A side decided before
+        costs a lookup; a side not yet worth a look (its bytes so far could not pay an analysis) costs a
+        bounds check from MPI's extents and goes to MPI as it is.
+        """
         session = self._session
-        if session is None:
-            pieces = read(spec, blocks)
-            if pieces is not None:
-                pieces.check(op, writable=not send)
-            return spec, None
-        key = side_key(op, spec, send)
-        known = session.sides.lookup(key, spec)
+        key = side_key(op, spec, send) if session is not None else None
+        known = session.sides.lookup(key, spec) if key is not None else None
         if known is not None:  # decided before for this spec, and its buffer holds every piece
             side, pieces = known
-            layout = side.layout
+            layout, trial = side.layout, None
         else:
-            pieces = read(spec, blocks, eager=session.eager)
+            parts = read(spec, blocks)
+            if parts is None:
+                return spec, None, None
+            if session is None or not session.eager:
+                nbytes = cold_check(op, parts, writable=not send)
+                if nbytes is None:
+                    return spec, None, None  # no derived datatype
+                if session is None or not session.sides.worth(key, nbytes):
+                    if session is not None:
+                        session.record(op, "native", nbytes)
+                    return spec, None, None
+            pieces = pieces_of(parts, eager=session.eager)
             if pieces is None:
-                return spec, None
+                return spec, None, None
             pieces.check(op, writable=not send)
-            layout = session.choose_side(op, pieces, send=send, key=key)
+            layout, trial = session.choose_side(op, pieces, send=send, key=key)
         if layout is None:
-            return spec, None
+            return spec, None, trial
         staging = session.staging
         staged = PackedPieces.pack(pieces, layout, staging) if send else PackedPieces.staged(pieces, layout, staging)
-        return getattr(staged, form)(), staged
+        return getattr(staged, form)(), staged, trial
 
     def _observe(self, op: str, message: Message, packed: bool, start: float) -> None:
         if self._session is not None:

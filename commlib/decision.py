@@ -27,6 +27,7 @@ session's (:mod:`commlib.session`), from the cost model.
 
 from __future__ import annotations
 
+import statistics
 import weakref
 from typing import Any
 
@@ -40,7 +41,10 @@ from datatypes.signature import signature
 
 from .config import Config, config
 
-__all__ = ["Layout", "Route", "TypeInfo", "hot_bytes", "pack_pays", "piece_info", "type_info"]
+__all__ = [
+    "TRIAL_RANGE", "Layout", "Route", "Trial", "TypeInfo", "hot_bytes", "pack_pays", "piece_info", "side_costs",
+    "type_info",
+]  # fmt: skip
 
 MAX_TYPES = 4096  # datatype objects, and signatures, remembered at once
 SHARE_MIN_BYTES = 64 << 10  # smaller types are known per object, not by signature
@@ -189,8 +193,8 @@ def _whole(pieces: Any) -> datatypes.StridedBlock | None:
     return datatypes.StridedBlock(first[0], counts, strides, step, 0, base).repeated(n)
 
 
-def pack_pays(model: cost_model.Model, pieces: Any, layout: Layout, *, send: bool) -> bool:
-    """Whether packing one side of a collective is predicted faster than MPI moving the derived types.
+def side_costs(model: cost_model.Model, pieces: Any, layout: Layout, *, send: bool) -> tuple[float, float]:
+    """``(packed, native)``: predicted seconds of one side of a collective, each way, beyond what both pay.
 
     Either way the same bytes cross the network; what differs is the copy:
     MPI's derived-type engine over every piece, against commlib's copies
@@ -207,7 +211,59 @@ def pack_pays(model: cost_model.Model, pieces: Any, layout: Layout, *, send: boo
         ours = sum(copy(model.engine_for(f.nbytes, f.block, f.levels), f) for f in features)
         ours += model.constant("pack_piece") * len(features)
     ours += 0.5 * (model.constant("pack_overhead") + model.constant("pack_overhead_byte") * layout.nbytes)
+    return ours, native
+
+
+def pack_pays(model: cost_model.Model, pieces: Any, layout: Layout, *, send: bool) -> bool:
+    """Whether packing one side of a collective is predicted faster than MPI moving the derived types."""
+    ours, native = side_costs(model, pieces, layout, send=send)
     return ours < native
+
+
+class Trial:
+    """A collective side whose faster way is measured: packed and MPI's, in turns, then the faster kept.
+
+    The model cannot see everything that decides a collective's time (how
+    MPI moves a derived type inside its own algorithm, how the peers'
+    copies overlap), so where its two predictions are within
+    :data:`TRIAL_RANGE` of each other the side is timed both ways: one
+    untimed call each way, then ``rounds`` timed calls each way, taking
+    turns, and the way with the smaller median is kept. Every rank runs the
+    same calls in the same order, so the ranks take their turns together.
+    """
+
+    __slots__ = ("calls", "layout", "rounds", "samples", "winner")
+
+    def __init__(self, layout: Layout, rounds: int = 3) -> None:
+        self.layout = layout
+        self.rounds = rounds
+        self.calls = 0
+        self.samples: tuple[list[float], list[float]] = ([], [])  # packed, native
+        self.winner: bool | None = None  # packed?
+
+    @property
+    def decided(self) -> bool:
+        return self.winner is not None
+
+    def current(self) -> Layout | None:
+        """How this call stages the side: the layout (packed) or ``None`` (MPI's path)."""
+        if self.winner is not None:
+            return self.layout if self.winner else None
+        return self.layout if self.calls % 2 == 0 else None
+
+    def observe(self, seconds: float) -> None:
+        """The time of the call that staged the side as :meth:`current` said."""
+        if self.winner is not None:
+            return
+        if self.calls >= 2:  # the first call each way is untimed: buffers, caches, connections warm up
+            self.samples[self.calls % 2].append(seconds)
+        self.calls += 1
+        packed, native = self.samples
+        if len(native) >= self.rounds:
+            self.winner = statistics.median(packed) < statistics.median(native)
+
+
+TRIAL_RANGE = 4.0  # predictions closer than this factor are settled by timing both ways
 
 
 _OBJECTS: dict[int, tuple[Any, int, TypeInfo | None]] = {}  # id(datatype) -> (weak reference, handle, info)

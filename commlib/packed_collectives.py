@@ -29,7 +29,7 @@ from mpi4py import MPI
 
 from .config import config
 from .messages import Packed
-from .pieces import block_pieces, typed_pieces, vector_pieces
+from .pieces import block_parts, typed_parts, vector_parts
 
 __all__ = ["Collectives", "NeighborCollectives"]
 
@@ -49,6 +49,16 @@ def _load_allreduce() -> Any:
     # the module, not the package's ``allreduce`` function of the same name
     _ALLREDUCE = importlib.import_module("collectives.allreduce")
     return _ALLREDUCE
+
+
+def _timed(start: float, *trials: Any) -> None:
+    """Report the call's time to the sides being timed both ways (:class:`commlib.decision.Trial`)."""
+    if trials[0] is None and trials[-1] is None:
+        return
+    seconds = perf_counter() - start
+    for trial in trials:
+        if trial is not None:
+            trial.observe(seconds)
 
 
 def _plain(*bufs: Any) -> bool:
@@ -89,47 +99,52 @@ class Collectives:
 
     def _gather(self, op: str, sendbuf: Any, recvbuf: Any, root: int, read: Any, form: str) -> None:
         """Gather(v): the root's receive pieces staged, every send side on its own."""
-        rspec, staged = recvbuf, None
+        start = perf_counter()
+        rspec, staged, trial = recvbuf, None, None
         if self.Get_rank() == root:
-            rspec, staged = self._stage(op, recvbuf, read, self.Get_size(), form, send=False)
+            rspec, staged, trial = self._stage(op, recvbuf, read, self.Get_size(), form, send=False)
         sspec, _ = self._stage_one(op, sendbuf, send=True)
         getattr(super(), op)(sspec, rspec, root)
         if staged is not None:
             staged.unpack(skip=root if sendbuf is IN_PLACE else None)
+        _timed(start, trial)
 
     def Gather(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Gather(sendbuf, recvbuf, root)
-        self._gather("Gather", sendbuf, recvbuf, root, block_pieces, "block_spec")
+        self._gather("Gather", sendbuf, recvbuf, root, block_parts, "block_spec")
 
     def Gatherv(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Gatherv(sendbuf, recvbuf, root)
-        self._gather("Gatherv", sendbuf, recvbuf, root, vector_pieces, "vector_spec")
+        self._gather("Gatherv", sendbuf, recvbuf, root, vector_parts, "vector_spec")
 
     def _scatter(self, op: str, sendbuf: Any, recvbuf: Any, root: int, read: Any, form: str) -> None:
         """Scatter(v): the root's send pieces staged, every receive side on its own."""
+        start = perf_counter()
         rspec, packed = self._stage_one(op, recvbuf, send=False)
-        sspec = sendbuf
+        sspec, trial = sendbuf, None
         if self.Get_rank() == root:
-            sspec, _ = self._stage(op, sendbuf, read, self.Get_size(), form, send=True)
+            sspec, _, trial = self._stage(op, sendbuf, read, self.Get_size(), form, send=True)
         getattr(super(), op)(sspec, rspec, root)
         if packed is not None:
             packed.unpack()
+        _timed(start, trial)
 
     def Scatter(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Scatter(sendbuf, recvbuf, root)
-        self._scatter("Scatter", sendbuf, recvbuf, root, block_pieces, "block_spec")
+        self._scatter("Scatter", sendbuf, recvbuf, root, block_parts, "block_spec")
 
     def Scatterv(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Scatterv(sendbuf, recvbuf, root)
-        self._scatter("Scatterv", sendbuf, recvbuf, root, vector_pieces, "vector_spec")
+        self._scatter("Scatterv", sendbuf, recvbuf, root, vector_parts, "vector_spec")
 
     def _allgather(self, op: str, sendbuf: Any, recvbuf: Any, read: Any, form: str, pieces: int) -> None:
         """Allgather(v) and their neighbourhood forms: ``pieces`` receive pieces, one send piece."""
-        rspec, staged = self._stage(op, recvbuf, read, pieces, form, send=False)
+        start = perf_counter()
+        rspec, staged, trial = self._stage(op, recvbuf, read, pieces, form, send=False)
         sspec, _ = self._stage_one(op, sendbuf, send=True)
         in_place = sendbuf is IN_PLACE
         if staged is not None and in_place:
@@ -137,42 +152,45 @@ class Collectives:
         getattr(super(), op)(sspec, rspec)
         if staged is not None:
             staged.unpack(skip=self.Get_rank() if in_place else None)
+        _timed(start, trial)
 
     def Allgather(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Allgather(sendbuf, recvbuf)
-        self._allgather("Allgather", sendbuf, recvbuf, block_pieces, "block_spec", self.Get_size())
+        self._allgather("Allgather", sendbuf, recvbuf, block_parts, "block_spec", self.Get_size())
 
     def Allgatherv(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Allgatherv(sendbuf, recvbuf)
-        self._allgather("Allgatherv", sendbuf, recvbuf, vector_pieces, "vector_spec", self.Get_size())
+        self._allgather("Allgatherv", sendbuf, recvbuf, vector_parts, "vector_spec", self.Get_size())
 
     def _exchange(self, op: str, sendbuf: Any, recvbuf: Any, read: Any, form: str, degrees: tuple[int, int]) -> None:
         """An all-to-all shaped exchange: ``degrees`` = (pieces received, pieces sent)."""
         if sendbuf is IN_PLACE:
             return getattr(super(), op)(sendbuf, recvbuf)
-        rspec, staged = self._stage(op, recvbuf, read, degrees[0], form, send=False)
-        sspec, _ = self._stage(op, sendbuf, read, degrees[1], form, send=True)
+        start = perf_counter()
+        rspec, staged, rtrial = self._stage(op, recvbuf, read, degrees[0], form, send=False)
+        sspec, _, strial = self._stage(op, sendbuf, read, degrees[1], form, send=True)
         getattr(super(), op)(sspec, rspec)
         if staged is not None:
             staged.unpack()
+        _timed(start, rtrial, strial)
 
     def Alltoall(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Alltoall(sendbuf, recvbuf)
         size = self.Get_size()
-        self._exchange("Alltoall", sendbuf, recvbuf, block_pieces, "block_spec", (size, size))
+        self._exchange("Alltoall", sendbuf, recvbuf, block_parts, "block_spec", (size, size))
 
     def Alltoallv(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Alltoallv(sendbuf, recvbuf)
         size = self.Get_size()
-        self._exchange("Alltoallv", sendbuf, recvbuf, vector_pieces, "vector_spec", (size, size))
+        self._exchange("Alltoallv", sendbuf, recvbuf, vector_parts, "vector_spec", (size, size))
 
     def Alltoallw(self, sendbuf: Any, recvbuf: Any) -> None:
         size = self.Get_size()
-        self._exchange("Alltoallw", sendbuf, recvbuf, typed_pieces, "typed_spec", (size, size))
+        self._exchange("Alltoallw", sendbuf, recvbuf, typed_parts, "typed_spec", (size, size))
 
 
 class NeighborCollectives:
@@ -181,22 +199,22 @@ class NeighborCollectives:
     def Neighbor_allgather(self, sendbuf: Any, recvbuf: Any) -> None:
         if sendbuf is IN_PLACE or _plain(sendbuf, recvbuf):
             return super().Neighbor_allgather(sendbuf, recvbuf)
-        self._allgather("Neighbor_allgather", sendbuf, recvbuf, block_pieces, "block_spec", self.degrees[0])
+        self._allgather("Neighbor_allgather", sendbuf, recvbuf, block_parts, "block_spec", self.degrees[0])
 
     def Neighbor_allgatherv(self, sendbuf: Any, recvbuf: Any) -> None:
         if sendbuf is IN_PLACE or _plain(sendbuf, recvbuf):
             return super().Neighbor_allgatherv(sendbuf, recvbuf)
-        self._allgather("Neighbor_allgatherv", sendbuf, recvbuf, vector_pieces, "vector_spec", self.degrees[0])
+        self._allgather("Neighbor_allgatherv", sendbuf, recvbuf, vector_parts, "vector_spec", self.degrees[0])
 
     def Neighbor_alltoall(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Neighbor_alltoall(sendbuf, recvbuf)
-        self._exchange("Neighbor_alltoall", sendbuf, recvbuf, block_pieces, "block_spec", self.degrees)
+        self._exchange("Neighbor_alltoall", sendbuf, recvbuf, block_parts, "block_spec", self.degrees)
 
     def Neighbor_alltoallv(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
             return super().Neighbor_alltoallv(sendbuf, recvbuf)
-        self._exchange("Neighbor_alltoallv", sendbuf, recvbuf, vector_pieces, "vector_spec", self.degrees)
+        self._exchange("Neighbor_alltoallv", sendbuf, recvbuf, vector_parts, "vector_spec", self.degrees)
 
     def Neighbor_alltoallw(self, sendbuf: Any, recvbuf: Any) -> None:
-        self._exchange("Neighbor_alltoallw", sendbuf, recvbuf, typed_pieces, "typed_spec", self.degrees)
+        self._exchange("Neighbor_alltoallw", sendbuf, recvbuf, typed_parts, "typed_spec", self.degrees)

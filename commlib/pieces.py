@@ -15,7 +15,6 @@ or not, sees the type signature it expects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,9 +178,9 @@ class PackedPieces:
         return [self.data, (list(self.layout.elements), list(self.layout.offsets)), list(self.layout.bases)]
 
 
-def _pieces(
-    buf: Any, counts: Sequence[int], disps: Sequence[int], types: Sequence[MPI.Datatype], eager: bool
-) -> Pieces | None:
+def pieces_of(parts: Parts, *, eager: bool = False) -> Pieces | None:
+    """The :class:`Pieces` of a read spec, what is known of every type looked up (``None``: no derived type)."""
+    buf, counts, disps, types = parts
     for c, d in zip(counts, disps):
         if c < 0 or d < 0:
             return None  # mpi4py or MPI will report it
@@ -215,7 +214,10 @@ def _split_spec(spec: Any) -> tuple[Any, Any, Any, Any] | None:
     return buf, counts, None, datatype
 
 
-def block_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
+Parts = tuple  # (buffer, counts, byte displacements, datatypes): a spec read, not yet looked into
+
+
+def block_parts(spec: Any, blocks: int) -> Parts | None:
     """``blocks`` equal pieces laid end to end: the root's buffer of ``Gather``/``Scatter``, ``Allgather``..."""
     parts = _split_spec(spec)
     if parts is None or len(spec) == 4 or blocks <= 0:
@@ -234,10 +236,10 @@ def block_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | Non
     elif not _is_int(count):
         return None
     count = int(count)
-    return _pieces(buf, [count] * blocks, [i * count * extent for i in range(blocks)], [datatype] * blocks, eager)
+    return buf, [count] * blocks, [i * count * extent for i in range(blocks)], [datatype] * blocks
 
 
-def vector_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
+def vector_parts(spec: Any, blocks: int) -> Parts | None:
     """Pieces at displacements counted in extents: ``Gatherv``/``Scatterv``, ``(Neighbor_)alltoallv``..."""
     parts = _split_spec(spec)
     if parts is None or blocks <= 0:
@@ -266,10 +268,10 @@ def vector_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | No
         displs = _int_list(displs, blocks)
         if displs is None:
             return None
-    return _pieces(buf, counts, [d * extent for d in displs], [datatype] * blocks, eager)
+    return buf, counts, [d * extent for d in displs], [datatype] * blocks
 
 
-def typed_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
+def typed_parts(spec: Any, blocks: int) -> Parts | None:
     """Pieces of their own datatypes at byte displacements: ``Alltoallw``, ``Neighbor_alltoallw``."""
     if not isinstance(spec, (list, tuple)) or not 2 <= len(spec) <= 4 or blocks <= 0:
         return None
@@ -289,4 +291,56 @@ def typed_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | Non
     counts, displs = _int_list(counts, blocks), _int_list(displs, blocks)
     if counts is None or displs is None:
         return None
-    return _pieces(buf, counts, displs, list(types), eager)
+    return buf, counts, displs, list(types)
+
+
+def block_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
+    """:class:`Pieces` of a spec :func:`block_parts` reads."""
+    parts = block_parts(spec, blocks)
+    return None if parts is None else pieces_of(parts, eager=eager)
+
+
+def vector_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
+    """:class:`Pieces` of a spec :func:`vector_parts` reads."""
+    parts = vector_parts(spec, blocks)
+    return None if parts is None else pieces_of(parts, eager=eager)
+
+
+def typed_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | None:
+    """:class:`Pieces` of a spec :func:`typed_parts` reads."""
+    parts = typed_parts(spec, blocks)
+    return None if parts is None else pieces_of(parts, eager=eager)
+
+
+def cold_check(op: str, parts: Parts, *, writable: bool) -> int | None:
+    """Bounds-check every piece from MPI's extents alone; returns the pieces' packed bytes.
+
+    ``None`` when a derived datatype is not involved (the spec goes to MPI as
+    it is). A piece that may overrun the buffer by MPI's (exact or wider)
+    extents gets the exact check of :func:`datatypes.check_buffer`, which
+    raises. What a side of a collective costs while it is not worth
+    analysing: no :class:`Pieces`, no lookup of what is known of its types.
+    """
+    buf, counts, disps, types = parts
+    view = buf if type(buf) is np.ndarray and buf.flags.c_contiguous else None
+    if view is not None and writable and not view.flags.writeable:
+        view = None
+    size = view.nbytes if view is not None else -1
+    nbytes, derived, seen = 0, False, {}
+    for count, disp, t in zip(counts, disps, types):
+        if count < 0 or disp < 0:
+            return None  # mpi4py or MPI will report it
+        known = seen.get(id(t))
+        if known is None:
+            if not t:  # DATATYPE_NULL: MPI's to report
+                return None
+            derived = derived or not t.is_predefined
+            lb, extent = t.Get_true_extent()
+            known = seen[id(t)] = (t.Get_size(), t.Get_extent()[1], lb, lb + extent)
+        if count:
+            tsize, extent, lo, hi = known
+            nbytes += count * tsize
+            span = (count - 1) * extent
+            if tsize and (disp + lo + min(0, span) < 0 or disp + hi + max(0, span) > size):
+                datatypes.check_buffer(op, buf, count, t, writable=writable, displacement=disp)
+    return nbytes if derived else None

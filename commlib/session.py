@@ -32,7 +32,7 @@ from transport.flight import SpecCache, invalidate
 from transport.operations import OP_INDEX, OPERATIONS
 
 from .config import Config, config
-from .decision import Layout, hot_bytes, pack_pays, type_info
+from .decision import TRIAL_RANGE, Layout, Trial, hot_bytes, side_costs, type_info
 from .sides import KnownSides
 from .staging import StagingPool
 
@@ -198,16 +198,23 @@ class Session:
         tally[1] += message.nbytes
         return choice
 
-    def choose_side(self, op: str, pieces: Any, *, send: bool, key: tuple | None = None) -> Layout | None:
-        """How to stage one side of a collective (:mod:`commlib.pieces`): a :class:`Layout`, or ``None`` for MPI.
+    def choose_side(
+        self, op: str, pieces: Any, *, send: bool, key: tuple | None = None
+    ) -> tuple[Layout | None, Trial | None]:
+        """How to stage one side of a collective (:mod:`commlib.pieces`): ``(layout or None for MPI, trial)``.
 
         Only when every non-empty piece is analysed and packable; then the
-        session's own rule, or the cost model (:func:`commlib.decision.pack_pays`).
-        With the model deciding, the outcome is kept under the spec's ``key``
-        (:class:`commlib.sides.KnownSides`), until the config or the model
-        changes or, while a piece is not yet analysed, until it may be.
+        session's own rule, or the cost model (:func:`commlib.decision.side_costs`):
+        where its two predictions are close, the side is timed both ways
+        (``trial``, a :class:`commlib.decision.Trial`: the caller reports the
+        call's time to it). Decisions are kept per (operation, side, routes,
+        counts, displacements), shared by types rebuilt alike, and once
+        final under the spec's ``key`` (:class:`commlib.sides.KnownSides`),
+        until the config or the model changes or, while a piece is not yet
+        analysed, until it may be.
         """
         own = self.decision is default_decision or self.decision is self._own_decision
+        trial = None
         if not (pieces.analysed and pieces.packable):
             layout = None
         elif not own:
@@ -220,17 +227,19 @@ class Session:
             shape = (op, send, pieces.routes, pieces.counts, pieces.displacements)
             hit = self._layouts.get(shape)
             if hit is None or hit[0] != stamp:
-                layout = Layout(pieces)
-                engine = config.pack_engine
-                pack = engine == "strided" if engine != "auto" else pack_pays(self.model, pieces, layout, send=send)
-                if len(self._layouts) >= MAX_DECIDED:
+                hit = self._layouts[shape] = (stamp, self._decide_side(pieces, send))
+                if len(self._layouts) > MAX_DECIDED:
                     self._layouts.clear()
-                hit = self._layouts[shape] = (stamp, layout if pack else None)
-            layout = hit[1]
+            outcome = hit[1]
+            if isinstance(outcome, Trial):
+                layout = outcome.current()
+                trial = None if outcome.decided else outcome
+            else:
+                layout = outcome
         tally = self._tally(op, "native" if layout is None else "pack")
         tally[0] += 1
         tally[1] += pieces.nbytes
-        if own and key is not None:
+        if own and key is not None and trial is None:
             remaining = -1
             if not pieces.analysed:  # until the first cold piece may be analysed
                 remaining = min(
@@ -239,7 +248,20 @@ class Session:
                     if count and route is None
                 )
             self.sides.remember(key, pieces, layout, tally, remaining, send)
-        return layout
+        return layout, trial
+
+    def _decide_side(self, pieces: Any, send: bool) -> Layout | Trial | None:
+        """The model's outcome for one side: a layout, ``None`` (MPI's path), or a :class:`Trial` when close."""
+        layout = Layout(pieces)
+        engine = config.pack_engine
+        if engine != "auto":
+            return layout if engine == "strided" else None
+        ours, native = side_costs(self.model, pieces, layout, send=send)
+        if ours * TRIAL_RANGE < native:
+            return layout
+        if native * TRIAL_RANGE < ours or native == 0:
+            return None
+        return Trial(layout)
 
     def native_spec(self, op: str, spec: Any) -> Any:
         """The spec to hand MPI for a derived-type message this session already sent to MPI, else ``None``.

@@ -22,7 +22,7 @@ from mpi4py import MPI
 from datatypes import model as cost_model
 
 from .config import Config
-from .decision import Layout
+from .decision import Layout, hot_bytes
 
 __all__ = ["KnownSides", "Side"]
 
@@ -87,6 +87,21 @@ class KnownSides:
     def __init__(self) -> None:
         self._sides: dict[tuple, Side] = {}
         self._met: set[tuple] = set()
+        self._moved: dict[tuple, int] = {}  # key -> bytes its calls moved while not worth a look
+
+    def worth(self, key: tuple | None, nbytes: int) -> bool:
+        """Whether a side is worth reading into pieces and deciding: it moved enough bytes, in this call and
+        earlier ones with the same ``key``, for an analysis to pay (:func:`commlib.decision.hot_bytes`)."""
+        if key is None:
+            return True
+        moved = self._moved.get(key, 0) + nbytes
+        if moved >= hot_bytes():
+            self._moved.pop(key, None)
+            return True
+        if len(self._moved) >= MAX_SIDES:
+            self._moved.clear()
+        self._moved[key] = moved
+        return False
 
     def lookup(self, key: tuple | None, spec: Any) -> tuple[Side, Any] | None:
         """``(side, pieces for this call's buffer)`` of a known side whose buffer holds every piece, else ``None``."""
