@@ -63,9 +63,12 @@ class Collectives:
         if allreduce.try_allreduce(self, sendbuf, recvbuf, op) is NotImplemented:
             return _MPI_ALLREDUCE(self, sendbuf, recvbuf, op)  # no subclass between here and MPI.Comm defines it
         if self._session is not None:
-            buf = recvbuf[0] if isinstance(recvbuf, (list, tuple)) else recvbuf
+            spec = isinstance(recvbuf, (list, tuple))
+            buf = recvbuf[0] if spec else recvbuf
             nbytes = int(getattr(buf, "nbytes", 0))
-            self._session.record("Allreduce", allreduce.plan(self, nbytes, config.allreduce)[0], nbytes)
+            kind = recvbuf[-1] if spec else getattr(buf, "dtype", None)  # the pair MPI may reduce wrongly
+            chosen = allreduce.plan(self, nbytes, config.allreduce, op=op, datatype=kind)[0]
+            self._session.record("Allreduce", chosen, nbytes)
 
     def Bcast(self, buf: Any, root: int = 0) -> None:
         if _plain(buf):
