@@ -118,13 +118,17 @@ class CommState:
 
     __slots__ = ("coll_done", "coll_entered", "handle", "ident", "label", "last_op", "members", "p2p")
 
-    def __init__(self, handle: int, members: tuple[int, ...], label: str, generation: int = 1) -> None:
+    def __init__(
+        self, handle: int, members: tuple[int, ...], label: str, generation: int = 1, number: int | None = None
+    ) -> None:
         self.handle = handle
         self.members = members  # world rank of each communicator rank (intercomms: local group, then remote)
         digest = zlib.crc32(",".join(map(str, members)).encode())
-        # the same on every member when they create and free their communicators in the same order (MPICH then
-        # gives the same handles); the generation tells apart communicators that reused a freed one's handle
-        self.ident = f"{handle & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
+        # the same on every member when they create and free their communicators in the same order: ``number``
+        # is the Fortran handle (MPICH: the handle itself; Open MPI: an index in creation order, where the C
+        # handle is a per-process address); the generation tells apart communicators that reused a freed one's
+        number = handle if number is None else number
+        self.ident = f"{number & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
         self.label = label
         self.coll_entered = 0  # number of the last collective entered
         self.coll_done = 0  # highest number of a collective completed
@@ -240,8 +244,12 @@ class FlightRecorder:
                 comm.Set_attr(self._keyval, handle)  # dropped from the table when the communicator is freed
             except Exception:  # a name or attribute is a nicety
                 pass
-        generation = self._generations[handle] = self._generations.get(handle, 0) + 1
-        state = CommState(handle, members, label, generation)
+        try:
+            number = comm.py2f()
+        except Exception:  # the C handle then (the same on every rank under MPICH)
+            number = handle
+        generation = self._generations[number] = self._generations.get(number, 0) + 1
+        state = CommState(handle, members, label, generation, number)
         self._comms[handle] = state
         return state
 
