@@ -20,6 +20,15 @@ config.reload()
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "commlib-ci"))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which MPI the suite runs on (some tests say in their skip reason that they need the other)."""
+    from mpi4py import MPI
+
+    from commlib.mpirun import mpiexec_family
+
+    return f"MPI: {MPI.Get_library_version().splitlines()[0].strip()}; mpiexec family: {mpiexec_family()}"
+
+
 @pytest.fixture
 def mpirun():
     """Run a command under ``mpiexec -n N`` with a hard timeout (see commlib.mpirun)."""
