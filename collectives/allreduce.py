@@ -186,16 +186,18 @@ def _verdict(comm: Any, op: Any, datatype: MPI.Datatype | None) -> reduction_che
     return reduction_check.agree(comm)
 
 
+_CODES = reduction_check.codes_by_handle
+_NO_CODES: frozenset = frozenset()
+
+
 def _wrong_for_array(comm: Any, op: Any, dtype: np.dtype) -> bool:
-    """Whether MPI reduces ``op`` on arrays of ``dtype`` wrongly on ``comm``: after the first call, a lookup."""
+    """Whether MPI reduces ``op`` on arrays of ``dtype`` wrongly on ``comm``, at the first call on ``comm``
+    (collective where it is commlib's pair to reduce); ``try_allreduce`` looks it up itself afterwards."""
     try:
-        verdict = reduction_check.agreed(comm)
-        key = (op.handle, dtype)
+        codes = _verdict(comm, op, datatype_of(dtype)).by_code
+        return bool(codes) and (op.handle, dtype.char) in codes
     except AttributeError:  # not a communicator or not an op: MPI raises its own error
         return False
-    if verdict is None:
-        verdict = _verdict(comm, op, datatype_of(dtype))
-    return bool(verdict) and key in verdict.by_dtype
 
 
 def _wrong(comm: Any, op: MPI.Op, datatype: MPI.Datatype) -> bool:
@@ -345,19 +347,23 @@ def try_allreduce(
     buffers for which the algorithm (or ``auto``'s choice) is ``native``, the
     (op, datatype) pair being one MPI reduces correctly. ``algorithm``
     defaults to ``commlib.config.allreduce``. Before MPI gets the call, the
-    check of MPI's reductions costs a set lookup (after the first call on
-    ``comm``), ``auto`` a size comparison below ``cost.MIN_BYTES`` and a cached
-    lookup above.
+    check of MPI's reductions costs a dictionary and a set lookup (after the
+    first call on ``comm``), ``auto`` a size comparison below
+    ``cost.MIN_BYTES`` and a cached lookup above.
     """
     if algorithm is None:
         algorithm = config.allreduce
     if type(recvbuf) is np.ndarray:
-        if config.reduction_check and _wrong_for_array(comm, op, recvbuf.dtype):
-            pass  # MPI would reduce it wrongly: commlib's own arithmetic, whatever the algorithm
-        elif algorithm == "native":
-            return NotImplemented
-        elif algorithm == "auto" and (recvbuf.nbytes < _MIN_BYTES or _auto_is_native(comm, recvbuf.nbytes, model)):
-            return NotImplemented  # below MIN_BYTES: what cost.choose decides for any shape, without lookups
+        codes = _CODES.get(getattr(comm, "handle", None)) if config.reduction_check else _NO_CODES
+        if codes is None:  # the first call on comm: check MPI's reductions (collective)
+            wrong = _wrong_for_array(comm, op, recvbuf.dtype)
+        else:
+            wrong = bool(codes) and (getattr(op, "handle", None), recvbuf.dtype.char) in codes
+        if not wrong:  # else commlib's own arithmetic, whatever the algorithm
+            if algorithm == "native":
+                return NotImplemented
+            if algorithm == "auto" and (recvbuf.nbytes < _MIN_BYTES or _auto_is_native(comm, recvbuf.nbytes, model)):
+                return NotImplemented  # below MIN_BYTES: what cost.choose decides for any shape, without lookups
         host = True
     else:
         host = _on_host(recvbuf)

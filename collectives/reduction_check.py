@@ -36,7 +36,7 @@ from mpi4py import MPI
 from .bufspec import datatype_of
 from .reduction import element_dtype, reducible_pairs
 
-__all__ = ["NONE", "Verdict", "agree", "agreed", "describe", "local_faults", "mpi_library"]
+__all__ = ["NONE", "Verdict", "agree", "agreed", "codes_by_handle", "describe", "local_faults", "mpi_library"]
 
 PROBE_LENGTH = 1031  # past every vector width (64 one-byte elements and more), with a scalar tail
 _LOGICAL = ("LAND", "LOR", "LXOR")
@@ -49,14 +49,14 @@ Fault = tuple[str, str, str]  # (op name, datatype name, kind): kind "wrap", "na
 class Verdict:
     """The pairs MPI reduces wrongly on one communicator, the same on all of its ranks.
 
-    ``by_handle`` holds ``(op.handle, datatype.handle)``; ``by_dtype`` holds
-    ``(op.handle, numpy dtype)`` for the datatype mpi4py infers from an array
-    of that dtype (the interposer's common case: one set lookup per call).
+    ``by_handle`` holds ``(op.handle, datatype.handle)``; ``by_code`` holds
+    ``(op.handle, dtype.char)`` for the numpy dtype whose arrays mpi4py sends
+    as that datatype (the interposer's common case: one set lookup per call).
     """
 
     faults: tuple[Fault, ...]
     by_handle: frozenset[tuple[int, int]]
-    by_dtype: frozenset[tuple[int, Any]]
+    by_code: frozenset[tuple[int, str]]
 
     def __bool__(self) -> bool:
         return bool(self.faults)
@@ -162,7 +162,7 @@ def local_faults(reduce_local: ReduceLocal | None = None) -> dict[tuple[str, str
 
 def _verdict(faults: list[Fault]) -> Verdict:
     handles = {(name, dt.Get_name()): (op.handle, dt) for name, op, dt, _ in reducible_pairs()}
-    by_handle, by_dtype = set(), set()
+    by_handle, by_code = set(), set()
     for op_name, dt_name, _ in faults:
         found = handles.get((op_name, dt_name))
         if found is None:
@@ -171,17 +171,20 @@ def _verdict(faults: list[Fault]) -> Verdict:
         by_handle.add((op_handle, dt.handle))
         dtype = element_dtype(dt)
         if dtype is not None and datatype_of(dtype) == dt:
-            by_dtype.add((op_handle, dtype))
-    return Verdict(tuple(faults), frozenset(by_handle), frozenset(by_dtype))
+            by_code.add((op_handle, dtype.char))
+    return Verdict(tuple(faults), frozenset(by_handle), frozenset(by_code))
 
 
 _keyval: int | None = None
 _by_handle: dict[int, Verdict] = {}  # the attribute's value by communicator handle: a cheaper lookup
+#: ``Verdict.by_code`` by communicator handle, for the allreduce's per-call lookup
+codes_by_handle: dict[int, frozenset[tuple[int, str]]] = {}
 _warned = False
 
 
 def _delete(comm: MPI.Comm, keyval: int, verdict: Verdict) -> None:
     _by_handle.pop(comm.handle, None)
+    codes_by_handle.pop(comm.handle, None)
 
 
 def agreed(comm: Any) -> Verdict | None:
@@ -212,6 +215,7 @@ def agree(comm: MPI.Intracomm) -> Verdict:
         _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
     comm.Set_attr(_keyval, verdict)
     _by_handle[comm.handle] = verdict
+    codes_by_handle[comm.handle] = verdict.by_code
     return verdict
 
 
@@ -225,17 +229,19 @@ def _listing(faults: list[Fault]) -> str:
 def describe(verdict: Verdict, library: str | None = None) -> str:
     """The warning for ``verdict``: what ``library`` (default: this MPI) gets wrong, what commlib does, the fix."""
     library = library or mpi_library()
-    parts = [f"{library} reduces these wrongly; commlib's allreduce reduces them itself (ring or star)"]
     wrap = [f for f in verdict.faults if f[2] == "wrap"]
     nan = [f for f in verdict.faults if f[2] == "nan"]
     other = [f for f in verdict.faults if f[2] not in ("wrap", "nan")]
+    found = []
     if wrap:
-        fix = " (known fix: OMPI_MCA_op=^avx turns off Open MPI's vectorised reductions)"
-        fix = fix if "Open MPI" in library else ""
-        parts.append(f"integer results that overflow differ from C's wrapping arithmetic: {_listing(wrap)}{fix}")
+        fix = " (known fix: OMPI_MCA_op=^avx, which turns off Open MPI's vectorised reductions)"
+        found.append(f"integer results that overflow differ from C's wrapping arithmetic in {_listing(wrap)}")
+        found[-1] += fix if "Open MPI" in library else ""
     if nan:
-        parts.append(f"a NaN operand is dropped (no MPI setting changes this): {_listing(nan)}")
+        found.append(f"a NaN operand is dropped (no MPI setting changes this) in {_listing(nan)}")
     if other:
-        parts.append(f"results differ from exact arithmetic: {_listing(other)}")
-    parts.append("COMMLIB_REDUCTION_CHECK=0 trusts MPI instead")
-    return ". ".join(parts)
+        found.append(f"results differ from exact arithmetic in {_listing(other)}")
+    return (
+        f"{library} reduces some (operation, datatype) pairs wrongly, so commlib's allreduce reduces them itself "
+        f"(ring or star): {'; '.join(found)}. COMMLIB_REDUCTION_CHECK=0 trusts MPI instead."
+    )

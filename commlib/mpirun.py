@@ -81,7 +81,7 @@ def mpiexec() -> str:
         return str(beside)
     found = shutil.which("mpiexec")
     if found is None:
-        raise MPIRunError("no mpiexec found: install the 'mpich' extra, or set COMMLIB_MPIEXEC")
+        raise MPIRunError("no mpiexec found: install the 'mpich' or 'openmpi' extra, or set COMMLIB_MPIEXEC")
     return found
 
 
@@ -178,7 +178,7 @@ class Launcher:
                     command += ["--host", f"{app.host}:{app.nprocs}"]
                 env = dict(app.env)
                 unset = []
-                for key in first.keys() - env.keys() if i else ():
+                for key in sorted(first.keys() - env.keys()) if i else ():
                     if key in inherited:
                         env[key] = inherited[key]
                     else:

@@ -22,11 +22,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "commlib-ci"))
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Which MPI the suite runs on (some tests say in their skip reason that they need the other)."""
-    from mpi4py import MPI
-
+    from collectives.reduction_check import mpi_library
     from commlib.mpirun import mpiexec_family
 
-    return f"MPI: {MPI.Get_library_version().splitlines()[0].strip()}; mpiexec family: {mpiexec_family()}"
+    return f"MPI: {mpi_library()}; mpiexec family: {mpiexec_family()}"
 
 
 @pytest.fixture
