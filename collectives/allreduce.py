@@ -32,6 +32,14 @@ optionally ``reduce_beta(dtype)``); without it, commlib's model of the process
 where that module is absent, the defaults of :mod:`collectives.allreduce_cost`.
 Rank 0's figures are used everywhere, so all ranks choose alike.
 
+A pair MPI reduces wrongly never goes to MPI: at the first allreduce on a
+communicator every rank checks MPI's reductions against exact arithmetic and
+the ranks agree on the verdict (:mod:`collectives.reduction_check`; Open MPI's
+saturating 8- and 16-bit ``SUM``, NaN-dropping ``MAX``/``MIN`` of floats), and
+``native``, ``auto`` and the hierarchical variants run ring or star for such a
+pair, whichever the cost model predicts faster (``COMMLIB_REDUCTION_CHECK=0``
+trusts MPI).
+
 What commlib does not handle - intercommunicators, user-defined operations,
 ``MAXLOC``/``MINLOC``, datatypes other than a predefined reducible type or a
 contiguous run of one - :func:`allreduce` passes to MPI untouched, and
@@ -52,6 +60,7 @@ from mpi4py import MPI
 from commlib.config import config
 
 from . import allreduce_cost as cost
+from . import reduction_check
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
 from .bufspec import TypedBuffer, datatype_of, typed_buffer
@@ -165,26 +174,89 @@ def _plan_key(model: Any, algorithm: str, nbytes: int) -> tuple[int | None, str,
     return (None if model is None else id(model), algorithm, nbytes)
 
 
-def plan(comm: MPI.Intracomm, nbytes: int, algorithm: str = "auto", *, model: Any = None) -> tuple[str, str, int]:
+def _verdict(comm: Any, op: Any, datatype: MPI.Datatype | None) -> reduction_check.Verdict:
+    """``comm``'s agreed verdict on MPI's reductions; agreed now (collectively) if this call is commlib's to reduce."""
+    found = reduction_check.agreed(comm)
+    if found is not None:
+        return found
+    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL or datatype is None:
+        return reduction_check.NONE
+    if reducer(op, datatype) is None:  # not commlib's pair: MPI gets the call whatever the verdict
+        return reduction_check.NONE
+    return reduction_check.agree(comm)
+
+
+_CODES = reduction_check.codes_by_handle
+_NO_CODES: frozenset = frozenset()
+
+
+def _wrong_for_array(comm: Any, op: Any, dtype: np.dtype) -> bool:
+    """Whether MPI reduces ``op`` on arrays of ``dtype`` wrongly on ``comm``, at the first call on ``comm``
+    (collective where it is commlib's pair to reduce); ``try_allreduce`` looks it up itself afterwards."""
+    try:
+        codes = _verdict(comm, op, datatype_of(dtype)).by_code
+        return bool(codes) and (op.handle, dtype.char) in codes
+    except AttributeError:  # not a communicator or not an op: MPI raises its own error
+        return False
+
+
+def _wrong(comm: Any, op: MPI.Op, datatype: MPI.Datatype) -> bool:
+    return config.reduction_check and (op.handle, datatype.handle) in _verdict(comm, op, datatype).by_handle
+
+
+def _datatype_of_any(dtype: Any) -> MPI.Datatype | None:
+    try:
+        return datatype_of(np.dtype(dtype))
+    except TypeError:
+        return None
+
+
+def plan(
+    comm: MPI.Intracomm,
+    nbytes: int,
+    algorithm: str = "auto",
+    *,
+    model: Any = None,
+    op: MPI.Op | None = None,
+    datatype: Any = None,
+) -> tuple[str, str, int]:
     """What ``algorithm`` runs for ``nbytes`` bytes on ``comm``: ``(algorithm, inner, segments)``.
 
     ``inner`` is the flat algorithm between nodes of a hierarchical variant and
     ``segments`` the number of pipelined segments (for the others: the
-    algorithm itself and 1). Collective the first time per communicator (it
-    may build the topology and agree on the cost figures).
+    algorithm itself and 1). With ``op`` and ``datatype`` (an MPI datatype or
+    a numpy dtype), what runs for that pair: ring or star in place of
+    anything that would reduce with MPI when MPI reduces the pair wrongly.
+    Collective the first time per communicator (it may build the topology,
+    agree on the cost figures and check MPI's reductions).
     """
-    if algorithm in ("native", "ring", "star"):
+    exact = False
+    if isinstance(op, MPI.Op) and datatype is not None:
+        mpi_type = datatype if isinstance(datatype, MPI.Datatype) else _datatype_of_any(datatype)
+        exact = mpi_type is not None and _wrong(comm, op, mpi_type)
+        if exact and (op.handle, mpi_type.handle) in _verdict(comm, op, mpi_type).nan_only:
+            return ("native", "nan-flags", 1)  # MPI's own algorithm, with a NaN flag per element
+    return _plan(comm, nbytes, algorithm, model, exact)
+
+
+def _plan(comm: MPI.Intracomm, nbytes: int, algorithm: str, model: Any, exact: bool) -> tuple[str, str, int]:
+    if algorithm in ("ring", "star") or (algorithm == "native" and not exact):
         return algorithm, algorithm, 1
+    if exact:
+        algorithm = "exact"  # commlib's own arithmetic: ring or star, whichever is predicted faster
     topo = topology(comm)
     decisions = topo.plans
     key = _plan_key(model, algorithm, nbytes)
     found = decisions.get(key)
     if found is not None:
         return found
-    _check_algorithm(algorithm)
+    if algorithm != "exact":
+        _check_algorithm(algorithm)
     costs = _costs(topo, model)
     shape = cost.Shape(topo.node_of)
     chosen = algorithm
+    if chosen == "exact":
+        chosen = min(("star", "ring"), key=lambda a: cost.predict(a, nbytes, shape, costs))
     if chosen == "auto":
         chosen = cost.choose(nbytes, shape, costs)
     if chosen == "hierarchical":
@@ -204,12 +276,38 @@ def _native(comm: MPI.Intracomm, call: _Call) -> None:
     MPI.Comm.Allreduce(comm, source, [call.recv, call.datatype], call.op)
 
 
-def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native_ok: bool) -> bool:
-    """Run ``call`` with ``algorithm``; ``False`` (nothing touched) when it comes to MPI's own and not ``native_ok``."""
+def _nan_propagating(comm: MPI.Intracomm, call: _Call) -> None:
+    """``MPI_MAX``/``MPI_MIN`` of floating-point values with every NaN kept, through MPI's own algorithm.
+
+    One allreduce of the values followed by a NaN flag per element, reduced
+    with the same operation (MAX of 1 where a NaN is, MIN of -1): wherever any
+    rank had a NaN, the result is NaN, as numpy's maximum and minimum give,
+    whatever order MPI combined the values in.
+    """
+    src = call.recv if call.send is None else call.send
+    n = src.size
+    both = np.empty(2 * n, dtype=src.dtype)
+    both[:n] = src
+    flag = 1 if call.op == MPI.MAX else -1
+    np.multiply(np.isnan(src), flag, out=both[n:], casting="unsafe")
+    MPI.Comm.Allreduce(comm, MPI.IN_PLACE, [both, call.datatype], call.op)
+    call.recv[...] = np.where(both[n:] != 0, np.nan, both[:n])
+
+
+def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native_ok: bool, exact: bool) -> bool:
+    """Run ``call`` with ``algorithm`` (ring or star if ``exact``); ``False`` (nothing touched) when it
+    comes to MPI's own and not ``native_ok``."""
     send, buf = call.send, call.recv
+    if (
+        exact
+        and type(buf) is np.ndarray
+        and (call.op.handle, call.datatype.handle) in _verdict(comm, call.op, call.datatype).nan_only
+    ):
+        _nan_propagating(comm, call)  # MPI's algorithm, NaN kept: better than ring or star
+        return True
     chosen, inner, segments = "native", "native", 1
     if comm.Get_size() > 1 and buf.size:
-        chosen, inner, segments = plan(comm, int(buf.nbytes), algorithm, model=model)
+        chosen, inner, segments = _plan(comm, int(buf.nbytes), algorithm, model, exact)
     if chosen == "native":
         if native_ok:
             _native(comm, call)
@@ -273,18 +371,26 @@ def try_allreduce(
 
     ``NotImplemented`` means "give this call to MPI's own ``Allreduce`` as it
     is": what commlib does not handle (see the module docstring), and host
-    buffers for which the algorithm (or ``auto``'s choice) is ``native``.
-    ``algorithm`` defaults to ``commlib.config.allreduce``. Before MPI gets
-    the call, ``auto`` costs a size comparison below ``cost.MIN_BYTES`` and a
-    cached lookup above.
+    buffers for which the algorithm (or ``auto``'s choice) is ``native``, the
+    (op, datatype) pair being one MPI reduces correctly. ``algorithm``
+    defaults to ``commlib.config.allreduce``. Before MPI gets the call, the
+    check of MPI's reductions costs a dictionary and a set lookup (after the
+    first call on ``comm``), ``auto`` a size comparison below
+    ``cost.MIN_BYTES`` and a cached lookup above.
     """
     if algorithm is None:
         algorithm = config.allreduce
     if type(recvbuf) is np.ndarray:
-        if algorithm == "native":
-            return NotImplemented
-        if algorithm == "auto" and (recvbuf.nbytes < _MIN_BYTES or _auto_is_native(comm, recvbuf.nbytes, model)):
-            return NotImplemented  # below MIN_BYTES: what cost.choose decides for any shape, without lookups
+        codes = _CODES.get(getattr(comm, "handle", None)) if config.reduction_check else _NO_CODES
+        if codes is None:  # the first call on comm: check MPI's reductions (collective)
+            wrong = _wrong_for_array(comm, op, recvbuf.dtype)
+        else:
+            wrong = bool(codes) and (getattr(op, "handle", None), recvbuf.dtype.char) in codes
+        if not wrong:  # else commlib's own arithmetic, whatever the algorithm
+            if algorithm == "native":
+                return NotImplemented
+            if algorithm == "auto" and (recvbuf.nbytes < _MIN_BYTES or _auto_is_native(comm, recvbuf.nbytes, model)):
+                return NotImplemented  # below MIN_BYTES: what cost.choose decides for any shape, without lookups
         host = True
     else:
         host = _on_host(recvbuf)
@@ -294,12 +400,13 @@ def try_allreduce(
     call = _prepare(comm, sendbuf, recvbuf, op)
     if call is None:
         return NotImplemented
+    exact = _wrong(comm, call.op, call.datatype)
     if not host and not config.cuda_aware_mpi:
         host_call, host_out = _staged(call)
-        _run(comm, host_call, algorithm, model, native_ok=True)
+        _run(comm, host_call, algorithm, model, native_ok=True, exact=exact)
         call.recv.set(host_out)
         return None
-    return None if _run(comm, call, algorithm, model, native_ok=not host) else NotImplemented
+    return None if _run(comm, call, algorithm, model, native_ok=not host, exact=exact) else NotImplemented
 
 
 def allreduce(

@@ -19,9 +19,10 @@ node it always picks ``native``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+from datatypes.model import node_local_over_network
 
 __all__ = [
     "ALGORITHMS",
@@ -105,10 +106,10 @@ _CALL = 4e-6  # one mpi4py call from Python, with its argument handling
 
 
 def default_costs() -> Costs:
-    """commlib's documented defaults: shared memory inside a node (TCP loopback under
-    ``MPIR_CVAR_NOLOCAL``, where MPICH sends node-local messages through its network
-    module), a 1 Gbit/s TCP network between nodes."""
-    nolocal = os.environ.get("MPIR_CVAR_NOLOCAL", "0").strip().lower() in ("1", "true", "yes", "on")
+    """commlib's documented defaults: shared memory inside a node (TCP loopback where MPI
+    sends node-local messages through its network module: MPICH's ``MPIR_CVAR_NOLOCAL``,
+    Open MPI without its ``sm`` transport), a 1 Gbit/s TCP network between nodes."""
+    nolocal = node_local_over_network()
     return Costs(intra=_LOOPBACK if nolocal else _SHM, inter=_NETWORK, reduce=_REDUCE, call=_CALL)
 
 

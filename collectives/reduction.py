@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["Reducer", "array_module", "element_dtype", "reducer"]
+__all__ = ["Reducer", "array_module", "element_dtype", "reducer", "reducible_pairs"]
 
 # Datatype groups of the MPI standard, by attribute name on mpi4py's MPI module.
 _GROUP_NAMES = {
@@ -69,6 +69,7 @@ def _handle_table(names: dict[str, str]) -> dict[int, str]:
 
 
 _GROUP_OF = _handle_table(_GROUP_NAMES)
+_float16 = MPI.DATATYPE_NULL
 try:  # MPICH's half precision (MPIX_C_FLOAT16), where the library has it
     _float16 = MPI.Datatype.fromcode("e")
     if _float16 != MPI.DATATYPE_NULL and _float16.handle not in _GROUP_OF:
@@ -76,6 +77,7 @@ try:  # MPICH's half precision (MPIX_C_FLOAT16), where the library has it
 except (ValueError, KeyError):
     pass
 _OP_NAME = {getattr(MPI, name).handle: name for name in _OPS}
+_QUAD = {t.handle for t in (getattr(MPI, n, None) for n in ("REAL16", "COMPLEX32")) if isinstance(t, MPI.Datatype)}
 
 
 def array_module(a: Any) -> Any:
@@ -96,6 +98,8 @@ def element_dtype(datatype: MPI.Datatype) -> np.dtype | None:
         return None
     if dtype.itemsize != datatype.Get_size() or dtype.kind not in "biufc":
         return None
+    if datatype.handle in _QUAD and np.finfo(dtype.char.lower() if dtype.kind == "c" else dtype).nmant != 112:
+        return None  # Fortran's 16-byte reals are IEEE quad, which numpy's long double is not (x86: 80 bits)
     return dtype
 
 
@@ -135,3 +139,22 @@ def reducer(op: MPI.Op, datatype: MPI.Datatype) -> Reducer | None:
     if name is not None or found is not None:  # user-defined ops' handles may be reused: never cached
         _REDUCERS[key] = found
     return found
+
+
+def reducible_pairs() -> list[tuple[str, MPI.Op, MPI.Datatype, Reducer]]:
+    """Every (op name, op, predefined datatype, reducer) commlib reduces itself, in a fixed order."""
+    types: dict[int, MPI.Datatype] = {}
+    for name in sorted(dir(MPI)):
+        obj = getattr(MPI, name)
+        if isinstance(obj, MPI.Datatype) and obj.handle in _GROUP_OF:
+            types.setdefault(obj.handle, obj)
+    if _float16.handle in _GROUP_OF:  # MPICH's half precision has no name in mpi4py
+        types.setdefault(_float16.handle, _float16)
+    out = []
+    for op_name in _OPS:
+        op = getattr(MPI, op_name)
+        for dt in types.values():
+            red = reducer(op, dt)
+            if red is not None:
+                out.append((op_name, op, dt, red))
+    return out

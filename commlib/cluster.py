@@ -40,10 +40,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from commlib.mpirun import MPIRunResult, mpiexec, run_command
+from commlib.mpirun import App, Launcher, MPIRunResult, launcher_environment, run_command
 from commlib.netns import (
     PREFIX,
     ClusterError,
+    agent_command,
     batch,
     clean_stale_namespaces,
     delete_namespaces,
@@ -442,52 +443,83 @@ class EmulatedCluster:
             )
         return proc
 
-    def mpi_env(self) -> dict[str, str]:
-        """Environment that makes MPICH talk TCP over the emulated links instead of shared memory."""
-        return {
-            "MPIR_CVAR_NOLOCAL": "1",
-            "MPIR_CVAR_CH4_NETMOD": "ucx",
-            "UCX_TLS": "tcp",
-            "UCX_NET_DEVICES": self.device,
-            "FI_PROVIDER": "tcp",
-            "FI_TCP_IFACE": self.device,
-        }
+    def mpi_env(self, launcher: Launcher | None = None, *, devices: Sequence[str] | None = None) -> dict[str, str]:
+        """Environment that makes the MPI of ``launcher`` (default: this Python's) talk TCP over the emulated
+        links instead of shared memory.
 
-    def _rank_counts(self, ranks_per_node: int | Sequence[int]) -> list[int]:
-        if isinstance(ranks_per_node, int):
-            counts = [ranks_per_node] * len(self)
-        else:
-            counts = list(ranks_per_node)
-            if len(counts) != len(self):
-                raise ValueError(
-                    f"EmulatedCluster.mpirun: ranks_per_node has {len(counts)} entries for {len(self)} nodes"
-                )
-        if any(not isinstance(k, int) or k < 0 for k in counts) or sum(counts) < 1:
-            raise ValueError(
-                f"EmulatedCluster.mpirun: ranks_per_node must be non-negative ints with at least one rank, "
-                f"got {ranks_per_node!r}"
+        MPICH: its network module for node-local peers too (``MPIR_CVAR_NOLOCAL``),
+        UCX or libfabric over TCP on the node device. Open MPI: the ``ob1``
+        messaging layer over the ``tcp`` and ``self`` transports on the node
+        device, and one daemon per node, started in the node's namespace by
+        :func:`commlib.netns.agent`, reached over the same device. ``devices``
+        (default: path 0's) are the devices MPI's messages may use; with several,
+        UCX and Open MPI's TCP transport split large messages over them.
+        """
+        launcher = launcher or Launcher()
+        names = ",".join(devices or [self.device])
+        env = {"UCX_TLS": "tcp", "UCX_NET_DEVICES": names}
+        if launcher.family == "hydra":
+            env.update(
+                MPIR_CVAR_NOLOCAL="1",
+                MPIR_CVAR_CH4_NETMOD="ucx",
+                FI_PROVIDER="tcp",
+                FI_TCP_IFACE=self.device,
             )
-        return counts
+        else:
+            env.update(
+                OMPI_MCA_pml="ob1",
+                OMPI_MCA_btl="tcp,self",
+                OMPI_MCA_btl_tcp_if_include=names,
+                PRTE_MCA_oob_tcp_if_include=self.device,
+                PRTE_MCA_plm_ssh_agent=agent_command(dict(zip(self.hostnames, self.namespaces))),
+                PRTE_MCA_plm_ssh_no_tree_spawn="1",
+            )
+        return env
+
+    def _segments(self, ranks_per_node: int | Sequence[int] | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``(node, ranks)`` in rank order, from ranks per node (an int or one per node) or the pairs themselves."""
+        what = "EmulatedCluster.mpirun: ranks_per_node"
+        if isinstance(ranks_per_node, int):
+            pairs = list(enumerate([ranks_per_node] * len(self)))
+        else:
+            items = list(ranks_per_node)
+            if items and all(isinstance(x, tuple) for x in items):
+                pairs = items
+                if any(len(x) != 2 or not isinstance(x[0], int) or not 0 <= x[0] < len(self) for x in items):
+                    raise ValueError(f"{what}: (node, ranks) pairs need a node in 0..{len(self) - 1}, got {items!r}")
+            else:
+                if len(items) != len(self):
+                    raise ValueError(f"{what} has {len(items)} entries for {len(self)} nodes")
+                pairs = list(enumerate(items))
+        counts = [k for _, k in pairs]
+        if any(not isinstance(k, int) or k < 0 for k in counts) or sum(counts) < 1:
+            raise ValueError(f"{what} must be non-negative ints with at least one rank, got {ranks_per_node!r}")
+        return [(node, k) for node, k in pairs if k]
 
     def mpirun_command(
-        self, ranks_per_node: int | Sequence[int], args: Sequence[str], *, python: bool = True,
-        mpiexec_args: Sequence[str] = (),
+        self, ranks_per_node: int | Sequence[int] | Sequence[tuple[int, int]], args: Sequence[str], *,
+        python: bool = True, mpiexec_args: Sequence[str] = (), launcher: Launcher | None = None,
     ) -> list[str]:  # fmt: skip
-        """The one MPMD ``mpiexec`` command line :meth:`mpirun` runs (ranks numbered node by node)."""
-        counts = self._rank_counts(ranks_per_node)
+        """The one MPMD ``mpiexec`` command line :meth:`mpirun` runs.
+
+        Ranks are numbered node by node (or in the order of ``(node, ranks)``
+        pairs). Under MPICH's Hydra every rank runs in its node's namespace
+        through a per-rank wrapper (:meth:`node_command`); under Open MPI the
+        launcher itself runs on node 0 and starts a daemon on every node
+        (:meth:`mpi_env`), which starts that node's ranks.
+        """
+        launcher = launcher or Launcher()
+        segments = self._segments(ranks_per_node)
         program = [sys.executable, "-m", "mpi4py", *args] if python else list(args)
-        command = [mpiexec(), "-genvall", *mpiexec_args]
-        for node, k in enumerate(counts):
-            if k == 0:
-                continue
-            if len(command) > 2 + len(mpiexec_args):
-                command.append(":")
-            command += ["-n", str(k), "-env", "COMMLIB_NODE_ID", str(node), *self.node_command(node, program)]
-        return command
+        if launcher.family == "hydra":
+            apps = [App(k, self.node_command(node, program), {"COMMLIB_NODE_ID": str(node)}) for node, k in segments]
+            return launcher.command(apps, args=["-genvall", *mpiexec_args])
+        apps = [App(k, program, {"COMMLIB_NODE_ID": str(node)}, self.hostnames[node]) for node, k in segments]
+        return self.node_command(0, launcher.command(apps, args=mpiexec_args))
 
     def mpirun(
         self,
-        ranks_per_node: int | Sequence[int],
+        ranks_per_node: int | Sequence[int] | Sequence[tuple[int, int]],
         args: Sequence[str],
         *,
         timeout: float = 120.0,
@@ -499,15 +531,20 @@ class EmulatedCluster:
     ) -> MPIRunResult:
         """Run ``args`` (``python -m mpi4py args`` with ``python``) with ``ranks_per_node`` ranks on each node.
 
-        Same bounds and errors as :func:`commlib.mpirun.run`. Each rank gets
-        ``COMMLIB_NODE_ID`` and the :meth:`mpi_env` settings (``env`` wins).
-        Ranks left in the namespaces after a failed or timed-out job are killed.
+        ``ranks_per_node`` is one count for every node, a count per node, or
+        ``(node, ranks)`` pairs in rank order (e.g. ranks alternating between
+        two nodes). Same bounds and errors as :func:`commlib.mpirun.run`. Each
+        rank gets ``COMMLIB_NODE_ID`` and the :meth:`mpi_env` settings (``env``
+        wins). Ranks left in the namespaces after a failed or timed-out job are
+        killed.
         """
         self._check_open("mpirun")
-        command = self.mpirun_command(ranks_per_node, args, python=python, mpiexec_args=mpiexec_args)
+        launcher = Launcher()
+        command = self.mpirun_command(ranks_per_node, args, python=python, mpiexec_args=mpiexec_args, launcher=launcher)
+        full_env = launcher_environment(launcher, {**self.mpi_env(launcher), **(env or {})})
         ok = False
         try:
-            result = run_command(command, timeout=timeout, env={**self.mpi_env(), **(env or {})}, check=check, cwd=cwd)
+            result = run_command(command, timeout=timeout, env=full_env, check=check, cwd=cwd)
             ok = result.returncode == 0
             return result
         finally:

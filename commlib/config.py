@@ -124,6 +124,12 @@ class Config:
         algorithm of the interposed ``Allreduce``: ``auto`` (cost model),
         ``native``, ``ring``, ``star``, ``hierarchical`` (its two variants by
         cost), ``hierarchical-root`` or ``hierarchical-shard``.
+    reduction_check [COMMLIB_REDUCTION_CHECK=1]
+        at the first allreduce on a communicator, check MPI's reduction of
+        every (operation, datatype) pair commlib reduces against exact
+        arithmetic (:mod:`collectives.reduction_check`) and run the pairs MPI
+        gets wrong with commlib's ring or star; 0 trusts MPI. Set it alike on
+        every rank.
     model [COMMLIB_MODEL=auto]
         the cost model behind the pack-vs-native and engine choices
         (:mod:`datatypes.model`): ``auto`` loads this machine's calibration
@@ -208,6 +214,7 @@ class Config:
     node_detect: str = "auto"
     node_id: int = -1
     allreduce: str = "auto"
+    reduction_check: bool = True
     model: str = "auto"
     cache_dir: str = ""
     model_max_age: int = 90
@@ -261,6 +268,7 @@ class Config:
             node_detect=_env_choice("COMMLIB_NODE_DETECT", cls.node_detect, _NODE_DETECT),
             node_id=_env_int("COMMLIB_NODE_ID", cls.node_id),
             allreduce=_env_choice("COMMLIB_ALLREDUCE", cls.allreduce, _ALLREDUCE_ALGORITHMS),
+            reduction_check=_env_bool("COMMLIB_REDUCTION_CHECK", cls.reduction_check),
             model=os.environ.get("COMMLIB_MODEL", "").strip() or cls.model,
             cache_dir=os.environ.get("COMMLIB_CACHE_DIR", "").strip(),
             model_max_age=_env_int("COMMLIB_MODEL_MAX_AGE", cls.model_max_age),

@@ -11,10 +11,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 __all__ = [
     "PREFIX",
     "ClusterError",
+    "agent",
+    "agent_command",
     "batch",
     "clean_stale_namespaces",
     "delete_namespaces",
@@ -129,3 +132,48 @@ def clean_stale_namespaces() -> list[str]:
             removed.append(ns)
     delete_namespaces(*removed)
     return removed
+
+
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def agent_command(hosts: dict[str, str]) -> str:
+    """The remote-shell command that starts a program "on" host ``h`` inside namespace ``hosts[h]``.
+
+    Open MPI's launcher starts one daemon per host through a remote shell
+    (``ssh host command``); given this as ``plm_ssh_agent``, every emulated
+    node gets its own daemon, in its own namespace, under its own host name.
+    """
+    for host, ns in hosts.items():
+        if not (_HOST.match(host) and _HOST.match(ns)):
+            raise ValueError(f"agent_command: host {host!r} or namespace {ns!r} is not a plain name")
+    mapping = ",".join(f"{host}={ns}" for host, ns in hosts.items())
+    return f"{sys.executable} -m commlib.netns agent {mapping}"
+
+
+def agent(argv: list[str]) -> int:
+    """``agent HOST=NS[,HOST=NS...] HOST WORD...``: run ``WORD...`` as ``ssh HOST WORD...`` would, in NS.
+
+    As with ssh, the words are joined into one shell command line; it runs in
+    the host's namespace, in a new UTS namespace named after the host. An
+    unknown host exits with 255 (ssh's code for a host it cannot reach).
+    """
+    if len(argv) < 3:
+        print("commlib.netns agent: usage: agent HOST=NS[,HOST=NS...] HOST COMMAND...", file=sys.stderr)
+        return 255
+    hosts = dict(item.partition("=")[::2] for item in argv[0].split(","))
+    host, words = argv[1], argv[2:]
+    ns = hosts.get(host)
+    if ns is None or not _HOST.match(host) or not _HOST.match(ns):
+        print(f"commlib.netns agent: unknown host {host!r} (known: {', '.join(hosts)})", file=sys.stderr)
+        return 255
+    script = f'hostname {host} && exec sh -c "$0"'
+    os.execvp("ip", ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", script, " ".join(words)])
+    return 255  # not reached: execvp replaces this process or raises
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["agent"]:
+        print("usage: python -m commlib.netns agent HOST=NS[,HOST=NS...] HOST COMMAND...", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(agent(sys.argv[2:]))

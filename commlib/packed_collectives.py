@@ -24,7 +24,6 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
-import numpy as np
 from mpi4py import MPI
 
 from .config import config
@@ -36,7 +35,6 @@ __all__ = ["Collectives", "NeighborCollectives"]
 _SPECS = (list, tuple)
 IN_PLACE = MPI.IN_PLACE
 _MPI_ALLREDUCE = MPI.Comm.Allreduce
-_SMALL = 32 << 10  # collectives.allreduce_cost.MIN_BYTES: auto keeps MPI's own below it (a test checks)
 
 
 _ALLREDUCE: Any = None  # collectives.allreduce, imported on the first Allreduce (it loads numpy-heavy modules)
@@ -71,15 +69,16 @@ class Collectives:
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:
         """Through :func:`collectives.allreduce.try_allreduce`: MPI's own unless the cost model picks another."""
-        if type(recvbuf) is np.ndarray and recvbuf.nbytes < _SMALL and config.allreduce == "auto":
-            return _MPI_ALLREDUCE(self, sendbuf, recvbuf, op)  # what auto decides below MIN_BYTES, for any shape
         allreduce = _ALLREDUCE or _load_allreduce()
         if allreduce.try_allreduce(self, sendbuf, recvbuf, op) is NotImplemented:
             return _MPI_ALLREDUCE(self, sendbuf, recvbuf, op)  # no subclass between here and MPI.Comm defines it
         if self._session is not None:
-            buf = recvbuf[0] if isinstance(recvbuf, (list, tuple)) else recvbuf
+            spec = isinstance(recvbuf, (list, tuple))
+            buf = recvbuf[0] if spec else recvbuf
             nbytes = int(getattr(buf, "nbytes", 0))
-            self._session.record("Allreduce", allreduce.plan(self, nbytes, config.allreduce)[0], nbytes)
+            kind = recvbuf[-1] if spec else getattr(buf, "dtype", None)  # the pair MPI may reduce wrongly
+            chosen = allreduce.plan(self, nbytes, config.allreduce, op=op, datatype=kind)[0]
+            self._session.record("Allreduce", chosen, nbytes)
 
     def Bcast(self, buf: Any, root: int = 0) -> None:
         if _plain(buf):

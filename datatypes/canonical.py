@@ -293,28 +293,85 @@ def _named(dt: MPI.Datatype) -> _Layout:
 _BYTEWISE: dict[str, bool] = {}
 
 
+def _pair_packs(dt: MPI.Datatype, shift: int, src: bytes) -> bool:
+    """Whether ``MPI_Pack`` of two elements ``shift`` bytes apart gives the bytes the type map says."""
+    size = dt.Get_size()
+    pair = dt.Create_hindexed_block(1, [0, shift])
+    one = pair.Create_resized(0, len(src)).Commit()  # exactly one pair: mpi4py counts len // extent
+    pair.Free()
+    try:
+        out = bytearray(2 * size)
+        one.Pack(src, out, 0, MPI.COMM_SELF)
+    finally:
+        one.Free()
+    return bytes(out) == src[:size] + src[shift : shift + size]
+
+
 def _packs_bytewise(dt: MPI.Datatype, name: str) -> bool:
     """Whether ``MPI_Pack`` copies every byte of this named type.
 
     Not always so: inside a type resized to an unaligned extent, MPICH packs
     ``LONG_DOUBLE`` as its 10 significant bytes and leaves the padding
-    unwritten. Probed once per type, alone and resized, with a pattern that
-    has no zero byte.
+    unwritten; inside a vector, Open MPI packs the same 10 bytes and zeros.
+    Probed once per type, alone, resized, and as two elements 0, 1 and 2
+    sizes apart, with a pattern that has no zero byte.
     """
     if name not in _BYTEWISE:
         size = dt.Get_size()
-        src = bytes((i % 255) + 1 for i in range(size + 1))
+        src = bytes((i % 255) + 1 for i in range(3 * size + 1))
         odd = dt.Create_resized(0, size + 1).Commit()
         try:
             ok = True
-            for t, buf in ((dt, src[:size]), (odd, src)):
+            for t, buf in ((dt, src[:size]), (odd, src[: size + 1])):
                 out = bytearray(size)
                 t.Pack(buf, out, 0, MPI.COMM_SELF)
                 ok = ok and bytes(out) == src[:size]
         finally:
             odd.Free()
-        _BYTEWISE[name] = ok
+        _BYTEWISE[name] = ok and all(_pair_packs(dt, shift, src) for shift in (0, size, 2 * size))
     return _BYTEWISE[name]
+
+
+_UNALIGNED: dict[str, bool] = {}
+
+
+def _packs_unaligned(dt: MPI.Datatype | None) -> bool:
+    """Whether ``MPI_Pack`` copies elements of this named type placed at any distance that is not a multiple
+    of its size (overlapping or not) as the type map says.
+
+    Not always so: Open MPI 5 packs a complex number placed half its size
+    (plus any multiple of its size) after another as a second copy of that
+    other. Probed once per type, for every such distance up to twice the
+    size, with a pattern that has no zero byte.
+    """
+    if dt is None:
+        return True
+    name = dt.Get_name()
+    if name not in _UNALIGNED:
+        size = dt.Get_size()
+        src = bytes((i % 255) + 1 for i in range(3 * size))
+        _UNALIGNED[name] = all(_pair_packs(dt, shift, src) for shift in range(1, 2 * size) if shift != size)
+    return _UNALIGNED[name]
+
+
+_empty_members: bool | None = None
+
+
+def _packs_empty_members() -> bool:
+    """Whether ``MPI_Pack`` of several objects spaces them by the extent when an empty derived member of a
+    struct sets the bounds (Open MPI 5 spaces them by the true extent). Probed once."""
+    global _empty_members
+    if _empty_members is None:
+        empty = MPI.BYTE.Create_contiguous(0)
+        t = MPI.Datatype.Create_struct([1, 1], [1, 0], [MPI.BYTE, empty]).Commit()  # lb 0, extent 2
+        empty.Free()
+        try:
+            out = bytearray(2)
+            t.Pack(bytes(range(1, 5)), out, 0, MPI.COMM_SELF)  # two objects: bytes 1 and 3
+        finally:
+            t.Free()
+        _empty_members = bytes(out) == bytes([2, 4])
+    return _empty_members
 
 
 def _layout(dt: MPI.Datatype) -> _Layout:
@@ -323,18 +380,42 @@ def _layout(dt: MPI.Datatype) -> _Layout:
     base, combiner, p = dt.decode()  # base is DATATYPE_NULL for STRUCT
     children = list(p["datatypes"]) if combiner == "STRUCT" else [base]
     try:
-        return _combine(combiner, p, children)
+        out = _combine(combiner, p, children)
     finally:
         for child in children:
             _free(child)
+    _check_within_mpi_extent(dt, out)
+    return out
+
+
+def _check_within_mpi_extent(dt: MPI.Datatype, lay: _Layout) -> None:
+    """Reject a layout that touches bytes outside MPI's own true extent of ``dt``.
+
+    The layout follows the standard's type map; an MPI whose type map differs
+    (Open MPI 5 builds ``BYTE.Create_vector(2, 1, -1)`` as two bytes going up)
+    must then pack the type itself, so that commlib's bytes stay MPI's. Empty
+    members widen MPI's true extent, never the layout, so only a layout
+    reaching outside it is wrong.
+    """
+    if lay.empty:
+        return
+    sb = StridedBlock(lay.start, *zip(*lay.levels), extent=0)
+    true_lb, true_extent = dt.Get_true_extent()
+    if sb.true_lb < true_lb or sb.true_ub > true_lb + true_extent:
+        raise _Reject(f"MPI's true extent [{true_lb}, {true_lb + true_extent}) does not hold the type map")
 
 
 def _combine(combiner: str, p: dict[str, Any], children: list[MPI.Datatype]) -> _Layout:
     if combiner == "STRUCT":
-        entries = []
+        entries, markers = [], False
         for bl, disp, child in zip(p["blocklengths"], p["displacements"], children):
-            entries.append(_layout(child).repeated(bl, child.Get_extent()[1]).shifted(disp))
-        return _sequence(entries)
+            inner = _layout(child)
+            markers = markers or (inner.empty and bl > 0 and not child.is_predefined)
+            entries.append(inner.repeated(bl, child.Get_extent()[1]).shifted(disp))
+        out = _sequence(entries)
+        if markers and not out.empty and not _packs_empty_members():
+            raise _Reject("an empty derived member sets the bounds, and this MPI packs such types its own way")
+        return out
     (child,) = children
     inner = _layout(child)
     ext = child.Get_extent()[1]
@@ -389,7 +470,13 @@ def _translate(datatype: MPI.Datatype) -> StridedBlock | None:
         return None
     lb, extent = datatype.Get_extent()
     counts, strides = zip(*lay.levels)
-    return StridedBlock(lay.start, counts, strides, extent, lb, lay.base)
+    block = StridedBlock(lay.start, counts, strides, extent, lb, lay.base)
+    base = named_datatype(block.base)
+    if base is not None and not _packs_unaligned(base):
+        size = base.Get_size()
+        if any(d % size for d in (extent, *block.strides[1:])):
+            return None  # MPI packs elements of this base at such distances its own way
+    return block
 
 
 def cache_entry(datatype: MPI.Datatype) -> CacheEntry:
@@ -465,12 +552,26 @@ def _build_datatype(sb: StridedBlock) -> MPI.Datatype:
     base = named_datatype(sb.base)
     if base is None or base.Get_size() == 0 or sb.block % base.Get_size():
         base = MPI.BYTE
+    out = _nested(sb, base, explicit=False)
+    if not sb.is_empty and any(s < 0 for s in sb.strides):
+        again = cache_entry(out).block
+        if again is None or (again.start, again.counts, again.strides) != (sb.start, sb.counts, sb.strides):
+            out.Free()  # this MPI builds a vector with a negative stride otherwise (Open MPI 5: stride -1)
+            out = _nested(sb, base, explicit=True)
+    return out
+
+
+def _nested(sb: StridedBlock, base: MPI.Datatype, explicit: bool) -> MPI.Datatype:
+    """Nested hvectors of a contiguous run of ``base`` (negative strides as explicit displacements)."""
     if sb.is_empty:
         dt = base.Create_contiguous(0)
     else:
         cur = base.Create_contiguous(sb.block // base.Get_size())
         for c, s in sb._levels[1:]:
-            nxt = cur.Create_hvector(c, 1, s)
+            if explicit and s < 0:
+                nxt = cur.Create_hindexed_block(1, [i * s for i in range(c)])
+            else:
+                nxt = cur.Create_hvector(c, 1, s)
             cur.Free()
             cur = nxt
         dt = cur.Create_hindexed_block(1, [sb.start])

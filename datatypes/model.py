@@ -75,6 +75,7 @@ __all__ = [
     "fit_alpha_beta",
     "generation",
     "load",
+    "node_local_over_network",
     "on_change",
     "op_class",
     "register_strategy",
@@ -148,6 +149,23 @@ _LINKS = {"intra": (1.5e-6, 0.25e-9), "inter": (60e-6, 8.4e-9)}
 _LOOPBACK = (30e-6, 0.6e-9)
 
 
+def node_local_over_network() -> bool:
+    """Whether MPI is told to send node-local messages through its network module, not shared memory.
+
+    MPICH: ``MPIR_CVAR_NOLOCAL``; Open MPI: an ``OMPI_MCA_btl`` list without
+    its shared-memory transport (``sm``, formerly ``vader``), as the emulated
+    cluster sets.
+    """
+    if os.environ.get("MPIR_CVAR_NOLOCAL", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    btl = os.environ.get("OMPI_MCA_btl", "").replace(" ", "")
+    if not btl:
+        return False
+    names = set(btl.lstrip("^").split(","))
+    shared = bool(names & {"sm", "vader"})
+    return shared if btl.startswith("^") else not shared
+
+
 @dataclass(frozen=True)
 class Prior:
     """Analytic costs used where nothing was measured.
@@ -176,8 +194,8 @@ class Prior:
     @classmethod
     def from_config(cls) -> Prior:
         links = dict(_LINKS)
-        if os.environ.get("MPIR_CVAR_NOLOCAL", "0").strip().lower() in ("1", "true", "yes", "on"):
-            links["intra"] = _LOOPBACK  # MPICH sends node-local messages through its network module
+        if node_local_over_network():
+            links["intra"] = _LOOPBACK
         return cls(min_bytes=config.pack_min_bytes, min_block=max(config.pack_min_block, 1), links=links)
 
     def pack(self, engine: str, nbytes: int, block: int) -> float:

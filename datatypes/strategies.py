@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "TypeSpec",
     "buffers_for",
     "built",
+    "empty_subarrays_accepted",
     "live_datatypes",
     "mpi_datatypes",
     "strided_views",
@@ -188,6 +190,21 @@ def _lengths(draw, n: int, hi: int) -> tuple[int, ...]:
     return tuple(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)))
 
 
+@cache
+def empty_subarrays_accepted() -> bool:
+    """Whether the MPI in use builds subarray types with a zero subsize (MPICH does, Open MPI does not).
+
+    Probed once per process; where it says no, :func:`type_specs` draws every
+    subsize from 1 up, so that every drawn type is one this MPI accepts.
+    """
+    try:
+        probe = MPI.BYTE.Create_subarray([2], [0], [0])
+    except MPI.Exception:
+        return False
+    probe.Free()
+    return True
+
+
 @st.composite
 def _wrap(draw, child: TypeSpec, ctors: tuple[str, ...], small: bool) -> TypeSpec:
     """Apply one constructor from ``ctors`` to ``child``; ``small`` keeps deep levels' counts low."""
@@ -213,7 +230,8 @@ def _wrap(draw, child: TypeSpec, ctors: tuple[str, ...], small: bool) -> TypeSpe
     elif ctor == "subarray":
         ndim = draw(st.integers(1, 3))
         sizes = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
-        subsizes = tuple(draw(st.integers(0, s)) for s in sizes)
+        least = 0 if empty_subarrays_accepted() else 1
+        subsizes = tuple(draw(st.integers(least, s)) for s in sizes)
         starts = tuple(draw(st.integers(0, s - ss)) for s, ss in zip(sizes, subsizes))
         order = draw(st.sampled_from([MPI.ORDER_C, MPI.ORDER_FORTRAN]))
         args = (sizes, subsizes, starts, order)

@@ -20,6 +20,14 @@ config.reload()
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "commlib-ci"))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which MPI the suite runs on (some tests say in their skip reason that they need the other)."""
+    from collectives.reduction_check import mpi_library
+    from commlib.mpirun import mpiexec_family
+
+    return f"MPI: {mpi_library()}; mpiexec family: {mpiexec_family()}"
+
+
 @pytest.fixture
 def mpirun():
     """Run a command under ``mpiexec -n N`` with a hard timeout (see commlib.mpirun)."""

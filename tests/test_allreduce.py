@@ -15,7 +15,7 @@ from collectives.allreduce import ALGORITHMS, allreduce, handles, plan, try_allr
 from collectives.bufspec import typed_buffer
 from collectives.reduction import reducer
 from collectives.topology import release, topology
-from commlib.mpirun import mpiexec, run_command
+from commlib.mpirun import App, run_apps
 
 HERE = Path(__file__).parent / "mpi"
 CASES = str(HERE / "allreduce_cases.py")
@@ -256,15 +256,9 @@ def test_costs_follow_mpich_nolocal(monkeypatch):
 # ------------------------------------------------------------------ multi-rank
 def _launch(segments: list[tuple[int, str | None]], args: list[str], timeout: float = 240) -> str:
     """One mpiexec with a segment of ``n`` ranks per entry, each with its COMMLIB_NODE_ID (or none)."""
-    command = [mpiexec()]
-    for k, (n, node) in enumerate(segments):
-        if k:
-            command.append(":")
-        command += ["-n", str(n)]
-        if node is not None:
-            command += ["-env", "COMMLIB_NODE_ID", node]
-        command += [sys.executable, "-m", "mpi4py", CASES, *args]
-    return run_command(command, timeout=timeout).stdout
+    program = [sys.executable, "-m", "mpi4py", CASES, *args]
+    apps = [App(n, program, {} if node is None else {"COMMLIB_NODE_ID": node}) for n, node in segments]
+    return run_apps(apps, timeout=timeout).stdout
 
 
 @pytest.mark.mpi
@@ -348,9 +342,3 @@ def test_benchmark_noise_control(tmp_path, capsys):
     assert set(row["median_s"]) == {"native", "mpi-again", "auto"} and not row["errors"]["mpi-again"]
     assert all(t > 0 for t in row["samples_s"]["mpi-again"]) and len(row["samples_s"]["mpi-again"]) == 2
     assert "1node: noise floor: MPI against itself differs by up to" in capsys.readouterr().out
-
-
-def test_interposed_allreduce_keeps_the_same_small_size_rule():
-    from commlib import packed_collectives
-
-    assert packed_collectives._SMALL == cost.MIN_BYTES  # the interposer's shortcut is auto's own rule

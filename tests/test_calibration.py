@@ -14,6 +14,7 @@ from commlib.calibrate import main as calibrate
 from commlib.config import config
 from commlib.explain import SpecError, parse_spec
 from commlib.explain import main as explain
+from commlib.mpirun import App, run_apps
 from datatypes import model as cm
 from datatypes.cost_table import Table
 
@@ -206,8 +207,8 @@ def test_calibrate_and_accuracy_benchmark_on_several_ranks(mpirun, tmp_path, npr
 def test_calibrate_measures_between_nodes(mpirun, tmp_path):
     """Three ranks on two (declared) nodes: rank 1 shares rank 0's node, rank 2 does not."""
     program = [sys.executable, "-m", "mpi4py", str(HERE / "model_calibration.py"), str(tmp_path)]
-    args = [*program, ":", "-env", "COMMLIB_NODE_ID", "1", "-n", "1", *program]
-    result = mpirun(2, args, python=False, mpiexec_args=["-env", "COMMLIB_NODE_ID", "0"], timeout=240)
+    apps = [App(2, program, {"COMMLIB_NODE_ID": "0"}), App(1, program, {"COMMLIB_NODE_ID": "1"})]
+    result = run_apps(apps, timeout=240)
     assert "OK calibration on 3 ranks (intra 1, inter 2)" in result.stdout
 
 

@@ -187,3 +187,57 @@ def test_from_array_of_views():
     assert datatypes.from_array(a).is_contiguous
     rev = datatypes.from_array(a[::-1])
     assert rev.start == 5 * 64 and levels(rev) == [(6, -64)]
+
+
+# -- where an MPI's type map departs from the standard's, MPI packs the type itself ---------------------------
+
+
+def _mpi_pack(dt, src):
+    one = dt.Create_resized(0, len(src)).Commit()  # one object from the whole buffer
+    try:
+        out = bytearray(dt.Get_size())
+        one.Pack(src, out, 0, MPI.COMM_SELF)
+        return bytes(out)
+    finally:
+        one.Free()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: MPI.BYTE.Create_vector(3, 1, -1),  # Open MPI 5: three bytes going up
+        lambda: MPI.C_DOUBLE_COMPLEX.Create_hindexed_block(1, [0, 24]),  # Open MPI 5: the first element twice
+        lambda: MPI.C_FLOAT_COMPLEX.Create_hindexed_block(1, [0, 4]),  # overlapping, the same
+        lambda: MPI.LONG_DOUBLE.Create_vector(2, 1, 2),  # 10 significant bytes of 16, padding unwritten or zeroed
+    ],
+    ids=["byte-stride-minus-one", "complex-half-offset", "complex-overlap", "long-double-padding"],
+)
+def test_a_form_is_given_only_where_mpi_packs_the_type_map(make, build):
+    dt = make(build()).Commit()
+    sb = canonicalize(dt)
+    true_lb, true_extent = dt.Get_true_extent()
+    src = bytes((i % 251) + 1 for i in range(true_extent + 64))
+    shifted = make(dt.Create_hindexed_block(1, [32 - true_lb])).Commit()  # room below the origin
+    if sb is not None:
+        expected = bytes(src[32 - true_lb + o] for o in sb.byte_offsets())
+        assert _mpi_pack(shifted, src) == expected, sb
+
+
+def test_a_struct_whose_empty_member_sets_the_bounds(make):
+    """lb 0 from the empty member, one byte at 1, extent 2: objects 2 bytes apart, where MPI agrees."""
+    empty = make(MPI.BYTE.Create_contiguous(0))
+    dt = make(MPI.Datatype.Create_struct([1, 1], [1, 0], [MPI.BYTE, empty])).Commit()
+    sb = canonicalize(dt)
+    out = bytearray(2)
+    dt.Pack(bytes(range(1, 5)), out, 0, MPI.COMM_SELF)  # two objects
+    assert (sb is not None) == (bytes(out) == bytes([2, 4]))
+    if sb is not None:
+        assert (sb.start, sb.extent, sb.lb) == (1, 2, 0)
+
+
+def test_to_datatype_keeps_a_negative_byte_stride(make):
+    sb = StridedBlock(2, (1, 3), (1, -1), 3, 0, "MPI_BYTE")  # bytes 2, 1, 0 in that order
+    dt = make(sb.to_datatype())
+    again = canonicalize(dt)
+    assert (again.start, again.counts, again.strides) == (2, (1, 3), (1, -1))
+    assert _mpi_pack(dt, bytes([10, 11, 12, 13])) == bytes([12, 11, 10])

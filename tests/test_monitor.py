@@ -66,6 +66,18 @@ def test_sequence_numbers_peers_and_ring():
     assert len(rec.history(state, "Barrier")) == 16 - 0  # all kept Barrier calls
 
 
+def test_communicators_are_identified_alike_on_every_rank():
+    """By the Fortran handle (creation order on every MPI), not the C handle (Open MPI: an address per process)."""
+    rec = FlightRecorder(16)
+    dup = MPI.COMM_WORLD.Dup()
+    try:
+        rec.leave(rec.enter(dup, "Barrier", (), {}))
+        state = next(c for c in rec.comms() if c.handle == dup.handle)
+        assert state.ident.startswith(f"{dup.py2f() & 0xFFFFFFFF:08x}.1-")
+    finally:
+        dup.Free()
+
+
 def test_recorder_keeps_no_buffer_and_forgets_freed_communicators():
     rec = FlightRecorder(64)
     arr = np.zeros(1000)

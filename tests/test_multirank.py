@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from commlib.mpirun import MPIRunError
+from commlib.mpirun import App, MPIRunError, run_apps
 
 HERE = Path(__file__).parent / "mpi"
 
@@ -64,25 +64,21 @@ def test_interposed_point_to_point_splits_large_messages(mpirun, nprocs):
 
 
 @pytest.mark.parametrize("algorithm", ["ring", "star", "hierarchical-shard"])
-def test_interposed_allreduce_runs_commlib_algorithms(mpirun, algorithm):
-    script = str(HERE / "interposer_allreduce.py")
-    nodes = [("0", 2), ("1", 1)]  # uneven emulated nodes, by COMMLIB_NODE_ID
-    args: list[str] = []
-    for node, ranks in nodes:
-        args += [":", "-n", str(ranks), "env", f"COMMLIB_NODE_ID={node}", sys.executable, "-m", "commlib"]
-        args += [script, algorithm]
+def test_interposed_allreduce_runs_commlib_algorithms(algorithm):
+    program = [sys.executable, "-m", "commlib", str(HERE / "interposer_allreduce.py"), algorithm]
+    # uneven emulated nodes, by COMMLIB_NODE_ID
+    apps = [App(2, program, {"COMMLIB_NODE_ID": "0"}), App(1, program, {"COMMLIB_NODE_ID": "1"})]
     setting = "hierarchical" if algorithm.startswith("hierarchical") else algorithm
-    result = mpirun(2, args[3:], python=False, env={"COMMLIB_ALLREDUCE": setting}, timeout=180)
+    result = run_apps(apps, env={"COMMLIB_ALLREDUCE": setting}, timeout=180)
     assert f"OK on 3 ranks ({algorithm})" in result.stdout
 
 
 @pytest.mark.parametrize("script", ["interposer_p2p.py", "interposer_collectives.py"])
-def test_mixed_interposed_and_plain_peers(mpirun, script):
+def test_mixed_interposed_and_plain_peers(script):
     path = str(HERE / script)
     plain = [sys.executable, "-m", "mpi4py", path]
     ours = [sys.executable, "-m", "commlib", path]
-    args = [*ours, ":", "-n", "1", *plain, ":", "-n", "1", *ours]
-    result = mpirun(1, args, python=False, env={"COMMLIB_PACK": "strided"}, timeout=180)
+    result = run_apps([App(1, ours), App(1, plain), App(1, ours)], env={"COMMLIB_PACK": "strided"}, timeout=180)
     assert "OK on 3 ranks (interposed rank 0)" in result.stdout
 
 

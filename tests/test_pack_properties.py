@@ -51,14 +51,29 @@ def test_pack_matches_mpi(data):
     assert np.array_equal(buf, before), "pack modified its input"
 
 
+def _hvectors_differ_in_mpi(sb):
+    """Whether MPI's own extent of ``sb`` built as nested hvectors disagrees with the form's."""
+    base = named_datatype(sb.base)
+    t = base.Create_contiguous(sb.block // base.Get_size())
+    for count, stride in zip(sb.counts[1:], sb.strides[1:]):
+        t, old = t.Create_hvector(count, 1, stride), t
+        old.Free()
+    true_lb, true_extent = t.Get_true_extent()
+    t.Free()
+    origin = sb.start  # the hvectors start at 0, the form at sb.start
+    return (true_lb, true_extent) != (sb.true_lb - origin, sb.true_ub - sb.true_lb)
+
+
 @given(st.data())
 def test_rebuilt_types_keep_the_type_map(data):
     dt = data.draw(mpi_datatypes(), label="datatype")
     twin = rebuilt(dt)
     event("rebuilt" if twin is not None else "not rebuilt")
     sb = datatypes.canonicalize(dt)
-    if twin is None:  # only types without a strided canonical form over one named base type
-        assert sb is None or sb.ndim == 1 or sb.size == 0 or named_datatype(sb.base) is None, sb
+    if twin is None:  # types without a strided canonical form over one named base type, or where MPI
+        # builds the nested hvectors with another type map (Open MPI 5 turns a stride of -1 byte into +1)
+        plain = sb is None or sb.ndim == 1 or sb.size == 0 or named_datatype(sb.base) is None
+        assert plain or _hvectors_differ_in_mpi(sb), sb
         return
     assert rebuilt(dt) is twin, "made once per datatype"
     assert (twin.Get_size(), twin.Get_extent()) == (dt.Get_size(), dt.Get_extent())

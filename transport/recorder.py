@@ -54,15 +54,17 @@ def ranges(ranks: tuple[int, ...] | list[int]) -> str:
     return ",".join(parts)
 
 
-def comm_ident(handle: int, members: tuple[int, ...], generation: int = 1) -> str:
+def comm_ident(number: int, members: tuple[int, ...], generation: int = 1) -> str:
     """An identity of a communicator that its members agree on.
 
     The same on every member when they create and free their communicators
-    in the same order (MPICH then gives the same handles); the generation
-    tells apart communicators that reused a freed one's handle.
+    in the same order: ``number`` is the Fortran handle (MPICH: the handle
+    itself; Open MPI: an index in creation order, where the C handle is a
+    per-process address); the generation tells apart communicators that
+    reused a freed one's number.
     """
     digest = zlib.crc32(",".join(map(str, members)).encode())
-    return f"{handle & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
+    return f"{number & 0xFFFFFFFF:08x}.{generation}-{digest:08x}"
 
 
 def describe_comm(state: CommState) -> dict:
@@ -135,8 +137,12 @@ class FlightRecorder:
                 comm.Set_attr(self._keyval, handle)  # dropped from the table when the communicator is freed
             except Exception:  # a name or attribute is a nicety
                 pass
-        generation = self._generations[handle] = self._generations.get(handle, 0) + 1
-        state = CommState(handle, members, label, comm_ident(handle, members, generation))
+        try:
+            number = comm.py2f()
+        except Exception:  # the C handle then (the same on every rank under MPICH)
+            number = handle
+        generation = self._generations[number] = self._generations.get(number, 0) + 1
+        state = CommState(handle, members, label, comm_ident(number, members, generation))
         self._comms[handle] = state
         return state
 

@@ -85,22 +85,8 @@ def _worker_args(args: argparse.Namespace, out: Path) -> list[str]:
 
 def _launch(cl: Any, ppn: int, interleaved: bool, worker: list[str], timeout: float) -> None:
     """Run ``worker`` with ``ppn`` ranks on each of the two nodes: ranks node by node, or alternating."""
-    if not interleaved:
-        cl.mpirun([ppn, ppn], worker, timeout=timeout)
-        return
-    from commlib.mpirun import mpiexec, run_command
-    from commlib.netns import kill_processes_in
-
-    program = [sys.executable, "-m", "mpi4py", *worker]
-    command = [mpiexec(), "-genvall"]
-    for rank in range(2 * ppn):
-        command += [":"] if rank else []
-        command += ["-n", "1", "-env", "COMMLIB_NODE_ID", str(rank % 2), *cl.node_command(rank % 2, program)]
-    try:
-        run_command(command, timeout=timeout, env=cl.mpi_env())
-    except BaseException:
-        kill_processes_in(*cl.namespaces)
-        raise
+    placement = [(rank % 2, 1) for rank in range(2 * ppn)] if interleaved else [ppn, ppn]
+    cl.mpirun(placement, worker, timeout=timeout)
 
 
 def _run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -34,7 +34,7 @@ __all__ = ["MPI_CONFIGS", "main"]
 
 MPI_CONFIGS: dict[str, dict[str, str]] = {
     "ucx": {},
-    "ucx-2rails": {"UCX_NET_DEVICES": "cl0,cl1", "UCX_MAX_RNDV_RAILS": "2"},
+    "ucx-2rails": {"UCX_MAX_RNDV_RAILS": "2"},  # and every path device (cl.mpi_env(devices=...))
     "ofi-vcis": {"MPIR_CVAR_CH4_NETMOD": "ofi", "MPIR_CVAR_CH4_NUM_VCIS": "4"},
 }
 MODES = ("mpi", "mpi-split", "tcp-1", "tcp-split", "tcp-ecmp")
@@ -48,7 +48,9 @@ def _launch(cl, config: str, args, paths, ecmp) -> dict:
             "--paths", json.dumps(paths), "--ecmp", json.dumps(ecmp), "--modes", ",".join(args.modes),
             "--devices", ",".join(cl.devices), "--json", str(out),
         ]  # fmt: skip
-        res = cl.mpirun([1, 1], worker, timeout=args.timeout, env=MPI_CONFIGS[config], check=False)
+        rails = cl.mpi_env(devices=cl.devices) if config == "ucx-2rails" else {}  # Open MPI's TCP transport too
+        env = {**rails, **MPI_CONFIGS[config]}
+        res = cl.mpirun([1, 1], worker, timeout=args.timeout, env=env, check=False)
         if res.returncode != 0 or not out.exists():
             why = "timed out" if res.timed_out else f"exit code {res.returncode}"
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
