@@ -129,7 +129,8 @@ class Config:
         into its calibration file.
     record [COMMLIB_RECORD=]
         at exit, each session writes its recorded run (per shape: calls, time,
-        choice) to this JSON path, ``{rank}`` replaced by the rank, for
+        choice) to this JSON path, ``{rank}`` replaced by the rank (without
+        it, ``.rank<r>`` is added before the suffix in a multi-rank job), for
         ``python -m commlib explain``; empty: no record.
     monitor [COMMLIB_MONITOR=1]
         ``python -m commlib`` and ``commlib.interpose()`` start the
