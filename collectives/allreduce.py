@@ -32,6 +32,12 @@ optionally ``reduce_beta(dtype)``); without it, commlib's model of the process
 where that module is absent, the defaults of :mod:`collectives.allreduce_cost`.
 Rank 0's figures are used everywhere, so all ranks choose alike.
 
+``MAX``/``MIN`` on floating point with a NaN or zeros of both signs among
+the contributions go to MPI's own algorithm whatever was chosen, so that the
+result is MPI's bit for bit (:mod:`collectives.extrema`). Send and receive
+buffers that overlap are refused with :class:`AliasedBuffers`, as MPI
+refuses them (``MPI_ERR_BUFFER``).
+
 What commlib does not handle - intercommunicators, user-defined operations,
 ``MAXLOC``/``MINLOC``, datatypes other than a predefined reducible type or a
 contiguous run of one - :func:`allreduce` passes to MPI untouched, and
@@ -52,18 +58,39 @@ from mpi4py import MPI
 from commlib.config import config
 
 from . import allreduce_cost as cost
+from . import extrema
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
 from .bufspec import TypedBuffer, datatype_of, typed_buffer
 from .reduction import Reducer, array_module, reducer
 from .topology import Topology, cached_topology, topology
 
-__all__ = ["ALGORITHMS", "allreduce", "handles", "plan", "try_allreduce"]
+__all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
 
 ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
 _HIERARCHICAL = {"hierarchical-root": node_root, "hierarchical-shard": shard_parallel}
 _PLAN_CACHE_LIMIT = 4096
 _MIN_BYTES = cost.MIN_BYTES
+
+
+class AliasedBuffers(MPI.Exception, ValueError):
+    """Send and receive buffers that share memory (``MPI.ERR_BUFFER``, as MPI reports it; also a ``ValueError``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(MPI.ERR_BUFFER)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _check_disjoint(send: Any, recv: Any, datatype: MPI.Datatype) -> None:
+    """Raise :class:`AliasedBuffers` when ``send`` and ``recv`` (contiguous arrays) share any byte."""
+    if array_module(recv).may_share_memory(send, recv):
+        raise AliasedBuffers(
+            f"allreduce: sendbuf and recvbuf overlap ({send.size} and {recv.size} elements of "
+            f"{datatype.Get_name() or recv.dtype}): pass MPI.IN_PLACE as sendbuf to reduce in place"
+        )
 
 
 class _Call:
@@ -94,7 +121,11 @@ def _plain(sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
         return None
     datatype = datatype_of(recvbuf.dtype)
     red = None if datatype is None else reducer(op, datatype)
-    return None if red is None else _Call(send, recvbuf.reshape(-1), datatype, op, red)
+    if red is None:
+        return None
+    if send is not None:
+        _check_disjoint(send, recvbuf, datatype)
+    return _Call(send, recvbuf.reshape(-1), datatype, op, red)
 
 
 def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
@@ -128,6 +159,8 @@ def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
     red = reducer(op, recv.datatype)
     if red is None:
         return None
+    if send is not None:
+        _check_disjoint(send.array, recv.array, recv.datatype)
     return _Call(None if send is None else send.array, recv.array, recv.datatype, op, red)
 
 
@@ -215,6 +248,10 @@ def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native
             _native(comm, call)
         return native_ok
     topo = topology(comm)
+    if extrema.order_sensitive(call.reduce):
+        if extrema.ambiguous(topo.comm, buf if send is None else send):
+            _native(comm, call)  # NaN or signed zeros: MPI's own result, whatever the algorithm would give
+            return True
     if chosen in _HIERARCHICAL:
         _HIERARCHICAL[chosen](topo, send, buf, call.reduce, call.datatype, call.op, inner, segments)
         return True
