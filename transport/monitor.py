@@ -476,7 +476,9 @@ class Monitor:
                 self._abort_at = now + 2 * self.timeout + 2.0  # leave the leader time to report first
 
     def dump_path(self) -> str:
-        """Where this rank writes flight records: beside the report file, always named after the rank."""
+        """Where this rank writes flight records: beside its report file, in a name no other rank uses."""
+        if self.reporter.path and self.reporter.per_rank:
+            return f"{self.reporter.path}.dump.json"
         base = self.reporter.path or f"commlib-monitor-{os.getpid()}"
         return f"{base}.rank{self.rank}.dump.json"
 

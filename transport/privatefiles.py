@@ -12,8 +12,9 @@ new one, never half of one.
 :func:`private_dir` makes or checks a directory chain: every level it is
 asked to own is created 0700 or, when it exists, checked with ``lstat``
 (a directory, not a symlink, owned by this user, no group or other
-permission bits); anything else raises :class:`UnsafePathError` naming the
-path and the problem, and nothing is written there. :func:`read_private`
+permission bits; a directory of this user's with looser bits is first made
+0700); anything else raises :class:`UnsafePathError` naming the path and
+the problem, and nothing is written there. :func:`read_private`
 reads a small file without following a symlink and only when this user owns
 it, up to a size limit.
 """
@@ -64,26 +65,45 @@ def check_private_dir(path: Path | str, what: str = "directory", *, private: boo
 
 
 def private_dir(path: Path | str, levels: int = 1, what: str = "directory") -> Path:
-    """Create (mode 0700) or check the last ``levels`` components of ``path``; returns ``path``.
+    """Create (mode 0700) or check (made 0700 when this user's) the last ``levels`` components of ``path``.
 
-    Levels above those must exist and are only required to be directories
-    (``/tmp``, ``$XDG_RUNTIME_DIR``, a shared file system). Each owned level
+    Levels above those (``/tmp``, ``$XDG_RUNTIME_DIR``, a shared file system)
+    are taken as they are, and made 0700 where missing. Each owned level
     that exists must pass :func:`check_private_dir`; one that does not is made
     with ``mkdir(0o700)`` and checked again (so a race with another user who
     plants it first is caught, not followed).
     """
     path = Path(path)
     chain = [path, *path.parents][:levels][::-1]
-    base = chain[0].parent
+    base = ensure_dir(chain[0].parent, what, check=False)
     if not base.is_dir():
         raise FileNotFoundError(f"{what}: {base} is not a directory")
     for level in chain:
         try:
             os.mkdir(level, 0o700)
         except FileExistsError:
-            pass
+            _tighten(level)
         check_private_dir(level, what)
     return path
+
+
+def _tighten(path: Path) -> None:
+    """Make a directory of this user's 0700 (an older commlib made them 0755); others' are left to be refused.
+
+    The mode is changed through a descriptor opened without following a
+    symlink, after checking that it is this user's directory, so a path
+    swapped under us is never changed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # a symlink or not a directory: check_private_dir says which
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def ensure_dir(path: Path | str, what: str = "directory", *, check: bool = True) -> Path:

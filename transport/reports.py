@@ -42,6 +42,7 @@ class Reporter:
     def __init__(self, rank: int, path: str = "", stream: TextIO | None = None) -> None:
         self.rank = rank
         self.path = path.replace("{rank}", str(rank)) if path else ""
+        self.per_rank = "{rank}" in path  # the file is this rank's alone
         self.stream = stream
         self.callbacks: list[Callback] = []
         self.alarms = 0

@@ -51,14 +51,18 @@ def test_a_directory_planted_by_another_user_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("level", ["root", "job"])
-def test_a_directory_others_may_enter_is_refused(tmp_path, level):
+def test_a_directory_others_may_enter_is_made_private_or_refused(tmp_path, level):
     place = rendezvous.Rendezvous("job", str(tmp_path))
     loose = place.path if level == "job" else place.path.parent
     loose.mkdir(parents=True, mode=0o755)
+    os.chmod(loose, 0o755)  # what an older commlib left behind: this user's, readable by all
+    place.register(_record(0))
+    assert _mode(loose) == 0o700 and _mode(place.path / "rank-0.json") == 0o600
     os.chmod(loose, 0o755)
-    with pytest.raises(PermissionError, match="mode 0755"):
-        place.register(_record(0))
-    assert not any(p.name.startswith("rank-") for p in loose.rglob("*"))
+    os.chown(loose, NOBODY, NOBODY)  # the same, but another user's: refused
+    with pytest.raises(PermissionError, match="owned by uid 65534"):
+        rendezvous.Rendezvous("job", str(tmp_path)).register(_record(0))
+    assert _mode(loose) == 0o755
 
 
 def test_a_symlinked_directory_is_refused(tmp_path):
