@@ -170,7 +170,11 @@ class SocketChannel:
                 return pending
             self._unexpected_bytes -= len(data)
         if len(data) != view.nbytes:
-            pending._complete(ValueError(f"tag {tag} carried {len(data)} bytes, receive expects {view.nbytes}"))
+            error = ChannelProtocolError(
+                f"SocketChannel {self.name}: tag {tag} carried {len(data)} bytes, its receive expects {view.nbytes}"
+            )
+            pending._complete(error)
+            self._fail(error)
         else:
             view[:] = data
             pending._complete()

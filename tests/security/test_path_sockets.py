@@ -94,6 +94,15 @@ def test_a_frame_that_does_not_fit_its_receive_fails_that_receive(pair):
     assert "carries 8 bytes" in str(error)
 
 
+def test_an_early_frame_that_does_not_fit_its_receive_fails_the_channel(pair):
+    raw, channel = pair
+    raw.sendall(FRAME.pack(6, 8) + b"12345678")
+    time.sleep(0.3)
+    error = _fails_fast(channel.irecv(memoryview(bytearray(4)), 0, 6))
+    assert "carried 8 bytes" in str(error)
+    _fails_fast(channel.irecv(memoryview(bytearray(4)), 0, 7))
+
+
 def test_early_parts_are_capped(pair):
     raw, channel = pair
     pending = channel.irecv(memoryview(bytearray(4)), 0, -7)
