@@ -13,8 +13,8 @@ defaults. A file written for another launch shape of the same host and MPI
 library is used when no exact one exists: its host measurements still hold.
 Files over :data:`MAX_BYTES` are not read. :func:`save` writes 0600 through
 a temporary name made by ``mkstemp`` in the same directory, ``fsync`` and
-``os.replace``, into a directory this user owns that nobody else may write
-(created 0700 when missing).
+``os.replace`` (missing directories are created 0700; the cache directory
+must be this user's and writable by nobody else).
 """
 
 from __future__ import annotations
@@ -212,11 +212,14 @@ def load(
 def save(data: dict[str, Any], path: Path | str) -> Path:
     """Write ``data`` as JSON, 0600, atomically (a reader never sees half a file; the last writer wins).
 
-    Raises :class:`~transport.privatefiles.UnsafePathError` when the directory
-    is another user's, a symlink, or writable by others.
+    Missing directories are made 0700. Into the cache directory, where the
+    model looks for calibrations by itself, it raises
+    :class:`~transport.privatefiles.UnsafePathError` when that directory is
+    another user's, a symlink, or writable by others; a path named
+    explicitly is written wherever it is.
     """
     path = Path(path)
-    ensure_dir(path.parent, "calibration directory")
+    ensure_dir(path.parent, "calibration directory", check=path.parent == cache_dir())
     text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
     return write_atomic(path, text.encode("utf-8"))
 

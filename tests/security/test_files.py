@@ -101,15 +101,23 @@ def test_saving_a_calibration_follows_no_planted_symlink(tmp_path):
     assert calibration.load(target)[0] is not None
 
 
-def test_a_new_calibration_directory_is_private_and_a_shared_one_is_refused(tmp_path):
+def test_a_new_calibration_directory_is_private_and_a_shared_cache_is_refused(tmp_path, monkeypatch):
+    from commlib.config import config
+
     calibration.save(_document(), tmp_path / "new" / "dir" / "calibration.json")
     assert _mode(tmp_path / "new") == 0o700 and _mode(tmp_path / "new" / "dir") == 0o700
     shared = tmp_path / "shared"
     shared.mkdir()
-    os.chmod(shared, 0o777)
-    with pytest.raises(PermissionError, match="group or others may write"):
-        calibration.save(_document(), shared / "calibration.json")
-    assert list(shared.iterdir()) == []
+    os.chmod(shared, 0o777)  # anyone could swap the calibrations the model picks up by itself
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(shared))
+    config.reload()
+    try:
+        with pytest.raises(PermissionError, match="group or others may write"):
+            calibration.save(_document(), calibration.path_for(calibration.current_key()))
+        assert list(shared.iterdir()) == []
+    finally:
+        monkeypatch.delenv("COMMLIB_CACHE_DIR")
+        config.reload()
 
 
 def test_a_recorded_run_replaces_a_planted_symlink_and_is_0600(tmp_path):
