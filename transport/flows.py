@@ -430,6 +430,20 @@ class SplitRequest:
         if status is not None:
             _copy_status(self._status, status)
 
+    def cancel(self) -> None:
+        """Withdraw a receive whose first message has not arrived (an error path: nothing stays posted).
+
+        A receive that already matched a message, or a send, is completed instead.
+        """
+        if self._complete:
+            return
+        if self._receive and not self._first_done:
+            self.request.Cancel()
+            self.request.Wait()
+            self._complete = True
+            return
+        self.Wait()
+
     @property
     def nbytes(self) -> int:
         """Bytes of the whole message (known to a receive once it completed)."""
@@ -651,8 +665,13 @@ class Splitter:
         """One step of a collective: send to ``dest`` and receive from ``source`` at once, each split if it pays."""
         if recvbuf is None:
             raise ValueError("split_sendrecv: recvbuf is required")
+        _byte_view(sendbuf, "split_sendrecv", writable=False)  # a bad send buffer fails before the receive is posted
         rreq = self.Irecv(recvbuf, source, recvtag)
-        sreq = self.Isend(sendbuf, dest, sendtag)
+        try:
+            sreq = self.Isend(sendbuf, dest, sendtag)
+        except BaseException:
+            rreq.cancel()
+            raise
         wait_all([rreq, sreq], [status, None])
 
     def _receive_parts(self, req: SplitRequest, source: int) -> None:

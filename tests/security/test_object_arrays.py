@@ -39,6 +39,25 @@ def test_the_splitter_sends_nothing_for_an_object_array():
         sp.close()
 
 
+def test_a_split_sendrecv_of_objects_leaves_no_receive_posted():
+    sp = Splitter.dup(MPI.COMM_SELF, 2, min_bytes=1024, model=_Model(), explore=0)
+    try:
+        with pytest.raises(TypeError, match="Python objects"):
+            sp.Sendrecv(_objects(1 << 10), 0, 8, np.zeros(8192, np.uint8), 0, 8)
+        message = np.arange(16, dtype=np.uint8)
+        send = sp.comm.Isend(message, 0, 8)  # a receive left posted by the failed call would swallow this
+        got = np.zeros(16, np.uint8)
+        request = sp.comm.Irecv(got, 0, 8)
+        received = request.Test()
+        if not received:  # the message went to a receive the failed call left posted: withdraw ours
+            request.Cancel()
+            request.Wait()
+        send.Wait()
+        assert received and np.array_equal(got, message)
+    finally:
+        sp.close()
+
+
 @pytest.mark.mpi
 def test_an_interposed_split_send_of_objects_posts_nothing(tmp_path):
     run(2, [str(SCRIPT), "send", str(tmp_path)], env={"COMMLIB_SPLIT": "1"}, timeout=90)
