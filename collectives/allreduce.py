@@ -32,13 +32,19 @@ optionally ``reduce_beta(dtype)``); without it, commlib's model of the process
 where that module is absent, the defaults of :mod:`collectives.allreduce_cost`.
 Rank 0's figures are used everywhere, so all ranks choose alike.
 
-A pair MPI reduces wrongly never goes to MPI: at the first allreduce on a
-communicator every rank checks MPI's reductions against exact arithmetic and
-the ranks agree on the verdict (:mod:`collectives.reduction_check`; Open MPI's
-saturating 8- and 16-bit ``SUM``, NaN-dropping ``MAX``/``MIN`` of floats), and
+A pair MPI reduces wrongly never goes to MPI as it is: at the first allreduce
+on a communicator every rank checks MPI's reductions against exact arithmetic
+and the ranks agree on the verdict (:mod:`collectives.reduction_check`), and
 ``native``, ``auto`` and the hierarchical variants run ring or star for such a
-pair, whichever the cost model predicts faster (``COMMLIB_REDUCTION_CHECK=0``
-trusts MPI).
+pair (Open MPI's saturating 8- and 16-bit ``SUM``), whichever the cost model
+predicts faster; ``MAX``/``MIN`` of floats that drop a NaN (MPICH and Open MPI
+alike) run MPI's own algorithm with a NaN flag per element, so that a NaN
+always wins, as in numpy (``COMMLIB_REDUCTION_CHECK=0`` trusts MPI). Where
+commlib's own algorithm runs ``MAX``/``MIN`` on floating point and a NaN or
+zeros of both signs are among the contributions, the call goes to MPI's path
+all the same, so that every algorithm gives the same bits
+(:mod:`collectives.extrema`). Send and receive buffers that overlap are
+refused with :class:`AliasedBuffers`, as MPI refuses them (``MPI_ERR_BUFFER``).
 
 What commlib does not handle - intercommunicators, user-defined operations,
 ``MAXLOC``/``MINLOC``, datatypes other than a predefined reducible type or a
@@ -60,19 +66,39 @@ from mpi4py import MPI
 from commlib.config import config
 
 from . import allreduce_cost as cost
-from . import reduction_check
+from . import extrema, reduction_check
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
 from .bufspec import TypedBuffer, datatype_of, typed_buffer
 from .reduction import Reducer, array_module, reducer
 from .topology import Topology, cached_topology, topology
 
-__all__ = ["ALGORITHMS", "allreduce", "handles", "plan", "try_allreduce"]
+__all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
 
 ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
 _HIERARCHICAL = {"hierarchical-root": node_root, "hierarchical-shard": shard_parallel}
 _PLAN_CACHE_LIMIT = 4096
 _MIN_BYTES = cost.MIN_BYTES
+
+
+class AliasedBuffers(MPI.Exception, ValueError):
+    """Send and receive buffers that share memory (``MPI.ERR_BUFFER``, as MPI reports it; also a ``ValueError``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(MPI.ERR_BUFFER)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _check_disjoint(send: Any, recv: Any, datatype: MPI.Datatype) -> None:
+    """Raise :class:`AliasedBuffers` when ``send`` and ``recv`` (contiguous arrays) share any byte."""
+    if array_module(recv).may_share_memory(send, recv):
+        raise AliasedBuffers(
+            f"allreduce: sendbuf and recvbuf overlap ({send.size} and {recv.size} elements of "
+            f"{datatype.Get_name() or recv.dtype}): pass MPI.IN_PLACE as sendbuf to reduce in place"
+        )
 
 
 class _Call:
@@ -103,7 +129,11 @@ def _plain(sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
         return None
     datatype = datatype_of(recvbuf.dtype)
     red = None if datatype is None else reducer(op, datatype)
-    return None if red is None else _Call(send, recvbuf.reshape(-1), datatype, op, red)
+    if red is None:
+        return None
+    if send is not None:
+        _check_disjoint(send, recvbuf, datatype)
+    return _Call(send, recvbuf.reshape(-1), datatype, op, red)
 
 
 def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
@@ -137,6 +167,8 @@ def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
     red = reducer(op, recv.datatype)
     if red is None:
         return None
+    if send is not None:
+        _check_disjoint(send.array, recv.array, recv.datatype)
     return _Call(None if send is None else send.array, recv.array, recv.datatype, op, red)
 
 
@@ -277,21 +309,29 @@ def _native(comm: MPI.Intracomm, call: _Call) -> None:
 
 
 def _nan_propagating(comm: MPI.Intracomm, call: _Call) -> None:
-    """``MPI_MAX``/``MPI_MIN`` of floating-point values with every NaN kept, through MPI's own algorithm.
+    """``MPI_MAX``/``MPI_MIN`` of floating-point values, NaN and signed zeros settled, through MPI's own algorithm.
 
-    One allreduce of the values followed by a NaN flag per element, reduced
-    with the same operation (MAX of 1 where a NaN is, MIN of -1): wherever any
-    rank had a NaN, the result is NaN, as numpy's maximum and minimum give,
+    One allreduce of the values followed by two flags per element, reduced
+    with the same operation (MAX of 1, MIN of -1): a NaN on any rank makes the
+    element NaN, as numpy's maximum and minimum do, and a zero result takes
+    the sign IEEE 754's maximum and minimum give it (``+0`` is the larger),
     whatever order MPI combined the values in.
     """
     src = call.recv if call.send is None else call.send
     n = src.size
-    both = np.empty(2 * n, dtype=src.dtype)
-    both[:n] = src
-    flag = 1 if call.op == MPI.MAX else -1
-    np.multiply(np.isnan(src), flag, out=both[n:], casting="unsafe")
-    MPI.Comm.Allreduce(comm, MPI.IN_PLACE, [both, call.datatype], call.op)
-    call.recv[...] = np.where(both[n:] != 0, np.nan, both[:n])
+    every = np.empty(3 * n, dtype=src.dtype)
+    every[:n] = src
+    maximum = call.op == MPI.MAX
+    sign = 1 if maximum else -1
+    zero = (src == 0) & (np.signbit(src) != maximum)  # MAX: a +0 is there; MIN: a -0 is there
+    np.multiply(np.isnan(src), sign, out=every[n : 2 * n], casting="unsafe")
+    np.multiply(zero, sign, out=every[2 * n :], casting="unsafe")
+    MPI.Comm.Allreduce(comm, MPI.IN_PLACE, [every, call.datatype], call.op)
+    result = every[:n]
+    zeros = result == 0
+    result[zeros] = np.where(every[2 * n :][zeros] != 0, 0.0 if maximum else -0.0, -0.0 if maximum else 0.0)
+    result[every[n : 2 * n] != 0] = np.nan
+    call.recv[...] = result
 
 
 def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native_ok: bool, exact: bool) -> bool:
@@ -313,6 +353,10 @@ def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native
             _native(comm, call)
         return native_ok
     topo = topology(comm)
+    if extrema.order_sensitive(call.reduce):
+        if extrema.ambiguous(topo.comm, buf if send is None else send):
+            _native(comm, call)  # NaN or signed zeros: MPI's own result, whatever the algorithm would give
+            return True
     if chosen in _HIERARCHICAL:
         _HIERARCHICAL[chosen](topo, send, buf, call.reduce, call.datatype, call.op, inner, segments)
         return True

@@ -73,6 +73,7 @@ __all__ = ["MoEHandle", "RecvInfo", "array_namespace", "combine", "dispatch", "r
 _HEADER = ("row width", "item size", "dtype kind", "number of experts", "placement", "dedup")
 _CHUNK_BYTES = 1 << 21  # rows of the weighted sum processed together (stays in cache)
 _PACK_MODES = ("gather", "mpi")
+_ROW_KINDS = "biufcV"  # numbers, and opaque fixed-size records without objects (bfloat16 and the like)
 
 
 def array_namespace(x: Any) -> Any:
@@ -163,6 +164,12 @@ def _check_routing(x: Any, topk_idx: np.ndarray, topk_weights: np.ndarray, num_e
     op = "dispatch"
     if getattr(x, "ndim", None) != 2 or x.shape[1] < 1:
         _fail(op, f"x must be a [tokens, features] array with features >= 1, got shape {getattr(x, 'shape', None)}")
+    dtype = np.dtype(x.dtype)
+    if dtype.hasobject or dtype.kind not in _ROW_KINDS:
+        raise TypeError(
+            f"{op}: x must hold numbers (its rows travel as raw bytes), got dtype {dtype} "
+            f"({x.shape[0]} x {x.shape[1]}): a row of Python objects is pointers into this process"
+        )
     if topk_idx.ndim != 2 or topk_idx.shape[0] != x.shape[0]:
         _fail(op, f"topk_idx must be [tokens, k] with tokens = {x.shape[0]}, got shape {topk_idx.shape}")
     if not np.issubdtype(topk_idx.dtype, np.integer):
@@ -351,28 +358,30 @@ def dispatch(
     if dedup:
         out_counts, in_counts = plan.extra_counts, in_extras.sum(axis=1)
         extra_in = np.empty(int(in_counts.sum()), np.int64)
+        extra_out = np.ascontiguousarray(plan.extra_index)
         request = comm.Ialltoallv(
-            [np.ascontiguousarray(plan.extra_index), out_counts, _displacements(out_counts), MPI.INT64_T],
+            [extra_out, out_counts, _displacements(out_counts), MPI.INT64_T],
             [extra_in, in_counts, _displacements(in_counts), MPI.INT64_T],
         )
-    layout = plan_receive(in_primaries, in_extras)
-    space = np if staged else xp
-    recv_x = space.empty((layout.num_rows, width), dtype)
+    try:
+        layout = plan_receive(in_primaries, in_extras)
+        space = np if staged else xp
+        recv_x = space.empty((layout.num_rows, width), dtype)
 
-    sent = plan.send_counts
-    starts = _displacements(sent)
-    if pack == "gather":
-        sendbuf = _buffer(space, "send", plan.send_rows.size, width, dtype)
-        _take(space, source, plan.send_rows, sendbuf)
-        sends = [(starts[d : d + 1], sent[d : d + 1]) for d in range(num_ranks)]
-    else:
-        sendbuf = source
-        sends = [row_runs(plan.send_rows[starts[d] : starts[d] + sent[d]]) for d in range(num_ranks)]
-    recvs = [(layout.offsets[:, s], in_primaries[s]) for s in range(num_ranks)]
-    _alltoallw(comm, sendbuf, sends, recv_x, recvs, row_bytes)
-
-    if request is not None:
-        request.Wait()
+        sent = plan.send_counts
+        starts = _displacements(sent)
+        if pack == "gather":
+            sendbuf = _buffer(space, "send", plan.send_rows.size, width, dtype)
+            _take(space, source, plan.send_rows, sendbuf)
+            sends = [(starts[d : d + 1], sent[d : d + 1]) for d in range(num_ranks)]
+        else:
+            sendbuf = source
+            sends = [row_runs(plan.send_rows[starts[d] : starts[d] + sent[d]]) for d in range(num_ranks)]
+        recvs = [(layout.offsets[:, s], in_primaries[s]) for s in range(num_ranks)]
+        _alltoallw(comm, sendbuf, sends, recv_x, recvs, row_bytes)
+    finally:
+        if request is not None:  # a collective request cannot be cancelled; every rank posted it, so it completes
+            request.Wait()
     copy_from, copy_to = layout.copies(extra_in)
     if copy_to.size:
         recv_x[space.asarray(copy_to)] = recv_x[space.asarray(copy_from)]

@@ -11,6 +11,10 @@ host or MPI library) or stale (other schema, too old) file comes back as
 ``None`` with a one-line reason, and the caller falls back to analytic
 defaults. A file written for another launch shape of the same host and MPI
 library is used when no exact one exists: its host measurements still hold.
+Files over :data:`MAX_BYTES` are not read. :func:`save` writes 0600 through
+a temporary name made by ``mkstemp`` in the same directory, ``fsync`` and
+``os.replace`` (missing directories are created 0700; the cache directory
+must be this user's and writable by nobody else).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from transport.privatefiles import ensure_dir, write_atomic
 
 from .config import config
 
@@ -43,6 +49,7 @@ __all__ = [
 
 SCHEMA = "commlib-calibration"
 VERSION = 1
+MAX_BYTES = 16 << 20  # a calibration file larger than this is not read
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,13 @@ class CalibrationKey:
     def from_json(cls, data: Any) -> CalibrationKey:
         if not isinstance(data, dict):
             raise ValueError("'key' is not an object")
-        try:
-            key = cls(str(data["host"]), str(data["mpi_library"]), str(data["mpi_version"]), int(data["world_size"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"'key' is incomplete ({exc})") from None
-        return key
+        texts = [data.get(name) for name in ("host", "mpi_library", "mpi_version")]
+        size = data.get("world_size")
+        if not all(isinstance(t, str) and len(t) <= 4096 for t in texts):
+            raise ValueError("'key' is incomplete (host, mpi_library and mpi_version must be strings)")
+        if not (isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= 1 << 24):
+            raise ValueError(f"'key' is incomplete (world_size must be an integer from 1 to 2**24, got {size!r:.20})")
+        return cls(texts[0], texts[1], texts[2], size)
 
     @property
     def machine(self) -> tuple[str, str, str]:
@@ -183,6 +192,8 @@ def load(
             return None, f"no calibration for {key.describe()} in {cache_dir()}"
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            return None, f"calibration file {path} is corrupt (over {MAX_BYTES} bytes)"
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, f"calibration file {path} does not exist"
@@ -190,8 +201,8 @@ def load(
         return None, f"calibration file {path} cannot be read ({type(exc).__name__})"
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return None, f"calibration file {path} is corrupt ({exc})"
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of thousands of digits
+        return None, f"calibration file {path} is corrupt ({str(exc)[:120]})"
     problem = validate(data, key, max_age_days=max_age_days)
     if problem is not None:
         return None, f"calibration file {path}: {problem}"
@@ -199,13 +210,18 @@ def load(
 
 
 def save(data: dict[str, Any], path: Path | str) -> Path:
-    """Write ``data`` as JSON atomically (a reader never sees half a file; the last writer wins)."""
+    """Write ``data`` as JSON, 0600, atomically (a reader never sees half a file; the last writer wins).
+
+    Missing directories are made 0700. Into the cache directory, where the
+    model looks for calibrations by itself, it raises
+    :class:`~transport.privatefiles.UnsafePathError` when that directory is
+    another user's, a symlink, or writable by others; a path named
+    explicitly is written wherever it is.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    ensure_dir(path.parent, "calibration directory", check=path.parent == cache_dir())
+    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    return write_atomic(path, text.encode("utf-8"))
 
 
 def new_file(key: CalibrationKey, launch: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -147,7 +147,8 @@ class Config:
         into its calibration file.
     record [COMMLIB_RECORD=]
         at exit, each session writes its recorded run (per shape: calls, time,
-        choice) to this JSON path, ``{rank}`` replaced by the rank, for
+        choice) to this JSON path, ``{rank}`` replaced by the rank (without
+        it, ``.rank<r>`` is added before the suffix in a multi-rank job), for
         ``python -m commlib explain``; empty: no record.
     monitor [COMMLIB_MONITOR=1]
         ``python -m commlib`` and ``commlib.interpose()`` start the
@@ -179,10 +180,12 @@ class Config:
         seconds between two probes of the node-to-node latency/bandwidth
         matrix; 0: probe only when collectives slow down.
     monitor_dir [COMMLIB_MONITOR_DIR=]
-        directory, shared by all ranks, where they publish their side-channel
-        addresses; empty: the system's temporary directory.
+        directory, shared by all ranks, under which they publish their
+        side-channel addresses (in ``commlib-monitor-<uid>/<job>``, both 0700);
+        empty: ``$XDG_RUNTIME_DIR``, else the system's temporary directory.
     monitor_address [COMMLIB_MONITOR_ADDRESS=]
-        address the side channel listens on; empty: what the host name resolves
+        address the side channel listens on; empty: loopback when the launcher
+        says every rank runs on this node, else what the host name resolves
         to, else the first non-loopback address of the network namespace.
     monitor_bootstrap [COMMLIB_MONITOR_BOOTSTRAP=auto]
         how ranks find each other: ``file`` (the directory above, no MPI call),

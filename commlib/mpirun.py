@@ -1,9 +1,12 @@
 """Bounded ``mpiexec`` launches, for MPICH's and Open MPI's ``mpiexec`` alike.
 
 A multi-rank run must end within a known time whatever its ranks do: the job
-runs in its own process group, is killed as a whole when the timeout expires,
-and every failure (timeout, non-zero exit) is reported with the command and
-the tail of its output. Python ranks run under ``python -m mpi4py``, which
+runs in its own process group, is killed as a whole when the timeout expires
+and when waiting for it is interrupted in any way (Ctrl-C, any exception), so
+it never outlives its launcher; the output left after a kill is collected
+for at most :data:`DRAIN_SECONDS` (a process that left the group may hold the
+pipes open). Every failure (timeout, non-zero exit) is reported with the
+command and the tail of its output. Python ranks run under ``python -m mpi4py``, which
 aborts the whole job when one rank raises, so a failing rank cannot leave the
 others waiting.
 
@@ -26,6 +29,7 @@ not recognise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -38,6 +42,7 @@ from functools import cache
 from pathlib import Path
 
 __all__ = [
+    "DRAIN_SECONDS",
     "FAMILIES",
     "App",
     "Launcher",
@@ -52,6 +57,7 @@ __all__ = [
 ]
 
 FAMILIES = ("hydra", "prrte")
+DRAIN_SECONDS = 10.0  # collecting output after a kill, at most
 
 
 class MPIRunError(RuntimeError):
@@ -289,9 +295,14 @@ def run_command(
         stdout, stderr = proc.communicate(timeout=timeout)
         returncode: int | None = proc.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        _kill(proc)
+        stdout, stderr = _drain(proc)
         returncode = None
+    except BaseException:  # Ctrl-C or anything else: the job goes down with its launcher
+        _kill(proc)
+        with contextlib.suppress(BaseException):
+            _drain(proc)
+        raise
     result = MPIRunResult(command, returncode, stdout, stderr, time.monotonic() - start)
     if check and result.timed_out:
         raise MPIRunError(
@@ -304,3 +315,33 @@ def run_command(
             f"--- stdout (tail) ---\n{_tail(stdout)}\n--- stderr (tail) ---\n{_tail(stderr)}"
         )
     return result
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the job's whole process group (it runs in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        proc.kill()
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _drain(proc: subprocess.Popen) -> tuple[str, str]:
+    """The output of a killed job, collected for at most :data:`DRAIN_SECONDS` (then the pipes are closed)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=DRAIN_SECONDS)
+        return stdout or "", stderr or ""
+    except subprocess.TimeoutExpired as exc:
+        for pipe in (proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        note = f"\n[commlib.mpirun: output collection stopped after {DRAIN_SECONDS:g} s]"
+        return _text(exc.stdout), _text(exc.stderr) + note

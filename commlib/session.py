@@ -30,6 +30,7 @@ from datatypes import model as cost_model
 from datatypes.canonical import cache_entry
 from transport.flight import SpecCache, invalidate
 from transport.operations import OP_INDEX, OPERATIONS
+from transport.privatefiles import ensure_dir, write_atomic
 
 from .config import Config, config
 from .decision import TRIAL_RANGE, Layout, Trial, hot_bytes, side_costs, type_info
@@ -360,11 +361,15 @@ class Session:
         }
 
     def save_run(self, path: str | Path) -> Path:
-        """Write :meth:`recorded_run` to ``path`` (``{rank}`` in it is replaced by this rank)."""
-        path = Path(str(path).replace("{rank}", str(self._rank)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.recorded_run(), indent=1) + "\n", encoding="utf-8")
-        return path
+        """Write :meth:`recorded_run` to ``path``, 0600 and atomically; returns where it went.
+
+        ``{rank}`` in ``path`` is replaced by this rank; in a job of several
+        ranks a path without it gets ``.rank<r>`` before its suffix, so that
+        ranks never overwrite each other's record.
+        """
+        path = per_rank_path(path, self._rank)
+        ensure_dir(path.parent, "record directory", check=False)
+        return write_atomic(path, (json.dumps(self.recorded_run(), indent=1) + "\n").encode("utf-8"))
 
     def _at_exit(self) -> None:
         if not self._shapes:
@@ -397,6 +402,21 @@ def _canonical(datatype: Any) -> dict[str, Any] | None:
     if block is None:
         return None
     return {"start": block.start, "counts": list(block.counts), "strides": list(block.strides), "extent": block.extent}
+
+
+def per_rank_path(path: str | Path, rank: int) -> Path:
+    """``path`` for ``rank``: ``{rank}`` replaced, or ``.rank<r>`` added before the suffix in a multi-rank job."""
+    text = str(path)
+    if "{rank}" in text:
+        return Path(text.replace("{rank}", str(rank)))
+    plain = Path(text)
+    return plain.with_name(f"{plain.stem}.rank{rank}{plain.suffix}") if _world_size() > 1 else plain
+
+
+def _world_size() -> int:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_size() if MPI.Is_initialized() and not MPI.Is_finalized() else 1
 
 
 def _world_rank() -> int:

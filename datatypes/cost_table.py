@@ -29,6 +29,8 @@ from typing import Any
 __all__ = ["INTERPOLATIONS", "Table"]
 
 INTERPOLATIONS = ("affine", "log")
+MAX_COORDINATE = 1 << 62  # bytes or block bytes of a grid point, at most
+MIN_SECONDS, MAX_SECONDS = 1e-12, 1e6  # a measured time outside these is not a measurement
 
 
 def _positive_ints(values: Any, what: str) -> list[int]:
@@ -36,8 +38,8 @@ def _positive_ints(values: Any, what: str) -> list[int]:
         raise ValueError(f"{what} must be a non-empty list")
     out = []
     for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{what} must hold positive integers, got {v!r}")
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_COORDINATE:
+            raise ValueError(f"{what} must hold positive integers up to 2**62, got {v!r:.40}")
         out.append(v)
     if any(b <= a for a, b in zip(out, out[1:])):
         raise ValueError(f"{what} must be strictly increasing")
@@ -81,10 +83,13 @@ class Table:
             for t in row:
                 if t is None:
                     clean.append(None)
-                elif isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
+                elif isinstance(t, (int, float)) and not isinstance(t, bool) and MIN_SECONDS <= t <= MAX_SECONDS:
                     clean.append(float(t))
                 else:
-                    raise ValueError(f"Table: times must be positive finite numbers or null, got {t!r}")
+                    raise ValueError(
+                        f"Table: times must be positive finite numbers ({MIN_SECONDS:g} to {MAX_SECONDS:g} s) or null, "
+                        f"got {t!r:.40}"
+                    )
             known = [j for j, t in enumerate(clean) if t is not None]
             if not known:
                 continue

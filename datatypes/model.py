@@ -331,23 +331,30 @@ class Model:
         alpha_beta = {}
         for name, entry in _section(data, "alpha_beta").items():
             if not (isinstance(entry, list) and len(entry) == 2 and all(_nonneg(v) for v in entry)):
-                raise ValueError(f"alpha_beta {name!r}: expected [alpha, beta], two non-negative numbers")
+                raise ValueError(
+                    f"alpha_beta {name!r:.40}: expected [alpha, beta], two numbers from 0 to {_MAX_FIGURE:g}"
+                )
             alpha_beta[name] = (float(entry[0]), float(entry[1]))
         reduce_beta = {}
         for name, value in _section(data, "reduce_beta").items():
             if not _nonneg(value):
-                raise ValueError(f"reduce_beta {name!r}: expected a non-negative number")
+                raise ValueError(f"reduce_beta {name!r:.40}: expected a number from 0 to {_MAX_FIGURE:g}")
             reduce_beta[name] = float(value)
         constants = {}
         for name, value in _section(data, "constants").items():
             if not _nonneg(value):
-                raise ValueError(f"constants {name!r}: expected a non-negative number")
+                raise ValueError(f"constants {name!r:.40}: expected a number from 0 to {_MAX_FIGURE:g}")
             constants[name] = float(value)
         refinement = Refinement()
         saved = data.get("refinement", {})
         refinement.load(saved.get("buckets", []) if isinstance(saved, dict) else saved)
         launch = data.get("launch") if isinstance(data.get("launch"), dict) else {}
-        level = "inter" if launch.get("nodes", 1) > 1 and launch.get("nodes") == launch.get("size") else "intra"
+        nodes, size = launch.get("nodes", 1), launch.get("size")
+        if not _count(nodes) or not (size is None or _count(size)):
+            raise ValueError(
+                f"launch: nodes and size must be integers from 1 to 2**24, got {nodes!r:.20}, {size!r:.20}"
+            )
+        level = "inter" if nodes > 1 and nodes == size else "intra"
         return cls(
             tables,
             alpha_beta=alpha_beta,
@@ -582,8 +589,15 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+_MAX_FIGURE = 1e6  # seconds, or seconds per byte: anything larger in a calibration file is corrupt
+
+
 def _nonneg(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= _MAX_FIGURE
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 24
 
 
 def fit_alpha_beta(table: Table) -> tuple[float, float]:
@@ -600,6 +614,8 @@ def fit_alpha_beta(table: Table) -> tuple[float, float]:
     beta = (sw * sxy - sx * sy) / det if det > 0 else 0.0
     beta = max(beta, 0.0)
     alpha = max((sy - beta * sx) / sw, 0.0)
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        raise ValueError(f"fit_alpha_beta: no finite fit through {len(pts)} points")
     return (alpha, beta)
 
 
@@ -657,21 +673,24 @@ def load(setting: str | None = None) -> Model:
     """The model ``setting`` names (default ``COMMLIB_MODEL``): ``auto``, ``analytic`` or a file path.
 
     A missing, corrupt, foreign or stale file gives a one-line warning and the
-    analytic defaults; it never raises.
+    analytic defaults; it never raises. Every value is checked against the
+    schema (types, finite, within bounds) before the model uses it; whatever
+    else goes wrong while building the model also counts as a corrupt file.
     """
     from commlib import calibration
 
     setting = setting or config.model
     if setting == "analytic":
         return Model()
-    data, where = calibration.load(None if setting == "auto" else setting)
-    if data is None:
-        _warn(f"{where}; using analytic defaults (run 'python -m commlib calibrate')")
-        return Model()
+    where = setting
     try:
+        data, where = calibration.load(None if setting == "auto" else setting)
+        if data is None:
+            _warn(f"{where}; using analytic defaults (run 'python -m commlib calibrate')")
+            return Model()
         return Model.from_json(data, source=f"calibrated ({where})")
-    except ValueError as exc:
-        _warn(f"calibration file {where} is corrupt ({exc}); using analytic defaults")
+    except Exception as exc:  # a file must never stop the application: anything unforeseen is corruption too
+        _warn(f"calibration file {where} is corrupt ({type(exc).__name__}: {str(exc)[:160]}); using analytic defaults")
         return Model()
 
 

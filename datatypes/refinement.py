@@ -98,7 +98,7 @@ class Refinement:
             op, strategy, level, levels, x, y, samples = entry
             if not (isinstance(op, str) and isinstance(strategy, str) and isinstance(level, str)):
                 raise ValueError(f"refinement: malformed bucket {entry!r:.80}")
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (levels, x, y)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 1 << 16 for v in (levels, x, y)):
                 raise ValueError(f"refinement: malformed bucket {entry!r:.80}")
             for s in samples[-self.window :]:
                 if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):

@@ -19,6 +19,16 @@ exactly :data:`HEADER_BYTES` bytes beginning with the magic words is a header,
 and the parts follow into the same buffer. A plain message that happens to be
 exactly such bytes is sent as a one-part split message, so the rule is exact.
 
+A split message longer than the receive buffer behaves as in MPI: the
+receive fails with :class:`SplitTruncated` (an ``MPI.Exception`` of class
+``MPI.ERR_TRUNCATE``) and the send completes. The receiver consumes the
+parts without storing them (a zero-byte receive on duplicated
+communicators) or, on channels that wait for a clear-to-send, answers with a
+"discard" instead, and the sender sends no parts. Header fields are checked
+as Python integers: sizes must be non-negative and sum to the total.
+Buffers of Python objects (numpy ``object`` arrays) are refused before
+anything is sent: their bytes are pointers, meaningless in another process.
+
 Both sides must use a :class:`Splitter` (both interposed with
 ``COMMLIB_SPLIT=1``): a plain receiver would get the header as its message.
 Programs that size receives by probing first (``Probe`` then ``Get_count``)
@@ -41,6 +51,7 @@ __all__ = [
     "Channel",
     "CommChannel",
     "SplitRequest",
+    "SplitTruncated",
     "Splitter",
     "ThroughputEstimator",
     "attach",
@@ -63,6 +74,18 @@ HEADER_BYTES = 8 * (_FIXED + MAX_CHANNELS)
 _MAGIC_BYTES = np.array(_MAGIC, dtype="<u8").tobytes()
 _MIN_TIMED = 64 << 10  # parts smaller than this do not update the throughput estimates
 _PART_COST = 10e-6  # seconds of Python and MPI bookkeeping per part posted
+_GO, _DISCARD = b"\x00", b"\x01"  # clear-to-send answers: send the parts, or the receive was truncated
+
+
+class SplitTruncated(MPI.Exception):
+    """A split message longer than the receive buffer (``MPI.ERR_TRUNCATE``, as MPI reports a plain one)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(MPI.ERR_TRUNCATE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # ------------------------------------------------------------------ sizes
@@ -86,6 +109,11 @@ def _byte_view(buf: Any, op: str, writable: bool) -> memoryview:
         raise TypeError(
             f"{op}: expected a contiguous buffer (numpy array, bytearray, ...), got {type(buf).__name__}"
         ) from None
+    if "O" in view.format:
+        raise TypeError(
+            f"{op}: buffer of Python objects (format {view.format!r}, {view.nbytes} bytes) cannot be sent as "
+            "bytes: its elements are pointers into this process; send a numeric array"
+        )
     if not view.c_contiguous:
         raise ValueError(f"{op}: buffer must be C-contiguous, got shape {view.shape} strides {view.strides}")
     if writable and view.readonly:
@@ -126,17 +154,41 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
-class _MPIPending:
-    __slots__ = ("request",)
+def _discard(channel: Channel, nbytes: int, peer: int, tag: int) -> Pending:
+    """Consume a part of ``nbytes`` without keeping it (a truncated receive): ``channel.discard`` where it
+    has one, else a receive into scratch memory."""
+    discard = getattr(channel, "discard", None)
+    if discard is not None:
+        return discard(nbytes, peer, tag)
+    return channel.irecv(memoryview(bytearray(nbytes)), peer, tag)
 
-    def __init__(self, request: MPI.Request) -> None:
-        self.request = request
+
+_EMPTY = np.zeros(0, np.uint8)
+
+
+class _MPIPending:
+    __slots__ = ("request", "truncate_ok")
+
+    def __init__(self, request: MPI.Request, truncate_ok: bool = False) -> None:
+        self.request, self.truncate_ok = request, truncate_ok
+
+    def _truncated(self, exc: MPI.Exception) -> bool:
+        return self.truncate_ok and exc.Get_error_class() == MPI.ERR_TRUNCATE
 
     def test(self) -> bool:
-        return self.request.Test()
+        try:
+            return self.request.Test()
+        except MPI.Exception as exc:
+            if not self._truncated(exc):
+                raise
+            return True
 
     def wait(self) -> None:
-        self.request.Wait()
+        try:
+            self.request.Wait()
+        except MPI.Exception as exc:
+            if not self._truncated(exc):
+                raise
 
 
 class CommChannel:
@@ -153,6 +205,10 @@ class CommChannel:
 
     def irecv(self, view: memoryview, peer: int, tag: int) -> Pending:
         return _MPIPending(self.comm.Irecv([view, MPI.BYTE], peer, tag))
+
+    def discard(self, nbytes: int, peer: int, tag: int) -> Pending:
+        """Consume a part with a zero-byte receive (MPI truncates it, and the sender completes)."""
+        return _MPIPending(self.comm.Irecv([_EMPTY, MPI.BYTE], peer, tag), truncate_ok=True)
 
     def close(self) -> None:
         if self.comm != MPI.COMM_NULL:
@@ -251,6 +307,9 @@ class SplitRequest:
         self._split = False
         self._deferred: Callable[[], list[Pending]] | None = None
         self._cts: Pending | None = None
+        self._cts_answer = bytearray(1)  # what the receiver cleared: _GO or _DISCARD
+        self._discarded = False  # the receiver truncated: the parts were never sent
+        self._error: MPI.Exception | None = None  # raised when the request completes
 
     # -- internal phases
     def _parts_posted(self, parts: list[Pending]) -> None:
@@ -258,9 +317,13 @@ class SplitRequest:
         self._done_at = [None] * len(parts)
 
     def _launch(self) -> None:
-        """The receiver cleared the send: post the deferred parts (their clock starts now)."""
+        """The receiver answered: post the deferred parts (their clock starts now), or none if it truncated."""
         post, self._deferred = self._deferred, None
         self._start = time.perf_counter()
+        if bytes(self._cts_answer) == _DISCARD:
+            self._discarded = True
+            self._parts_posted([])
+            return
         self._parts_posted(post())
 
     def _after_first(self) -> None:
@@ -288,8 +351,14 @@ class SplitRequest:
     def _finish(self) -> None:
         self._complete = True
         if self._receive:
+            if self._error is not None:
+                self._status.Set_error(MPI.ERR_TRUNCATE)
+                self._status.Set_elements(MPI.BYTE, 0)
+                raise self._error
             if self._split:
                 self._status.Set_elements(MPI.BYTE, self._nbytes)
+            return
+        if self._discarded:
             return
         if self._split:
             seconds = [0.0] * len(self._sizes)
@@ -347,7 +416,8 @@ class SplitRequest:
             self._cts.wait()
             self._launch()
         pending = [i for i, t in enumerate(self._done_at) if t is None]
-        if pending and all(isinstance(self._parts[i], _MPIPending) for i in pending):
+        plain = [self._parts[i] for i in pending]
+        if plain and all(isinstance(p, _MPIPending) and not p.truncate_ok for p in plain):
             reqs = [self._parts[i].request for i in pending]
             for _ in pending:  # Waitany: each part's own completion time
                 j = MPI.Request.Waitany(reqs)
@@ -359,6 +429,20 @@ class SplitRequest:
         self._finish()
         if status is not None:
             _copy_status(self._status, status)
+
+    def cancel(self) -> None:
+        """Withdraw a receive whose first message has not arrived (an error path: nothing stays posted).
+
+        A receive that already matched a message, or a send, is completed instead.
+        """
+        if self._complete:
+            return
+        if self._receive and not self._first_done:
+            self.request.Cancel()
+            self.request.Wait()
+            self._complete = True
+            return
+        self.Wait()
 
     @property
     def nbytes(self) -> int:
@@ -505,7 +589,9 @@ class Splitter:
         n = view.nbytes
         if sizes is not None:
             parts = None if len(sizes) == 0 else np.asarray(sizes, dtype=np.int64)
-            if parts is not None and (len(parts) > len(self.channels) or (parts < 0).any() or parts.sum() != n):
+            if parts is not None and (
+                len(parts) > len(self.channels) or any(int(v) < 0 for v in parts) or sum(int(v) for v in parts) != n
+            ):
                 raise ValueError(
                     f"split_isend: sizes {list(sizes)} must be >= 0, at most {len(self.channels)} entries, sum {n}"
                 )
@@ -544,7 +630,7 @@ class Splitter:
         req._sizes = [int(s) for s in parts] + [0] * (len(self.channels) - len(parts))
         if any(getattr(ch, "rendezvous", False) for ch in used):
             # wait for the receiver's clear-to-send before the parts: the header then never queues behind them
-            req._cts = used[0].irecv(memoryview(bytearray(0)), dest, -1 - channel_tag)
+            req._cts = used[0].irecv(memoryview(req._cts_answer), dest, -1 - channel_tag)
             req._deferred = post
         else:
             req._parts_posted(post())
@@ -579,40 +665,49 @@ class Splitter:
         """One step of a collective: send to ``dest`` and receive from ``source`` at once, each split if it pays."""
         if recvbuf is None:
             raise ValueError("split_sendrecv: recvbuf is required")
+        _byte_view(sendbuf, "split_sendrecv", writable=False)  # a bad send buffer fails before the receive is posted
         rreq = self.Irecv(recvbuf, source, recvtag)
-        sreq = self.Isend(sendbuf, dest, sendtag)
+        try:
+            sreq = self.Isend(sendbuf, dest, sendtag)
+        except BaseException:
+            rreq.cancel()
+            raise
         wait_all([rreq, sreq], [status, None])
 
     def _receive_parts(self, req: SplitRequest, source: int) -> None:
         header = np.frombuffer(bytes(req._view[:HEADER_BYTES]), dtype="<i8")
         n, seq = int(header[2]), int(header[3])
-        sizes = header[_FIXED:]
-        if n > req._view.nbytes:
+        sizes = [int(v) for v in header[_FIXED:]]  # Python integers: a sum cannot wrap
+        k = len(self.channels)
+        if n < 0 or seq < 0 or any(v < 0 for v in sizes) or sum(sizes) != n or any(sizes[k:]):
             raise ValueError(
-                f"split_irecv: message of {n} bytes from rank {source} (tag {req._status.Get_tag()}) does not fit "
-                f"the receive buffer of {req._view.nbytes} bytes"
+                f"split_irecv: corrupt header from rank {source}: {n} bytes in parts {sizes} over {k} channels"
             )
-        if (sizes < 0).any() or sizes.sum() != n or np.count_nonzero(sizes[len(self.channels) :]):
-            raise ValueError(
-                f"split_irecv: corrupt header from rank {source}: {n} bytes in parts {sizes.tolist()} "
-                f"over {len(self.channels)} channels"
-            )
-        pending, offset = [], 0
         channel_tag = seq % self._tag_space
-        used = []
-        for c, size in enumerate(sizes[: len(self.channels)]):
-            size = int(size)
-            if size:
-                pending.append(self.channels[c].irecv(req._view[offset : offset + size], source, channel_tag))
-                used.append(self.channels[c])
-            offset += size
+        used = [c for c in range(k) if sizes[c]]
         req._peer, req._nbytes, req._split = source, n, True
-        req._sizes = [int(s) for s in sizes[: len(self.channels)]]
+        req._sizes = sizes[:k]
+        rendezvous = any(getattr(self.channels[c], "rendezvous", False) for c in used)
+        if n > req._view.nbytes:
+            req._error = SplitTruncated(
+                f"split_irecv: message of {n} bytes from rank {source} (tag {req._status.Get_tag()}) does not fit "
+                f"the receive buffer of {req._view.nbytes} bytes (MPI_ERR_TRUNCATE)"
+            )
+            if rendezvous:  # the sender waits for our answer: tell it to send nothing
+                req._parts_posted([])
+                req._cts = self.channels[used[0]].isend(memoryview(_DISCARD), source, -1 - channel_tag)
+            else:  # the parts are on their way: consume them so that the sender completes
+                req._parts_posted([_discard(self.channels[c], sizes[c], source, channel_tag) for c in used])
+            return
+        pending, offset = [], 0
+        for c in range(k):
+            if sizes[c]:
+                view = req._view[offset : offset + sizes[c]]
+                pending.append(self.channels[c].irecv(view, source, channel_tag))
+            offset += sizes[c]
         req._parts_posted(pending)
-        if any(getattr(ch, "rendezvous", False) for ch in used):
-            req._cts = used[0].isend(
-                memoryview(bytearray(0)), source, -1 - channel_tag
-            )  # clear to send: parts are posted
+        if rendezvous:  # clear to send: parts are posted
+            req._cts = self.channels[used[0]].isend(memoryview(_GO), source, -1 - channel_tag)
 
 
 def wait_all(requests: Sequence[SplitRequest], statuses: Sequence[MPI.Status | None] | None = None) -> None:

@@ -28,39 +28,66 @@ import statistics
 import time
 from typing import Any
 
-from .sidechannel import Peer, SideChannelError, ask, connect, receive_message, send_message
+from .sidechannel import Peer, SideChannelError, ask, open_request, receive_message, send_message
 
-__all__ = ["localise", "matrix", "measure", "records", "sink"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_ROUNDS",
+    "MAX_TIMEOUT",
+    "clamp",
+    "localise",
+    "matrix",
+    "measure",
+    "probe_request",
+    "records",
+    "sink",
+]
 
 _CHUNK = 1 << 18
+MAX_BYTES = 64 << 20  # bulk bytes of one probe, at most
+MAX_ROUNDS = 64  # round trips of one probe, at most
+MAX_TIMEOUT = 120.0  # seconds one probe may hold a side-channel worker, at most
+
+
+def clamp(nbytes: Any, rounds: Any, timeout: Any) -> tuple[int, int, float]:
+    """A probe's parameters as numbers within bounds (``ValueError`` for what is not a number)."""
+    nbytes, rounds, timeout = int(nbytes), int(rounds), float(timeout)
+    if timeout != timeout:  # NaN
+        raise ValueError("link probe: timeout is not a number")
+    return min(max(nbytes, 0), MAX_BYTES), min(max(rounds, 0), MAX_ROUNDS), min(max(timeout, 0.1), MAX_TIMEOUT)
 
 
 def sink(request: dict, sock: socket.socket) -> None:
-    """Stream handler: answer ``rounds`` one-byte pings, then read ``bytes`` bytes and acknowledge them."""
-    deadline = time.monotonic() + float(request.get("timeout", 30.0))
-    sock.settimeout(max(0.1, deadline - time.monotonic()))
-    for _ in range(int(request.get("rounds", 0))):
+    """Stream handler: answer ``rounds`` one-byte pings, then read ``bytes`` bytes and acknowledge them.
+
+    Every parameter is clamped (:func:`clamp`): a request cannot hold the
+    worker longer than :data:`MAX_TIMEOUT` nor make it read more than
+    :data:`MAX_BYTES`.
+    """
+    nbytes, rounds, timeout = clamp(request.get("bytes", 0), request.get("rounds", 0), request.get("timeout", 30.0))
+    deadline = time.monotonic() + timeout
+    for _ in range(rounds):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
         if sock.recv(1) == b"":
             return
         sock.sendall(b"p")
-    left = int(request.get("bytes", 0))
+    left = nbytes
     buf = bytearray(_CHUNK)
     while left > 0:
-        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
         n = sock.recv_into(buf, min(left, _CHUNK))
         if n == 0:
             return
         left -= n
-    send_message(sock, {"received": int(request.get("bytes", 0))})
+    send_message(sock, {"received": nbytes})
 
 
 def measure(target: Peer, nbytes: int, rounds: int, timeout: float) -> dict[str, Any]:
     """Round trip (best of ``rounds``) and bandwidth of ``nbytes`` from this process to ``target``'s sink."""
+    nbytes, rounds, timeout = clamp(nbytes, rounds, timeout)
     deadline = time.monotonic() + timeout
-    with connect(target, timeout) as sock:
-        send_message(
-            sock, {"q": "sink", "token": target["token"], "rounds": rounds, "bytes": nbytes, "timeout": timeout}
-        )
+    request = {"q": "sink", "rounds": rounds, "bytes": nbytes, "timeout": timeout}
+    with open_request(target, request, timeout) as sock:
         rtts = []
         for _ in range(rounds):
             t0 = time.perf_counter()
@@ -69,7 +96,7 @@ def measure(target: Peer, nbytes: int, rounds: int, timeout: float) -> dict[str,
             if sock.recv(1) == b"":
                 raise SideChannelError(f"rank {target['rank']}: link probe connection closed")
             rtts.append(time.perf_counter() - t0)
-        payload = memoryview(bytearray(min(nbytes, _CHUNK)))
+        payload = memoryview(bytearray(max(1, min(nbytes, _CHUNK))))
         t0 = time.perf_counter()
         left = nbytes
         while left > 0:
@@ -77,9 +104,22 @@ def measure(target: Peer, nbytes: int, rounds: int, timeout: float) -> dict[str,
             n = min(left, len(payload))
             sock.sendall(payload[:n])
             left -= n
-        receive_message(sock, deadline)
-        seconds = time.perf_counter() - t0
+        receive_message(sock, deadline, limit=1024)
+        seconds = max(time.perf_counter() - t0, 1e-9)
     return {"rtt": min(rtts) if rtts else None, "seconds": seconds, "bytes": nbytes, "bandwidth": nbytes / seconds}
+
+
+def probe_request(request: dict, peers: dict[int, Peer], timeout: float) -> dict[str, Any]:
+    """Serve a coordinator's ``probe`` request: measure to the *registered* peer of rank ``request["to"]``.
+
+    The request names a rank, never an address: this rank connects only to
+    side channels its own rendezvous (or MPI exchange) published, and with
+    clamped parameters.
+    """
+    to = request.get("to")
+    if not isinstance(to, int) or isinstance(to, bool) or to not in peers:
+        raise ValueError(f"link probe: rank {to!r} is not a registered peer of this rank")
+    return measure(peers[to], request.get("bytes", 0), request.get("rounds", 0), timeout)
 
 
 def matrix(
@@ -100,7 +140,7 @@ def matrix(
             if source.get("rank") == me:
                 got = measure(target, nbytes, rounds, timeout)
             else:
-                got = ask(source, "probe", 2 * timeout, to=target, bytes=nbytes, rounds=rounds)
+                got = ask(source, "probe", 2 * timeout, to=target["rank"], bytes=nbytes, rounds=rounds)
         except (SideChannelError, OSError) as exc:
             failed[f"{a}->{b}"] = str(exc)
             return

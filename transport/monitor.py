@@ -41,6 +41,7 @@ from mpi4py import MPI
 from commlib.config import config
 
 from . import linkprobe, rendezvous
+from .privatefiles import write_atomic
 from .recorder import FlightRecorder, describe_comm, ranges
 from .reports import Reporter
 from .sidechannel import SideChannel, SideChannelError, ask
@@ -197,7 +198,7 @@ class Monitor:
         return self
 
     def _open_side_channel(self) -> str:
-        self.channel = SideChannel(rendezvous.choose_address(self._address), rendezvous.new_token())
+        self.channel = SideChannel(rendezvous.choose_address(self._address, self.size), rendezvous.new_token())
         self.channel.handle("state", self.state)
         self.channel.handle("arrivals", self.arrivals)
         self.channel.handle("dump", self.dump)
@@ -228,9 +229,19 @@ class Monitor:
                 "hangs are reported without the other ranks' states\n"
             )
             return f"side channel {where}, no rendezvous (no job name)"
-        self.rendezvous = rendezvous.Rendezvous(self.job, self._directory)
-        self.rendezvous.register(self._record)
-        return f"side channel {where}, rendezvous {self.rendezvous.path}"
+        place = rendezvous.Rendezvous(self.job, self._directory)
+        try:
+            place.register(self._record)
+        except OSError as exc:  # a rendezvous directory someone else planted: no peers, no listener
+            self.channel.stop()
+            self.channel = None
+            sys.stderr.write(
+                f"[commlib monitor, rank {self.rank}] {exc}; the monitor runs without its side channel "
+                "(hangs are reported without the other ranks' states)\n"
+            )
+            return f"no side channel ({exc})"
+        self.rendezvous = place
+        return f"side channel {where}, rendezvous {place.path}"
 
     def stop(self) -> None:
         """Stop the thread and the side channel, withdraw from the rendezvous (idempotent, never raises)."""
@@ -318,7 +329,7 @@ class Monitor:
         return {"rank": self.rank, "inflight": inflight, "completed": completed}
 
     def _probe_request(self, request: dict) -> dict:
-        return linkprobe.measure(request["to"], int(request["bytes"]), int(request["rounds"]), self._probe_timeout())
+        return linkprobe.probe_request(request, self.peers(refresh=True), self._probe_timeout())
 
     def _probe_timeout(self) -> float:
         return self.timeout + PROBE_BYTES / 1.25e6  # down to 10 Mbit/s
@@ -464,13 +475,19 @@ class Monitor:
             elif self._abort_at is None:
                 self._abort_at = now + 2 * self.timeout + 2.0  # leave the leader time to report first
 
+    def dump_path(self) -> str:
+        """Where this rank writes flight records: beside its report file, in a name no other rank uses."""
+        if self.reporter.path and self.reporter.per_rank:
+            return f"{self.reporter.path}.dump.json"
+        base = self.reporter.path or f"commlib-monitor-{os.getpid()}"
+        return f"{base}.rank{self.rank}.dump.json"
+
     def _dump_all(self, ranks: list[int]) -> str:
         records, silent = self._gather(sorted(set(ranks) | set(self.peers()) | {self.rank}), "dump")
-        base = self.reporter.path or f"commlib-monitor-{os.getpid()}"
-        path = f"{base}.dump.json"
+        path = self.dump_path()
+        document = {"ranks": {str(r): d for r, d in records.items()}, "silent": silent}
         try:
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump({"ranks": {str(r): d for r, d in records.items()}, "silent": silent}, f, default=str)
+            write_atomic(path, json.dumps(document, default=str).encode())
         except OSError as exc:
             return f"  flight records: could not write {path}: {exc}"
         return f"  flight records of ranks {ranges(list(records))} written to {os.path.abspath(path)}"
@@ -601,12 +618,14 @@ def start_monitor(monitor: Monitor | bool | None = None) -> Monitor | None:
         monitor = config.monitor
     if monitor is False:
         return None
+    chosen = Monitor() if monitor is True else monitor
+    if not isinstance(chosen, Monitor):
+        raise TypeError(f"interpose: monitor must be a bool or a Monitor, got {type(monitor).__name__}")
     try:
-        chosen = Monitor() if monitor is True else monitor
-        if not isinstance(chosen, Monitor):
-            raise TypeError(f"interpose: monitor must be a bool or a Monitor, got {type(monitor).__name__}")
         return chosen.start()
-    except (OSError, MPI.Exception) as exc:
+    except Exception as exc:  # whatever the side channel or the rendezvous met, the application runs on
         rank = MPI.COMM_WORLD.Get_rank()
-        sys.stderr.write(f"[commlib monitor, rank {rank}] not started: {exc}; the job runs unmonitored\n")
+        sys.stderr.write(
+            f"[commlib monitor, rank {rank}] not started: {type(exc).__name__}: {exc}; the job runs unmonitored\n"
+        )
         return None

@@ -42,6 +42,7 @@ class Reporter:
     def __init__(self, rank: int, path: str = "", stream: TextIO | None = None) -> None:
         self.rank = rank
         self.path = path.replace("{rank}", str(rank)) if path else ""
+        self.per_rank = "{rank}" in path  # the file is this rank's alone
         self.stream = stream
         self.callbacks: list[Callback] = []
         self.alarms = 0
@@ -61,8 +62,7 @@ class Reporter:
                     stream.flush()
             if self.path:
                 with contextlib.suppress(OSError):
-                    with open(self.path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(full, default=str) + "\n")
+                    self._append((json.dumps(full, default=str) + "\n").encode())
         if alarm:
             for callback in list(self.callbacks):
                 try:
@@ -73,6 +73,15 @@ class Reporter:
                             f"[commlib monitor, rank {self.rank}] report callback {callback!r} raised {exc!r}\n"
                         )
         return full
+
+    def _append(self, line: bytes) -> None:
+        """One ``write`` in append mode (lines of ranks sharing a file never interleave); created 0600,
+        never through a symlink."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
 
 def read_reports(patterns: list[str]) -> tuple[list[dict], list[str]]:
