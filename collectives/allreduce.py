@@ -267,7 +267,7 @@ def plan(
         mpi_type = datatype if isinstance(datatype, MPI.Datatype) else _datatype_of_any(datatype)
         exact = mpi_type is not None and _wrong(comm, op, mpi_type)
         if exact and (op.handle, mpi_type.handle) in _verdict(comm, op, mpi_type).nan_only:
-            return ("native", "nan-flags", 1)  # MPI's own algorithm, with a NaN flag per element
+            exact = False  # MPI's algorithms, mended with a NaN flag per element
     return _plan(comm, nbytes, algorithm, model, exact)
 
 
@@ -338,24 +338,23 @@ def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native
     """Run ``call`` with ``algorithm`` (ring or star if ``exact``); ``False`` (nothing touched) when it
     comes to MPI's own and not ``native_ok``."""
     send, buf = call.send, call.recv
-    if (
-        exact
-        and type(buf) is np.ndarray
-        and (call.op.handle, call.datatype.handle) in _verdict(comm, call.op, call.datatype).nan_only
-    ):
-        _nan_propagating(comm, call)  # MPI's algorithm, NaN kept: better than ring or star
-        return True
+    # MAX/MIN of floats whose NaN MPI drops: MPI's algorithms are fine once mended (_nan_propagating)
+    mended = exact and (call.op.handle, call.datatype.handle) in _verdict(comm, call.op, call.datatype).nan_only
     chosen, inner, segments = "native", "native", 1
     if comm.Get_size() > 1 and buf.size:
-        chosen, inner, segments = _plan(comm, int(buf.nbytes), algorithm, model, exact)
+        chosen, inner, segments = _plan(comm, int(buf.nbytes), algorithm, model, exact and not mended)
     if chosen == "native":
+        if mended:
+            _nan_propagating(comm, call)
+            return True
         if native_ok:
             _native(comm, call)
         return native_ok
     topo = topology(comm)
     if extrema.order_sensitive(call.reduce):
         if extrema.ambiguous(topo.comm, buf if send is None else send):
-            _native(comm, call)  # NaN or signed zeros: MPI's own result, whatever the algorithm would give
+            # NaN or signed zeros: MPI's path, so that every algorithm gives the same bits
+            (_nan_propagating if mended else _native)(comm, call)
             return True
     if chosen in _HIERARCHICAL:
         _HIERARCHICAL[chosen](topo, send, buf, call.reduce, call.datatype, call.op, inner, segments)

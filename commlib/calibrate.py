@@ -473,7 +473,7 @@ def interposer_costs(settings: Settings, types: int = 64) -> dict[str, float]:
     from .decision import TypeInfo
 
     made = [MPI.BYTE.Create_subarray([16, 16, 16], [8, 8, 8], [i % 8, i // 8 % 8, 1]).Commit() for i in range(types)]
-    model = cost_model.current()
+    model = cost_model.Model()  # a choice's cost, without loading the process's model before it is calibrated
     try:
         start = time.perf_counter()
         for dt in made:
