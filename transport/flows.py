@@ -22,8 +22,9 @@ exactly such bytes is sent as a one-part split message, so the rule is exact.
 A split message longer than the receive buffer behaves as in MPI: the
 receive fails with :class:`SplitTruncated` (an ``MPI.Exception`` of class
 ``MPI.ERR_TRUNCATE``) and the send completes. The receiver consumes the
-parts without storing them (a zero-byte receive on duplicated
-communicators) or, on channels that wait for a clear-to-send, answers with a
+parts into scratch memory of their own size (never a truncating receive:
+Open MPI 5.0 writes a truncated rendezvous message past the receive buffer)
+or, on channels that wait for a clear-to-send, answers with a
 "discard" instead, and the sender sends no parts. Header fields are checked
 as Python integers: sizes must be non-negative and sum to the total.
 Buffers of Python objects (numpy ``object`` arrays) are refused before
@@ -163,32 +164,17 @@ def _discard(channel: Channel, nbytes: int, peer: int, tag: int) -> Pending:
     return channel.irecv(memoryview(bytearray(nbytes)), peer, tag)
 
 
-_EMPTY = np.zeros(0, np.uint8)
-
-
 class _MPIPending:
-    __slots__ = ("request", "truncate_ok")
+    __slots__ = ("request",)
 
-    def __init__(self, request: MPI.Request, truncate_ok: bool = False) -> None:
-        self.request, self.truncate_ok = request, truncate_ok
-
-    def _truncated(self, exc: MPI.Exception) -> bool:
-        return self.truncate_ok and exc.Get_error_class() == MPI.ERR_TRUNCATE
+    def __init__(self, request: MPI.Request) -> None:
+        self.request = request
 
     def test(self) -> bool:
-        try:
-            return self.request.Test()
-        except MPI.Exception as exc:
-            if not self._truncated(exc):
-                raise
-            return True
+        return self.request.Test()
 
     def wait(self) -> None:
-        try:
-            self.request.Wait()
-        except MPI.Exception as exc:
-            if not self._truncated(exc):
-                raise
+        self.request.Wait()
 
 
 class CommChannel:
@@ -205,10 +191,6 @@ class CommChannel:
 
     def irecv(self, view: memoryview, peer: int, tag: int) -> Pending:
         return _MPIPending(self.comm.Irecv([view, MPI.BYTE], peer, tag))
-
-    def discard(self, nbytes: int, peer: int, tag: int) -> Pending:
-        """Consume a part with a zero-byte receive (MPI truncates it, and the sender completes)."""
-        return _MPIPending(self.comm.Irecv([_EMPTY, MPI.BYTE], peer, tag), truncate_ok=True)
 
     def close(self) -> None:
         if self.comm != MPI.COMM_NULL:
@@ -417,7 +399,7 @@ class SplitRequest:
             self._launch()
         pending = [i for i, t in enumerate(self._done_at) if t is None]
         plain = [self._parts[i] for i in pending]
-        if plain and all(isinstance(p, _MPIPending) and not p.truncate_ok for p in plain):
+        if plain and all(isinstance(p, _MPIPending) for p in plain):
             reqs = [self._parts[i].request for i in pending]
             for _ in pending:  # Waitany: each part's own completion time
                 j = MPI.Request.Waitany(reqs)

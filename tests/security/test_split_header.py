@@ -85,10 +85,12 @@ def test_part_sizes_are_summed_without_wrapping(splitter, sizes):
 def test_a_split_message_too_large_truncates_and_the_sender_completes(splitter):
     data = np.arange(30_000, dtype=np.uint8)
     send = splitter.Isend(data, 0, 4, sizes=[10_000, 10_000, 10_000])
+    memory = np.zeros(16_000, np.uint8)  # the receive buffer and what lies beyond it
     with pytest.raises(MPI.Exception) as info:
-        _settle(splitter.Irecv(np.zeros(12_000, np.uint8), 0, 4))
+        _settle(splitter.Irecv(memory[:12_000], 0, 4))
     assert info.value.Get_error_class() == MPI.ERR_TRUNCATE and "does not fit" in str(info.value)
     assert _settle(send), "the sender still waits for a receiver that gave up"
+    assert not memory[12_000:].any(), "bytes were written past the receive buffer"
     out = np.zeros(30_000, np.uint8)  # the channels are clean: the next message arrives whole
     send = splitter.Isend(data, 0, 5, sizes=[1, 2, 29_997])
     received = splitter.Irecv(out, 0, 5)
