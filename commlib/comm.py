@@ -23,6 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 import datatypes
+from transport import truncation
 from transport.flight import invalidate
 from transport.flows import HEADER_BYTES
 
@@ -42,6 +43,7 @@ __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "
 ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
 _OBSERVED = frozenset({"Send", "Ssend", "Recv", "Sendrecv_replace", "Bcast"})  # timed for the cost model
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
+_GUARDED = truncation.guarded()  # blocking receives never write past their buffer (transport.truncation)
 
 
 def _nbytes(buf: Any) -> int | None:
@@ -215,6 +217,8 @@ class _Interposed:
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
         if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
             return splitter.Recv(buf, source, tag, status)
+        if _GUARDED and (room := truncation.capacity(buf)) is not None:
+            return truncation.recv(super(), buf, room, source, tag, status, "Recv")
         if buf.__class__ not in _SPECS:
             return super().Recv(buf, source, tag, status)
         if (known := self._known("Recv", buf)) is not None:
@@ -243,6 +247,13 @@ class _Interposed:
         status: MPI.Status | None = None,
     ) -> None:
         outgoing, _ = self._stage_one("Sendrecv", sendbuf, send=True)
+        if _GUARDED and (room := truncation.capacity(recvbuf)) is not None:
+            request = super().Isend(outgoing, dest, sendtag)
+            try:
+                truncation.recv(super(), recvbuf, room, source, recvtag, status, "Sendrecv")
+            finally:
+                request.Wait()
+            return None
         if recvbuf.__class__ in _SPECS and (known := self._known("Sendrecv", recvbuf)) is not None:
             return super().Sendrecv(outgoing, dest, sendtag, known, source, recvtag, status)
         message, pack = self._message("Sendrecv", recvbuf, writable=True)
@@ -377,7 +388,8 @@ def _trace(cls: type, mpi_class: type, inherited: type | None = None) -> None:
     """Route ``cls``'s communication methods through the monitor hook (once per method)."""
     for name in sorted(BLOCKING | NONBLOCKING):
         if hasattr(mpi_class, name) and (inherited is None or not hasattr(inherited, name)):
-            setattr(cls, name, traced(name, getattr(cls, name), getattr(mpi_class, name)))
+            base = None if _GUARDED and name in ("Recv", "Sendrecv") else getattr(mpi_class, name)
+            setattr(cls, name, traced(name, getattr(cls, name), base))
 
 
 _trace(Intracomm, MPI.Intracomm)

@@ -1,0 +1,70 @@
+"""transport.truncation: receives too small for their message never write past the buffer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from transport import truncation
+
+SCRIPT = Path(__file__).parent / "mpi" / "truncation_cases.py"
+
+
+@pytest.mark.parametrize(
+    ("spec", "room"),
+    [
+        (np.zeros(10, np.float64), 80),
+        ([np.zeros(10, np.float64), MPI.DOUBLE], 80),
+        ([np.zeros(7, np.uint8), MPI.INT], 4),
+        ([np.zeros(80, np.uint8), 3, MPI.DOUBLE], 24),
+        ([np.zeros(80, np.uint8), (3, 0), MPI.DOUBLE], None),
+        ([np.zeros(80, np.uint8), MPI.DOUBLE.Create_vector(2, 1, 2)], None),
+        (object(), None),
+    ],
+)
+def test_capacity_reads_the_specs_it_knows(spec, room):
+    assert truncation.capacity(spec) == room
+
+
+def test_a_message_too_long_raises_and_leaves_the_buffer_and_beyond_untouched():
+    comm = MPI.COMM_SELF.Dup()
+    try:
+        message = np.full(100_000, 7, np.uint8)
+        memory = np.zeros(100_064, np.uint8)
+        send = comm.Isend(message, 0, 1)
+        with pytest.raises(MPI.Exception, match=r"Recv: message of 100000 bytes .* buffer of 16 bytes") as info:
+            truncation.recv(comm, memory[:16], 16, 0, 1, None, "Recv")
+        send.Wait()
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert not memory.any()
+        status = MPI.Status()
+        send = comm.Isend(message, 0, 2)
+        truncation.recv(comm, memory[:100_000], 100_000, MPI.ANY_SOURCE, MPI.ANY_TAG, status, "Recv")
+        send.Wait()
+        assert np.array_equal(memory[:100_000], message) and not memory[100_000:].any()
+        assert (status.Get_count(MPI.BYTE), status.Get_tag(), status.Get_source()) == (100_000, 2, 0)
+    finally:
+        comm.Free()
+
+
+def test_overruns_is_a_fixed_answer_and_the_setting_is_checked(monkeypatch):
+    assert truncation.overruns() in (True, False) and truncation.overruns() == truncation.overruns()
+    monkeypatch.setenv("COMMLIB_RECV_GUARD", "on")
+    assert truncation.guarded()
+    monkeypatch.setenv("COMMLIB_RECV_GUARD", "off")
+    assert not truncation.guarded()
+    monkeypatch.setenv("COMMLIB_RECV_GUARD", "sometimes")
+    with pytest.raises(ValueError, match="COMMLIB_RECV_GUARD must be auto, on or off"):
+        truncation.guarded()
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3])
+@pytest.mark.parametrize("guard", ["auto", "on"])
+def test_interposed_receives_never_write_past_their_buffer(mpirun, nprocs, guard):
+    command = [sys.executable, "-m", "commlib", str(SCRIPT)]
+    result = mpirun(nprocs, command, python=False, env={"COMMLIB_RECV_GUARD": guard}, timeout=120)
+    assert f"OK on {nprocs} ranks" in result.stdout
