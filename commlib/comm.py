@@ -217,23 +217,21 @@ class _Interposed:
     def Recv(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG, status: MPI.Status | None = None) -> None:
         if self._splitter is not None and (splitter := self._splitting(buf)) is not None:
             return splitter.Recv(buf, source, tag, status)
-        if _GUARDED and (room := truncation.capacity(buf)) is not None:
-            return truncation.recv(super(), buf, room, source, tag, status, "Recv")
         if buf.__class__ not in _SPECS:
-            return super().Recv(buf, source, tag, status)
+            return self._recv(buf, source, tag, status)
         if (known := self._known("Recv", buf)) is not None:
-            return super().Recv(known, source, tag, status)
+            return self._recv(known, source, tag, status)
         message, pack = self._message("Recv", buf, writable=True)
         if message is None:
-            return super().Recv(buf, source, tag, status)
+            return self._recv(buf, source, tag, status)
         start = perf_counter()
         if pack:
             packed = Packed.for_recv(message, self._staging)
             st = status if status is not None else MPI.Status()
-            super().Recv(packed.spec, source, tag, st)
+            self._recv(packed.spec, source, tag, st)
             packed.unpack(st)
         else:
-            super().Recv(self._native(buf, message), source, tag, status)
+            self._recv(self._native(buf, message), source, tag, status)
         self._observe("Recv", message, pack, start)
 
     def Sendrecv(
@@ -247,22 +245,34 @@ class _Interposed:
         status: MPI.Status | None = None,
     ) -> None:
         outgoing, _ = self._stage_one("Sendrecv", sendbuf, send=True)
-        if _GUARDED and (room := truncation.capacity(recvbuf)) is not None:
-            request = super().Isend(outgoing, dest, sendtag)
-            try:
-                truncation.recv(super(), recvbuf, room, source, recvtag, status, "Sendrecv")
-            finally:
-                request.Wait()
-            return None
         if recvbuf.__class__ in _SPECS and (known := self._known("Sendrecv", recvbuf)) is not None:
-            return super().Sendrecv(outgoing, dest, sendtag, known, source, recvtag, status)
+            return self._sendrecv(outgoing, dest, sendtag, known, source, recvtag, status)
         message, pack = self._message("Sendrecv", recvbuf, writable=True)
         if not pack:
-            return super().Sendrecv(outgoing, dest, sendtag, self._native(recvbuf, message), source, recvtag, status)
+            return self._sendrecv(outgoing, dest, sendtag, self._native(recvbuf, message), source, recvtag, status)
         packed = Packed.for_recv(message, self._staging)
         st = status if status is not None else MPI.Status()
-        super().Sendrecv(outgoing, dest, sendtag, packed.spec, source, recvtag, st)
+        self._sendrecv(outgoing, dest, sendtag, packed.spec, source, recvtag, st)
         packed.unpack(st)
+
+    def _recv(self, spec: Any, source: int, tag: int, status: MPI.Status | None) -> None:
+        """mpi4py's ``Recv`` of a checked spec; matched first where MPI would write past the buffer."""
+        if _GUARDED and (room := truncation.capacity(spec)) is not None:
+            return truncation.recv(super(), spec, room, source, tag, status, "Recv")
+        return super().Recv(spec, source, tag, status)
+
+    def _sendrecv(
+        self, outgoing: Any, dest: int, sendtag: int, spec: Any, source: int, recvtag: int, status: MPI.Status | None
+    ) -> None:
+        """mpi4py's ``Sendrecv`` of checked specs; the receive guarded as in :meth:`_recv`."""
+        if not (_GUARDED and (room := truncation.capacity(spec)) is not None):
+            return super().Sendrecv(outgoing, dest, sendtag, spec, source, recvtag, status)
+        request = super().Isend(outgoing, dest, sendtag)
+        try:
+            truncation.recv(super(), spec, room, source, recvtag, status, "Sendrecv")
+        finally:
+            request.Wait()
+        return None
 
     def Sendrecv_replace(
         self,

@@ -21,8 +21,11 @@ SCRIPT = Path(__file__).parent / "mpi" / "truncation_cases.py"
         ([np.zeros(10, np.float64), MPI.DOUBLE], 80),
         ([np.zeros(7, np.uint8), MPI.INT], 4),
         ([np.zeros(80, np.uint8), 3, MPI.DOUBLE], 24),
+        ([np.zeros(8, np.uint8), 3, MPI.DOUBLE], None),
         ([np.zeros(80, np.uint8), (3, 0), MPI.DOUBLE], None),
         ([np.zeros(80, np.uint8), MPI.DOUBLE.Create_vector(2, 1, 2)], None),
+        (b"read-only", None),
+        ([np.zeros(80, np.uint8), -1, MPI.DOUBLE], None),
         (object(), None),
     ],
 )
@@ -47,6 +50,18 @@ def test_a_message_too_long_raises_and_leaves_the_buffer_and_beyond_untouched():
         send.Wait()
         assert np.array_equal(memory[:100_000], message) and not memory[100_000:].any()
         assert (status.Get_count(MPI.BYTE), status.Get_tag(), status.Get_source()) == (100_000, 2, 0)
+    finally:
+        comm.Free()
+
+
+def test_a_buffer_mpi4py_refuses_leaves_no_matched_message_behind():
+    comm = MPI.COMM_SELF.Dup()
+    try:
+        send = comm.Isend(np.arange(3, dtype=np.uint8), 0, 5)
+        with pytest.raises((BufferError, TypeError, ValueError)):
+            truncation.recv(comm, b"abc", 3, 0, 5, None, "Recv")
+        send.Wait()
+        assert not comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
     finally:
         comm.Free()
 

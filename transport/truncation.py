@@ -79,22 +79,30 @@ def capacity(buf: Any) -> int | None:
     """Bytes a receive into the mpi4py buffer spec ``buf`` can take; ``None`` for a spec not read here.
 
     Read: a buffer object, ``[buf, datatype]`` with a predefined datatype,
-    and ``[buf, count, datatype]``.
+    and ``[buf, count, datatype]`` (with a predefined datatype, only where
+    the buffer holds ``count`` elements).
     """
     if buf.__class__ not in (list, tuple):
-        try:
-            return memoryview(buf).nbytes
-        except TypeError:
-            return None
+        return _writable_bytes(buf)
     if len(buf) == 2 and isinstance(buf[1], MPI.Datatype) and buf[1].is_predefined:
-        size = buf[1].Get_size()
-        try:
-            return memoryview(buf[0]).nbytes // size * size if size else 0
-        except TypeError:
-            return None
+        size, nbytes = buf[1].Get_size(), _writable_bytes(buf[0])
+        return None if nbytes is None else nbytes // size * size if size else 0
     if len(buf) == 3 and isinstance(buf[1], int) and isinstance(buf[2], MPI.Datatype):
-        return buf[1] * buf[2].Get_size()
+        room, nbytes = buf[1] * buf[2].Get_size(), _writable_bytes(buf[0])
+        if nbytes is None or buf[1] < 0:
+            return None
+        # a count larger than a buffer of a named type is the caller's error: MPI's path reports it; a
+        # derived type's span has been checked against its buffer by the interposer
+        return None if buf[2].is_predefined and room > nbytes else room
     return None
+
+
+def _writable_bytes(obj: Any) -> int | None:
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        return None
+    return None if view.readonly else view.nbytes
 
 
 def recv(comm: MPI.Comm, buf: Any, room: int, source: int, tag: int, status: MPI.Status | None, op: str) -> None:
@@ -103,7 +111,12 @@ def recv(comm: MPI.Comm, buf: Any, room: int, source: int, tag: int, status: MPI
     message = comm.Mprobe(source, tag, st)
     size = st.Get_count(MPI.BYTE)
     if size <= room:
-        message.Recv(buf, status)
+        try:
+            message.Recv(buf, status)
+        except BaseException:  # refused before MPI received it: the matched message must not stay behind
+            if message != MPI.MESSAGE_NULL:
+                message.Recv([np.empty(size, np.uint8), MPI.BYTE])
+            raise
         return
     message.Recv([np.empty(size, np.uint8), MPI.BYTE], status)
     raise Truncated(
