@@ -364,7 +364,7 @@ class Model:
 
     def to_document(self) -> dict[str, Any]:
         """This model as a calibration document (the file it came from, refinements brought up to date)."""
-        doc = dict(self.document) if self.document else _store_part(0)(calibration_file.current_key())
+        doc = dict(self.document) if self.document else _the_store("to_document")[0](calibration_file.current_key())
         doc["tables"] = {name: table.to_json() for name, table in self.tables.items()}
         doc["alpha_beta"] = {level: list(ab) for level, ab in self._alpha_beta.items()}
         doc["reduce_beta"] = dict(self._reduce_beta)
@@ -377,11 +377,12 @@ class Model:
 
         Written by the store :func:`set_store` installed (:mod:`commlib.calibration`: 0600, atomically).
         """
+        _, write = _the_store("save")
         doc = self.to_document()
         if path is None:
             key = calibration_file.CalibrationKey.from_json(doc["key"])
             path = calibration_file.path_for(key)
-        return _store_part(1)(doc, path)
+        return write(doc, Path(path))
 
     # -- parts ----------------------------------------------------------------
     def table(self, kind: str, levels: int | None = None) -> Table | None:
@@ -649,10 +650,10 @@ def set_store(
     _store = (new_document, write)
 
 
-def _store_part(index: int) -> Callable[..., Any]:
+def _the_store(method: str) -> tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any], Path], Path]]:
     if _store is None:
-        raise RuntimeError("Model.save: no calibration store installed (import commlib.calibration)")
-    return _store[index]
+        raise RuntimeError(f"Model.{method}: no calibration store installed (import commlib.calibration)")
+    return _store
 
 
 def on_change(listener: Callable[[], None]) -> None:
