@@ -63,14 +63,13 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from commlib.config import config
-
 from . import allreduce_cost as cost
 from . import extrema, reduction_check
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
 from .bufspec import TypedBuffer, datatype_of, typed_buffer
 from .reduction import Reducer, array_module, reducer
+from .settings import settings
 from .topology import Topology, cached_topology, topology
 
 __all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
@@ -233,7 +232,7 @@ def _wrong_for_array(comm: Any, op: Any, dtype: np.dtype) -> bool:
 
 
 def _wrong(comm: Any, op: MPI.Op, datatype: MPI.Datatype) -> bool:
-    return config.reduction_check and (op.handle, datatype.handle) in _verdict(comm, op, datatype).by_handle
+    return settings.reduction_check and (op.handle, datatype.handle) in _verdict(comm, op, datatype).by_handle
 
 
 def _datatype_of_any(dtype: Any) -> MPI.Datatype | None:
@@ -422,9 +421,9 @@ def try_allreduce(
     ``cost.MIN_BYTES`` and a cached lookup above.
     """
     if algorithm is None:
-        algorithm = config.allreduce
+        algorithm = settings.allreduce
     if type(recvbuf) is np.ndarray:
-        codes = _CODES.get(getattr(comm, "handle", None)) if config.reduction_check else _NO_CODES
+        codes = _CODES.get(getattr(comm, "handle", None)) if settings.reduction_check else _NO_CODES
         if codes is None:  # the first call on comm: check MPI's reductions (collective)
             wrong = _wrong_for_array(comm, op, recvbuf.dtype)
         else:
@@ -444,7 +443,7 @@ def try_allreduce(
     if call is None:
         return NotImplemented
     exact = _wrong(comm, call.op, call.datatype)
-    if not host and not config.cuda_aware_mpi:
+    if not host and not settings.cuda_aware_mpi:
         host_call, host_out = _staged(call)
         _run(comm, host_call, algorithm, model, native_ok=True, exact=exact)
         call.recv.set(host_out)

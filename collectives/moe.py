@@ -64,9 +64,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from commlib.config import config
-
 from .routing import ExpertMap, ReceivePlan, SendPlan, plan_receive, plan_send, row_runs
+from .settings import settings
 
 __all__ = ["MoEHandle", "RecvInfo", "array_namespace", "combine", "dispatch", "release_buffers"]
 
@@ -237,7 +236,7 @@ def _alltoallw(comm: MPI.Comm, sendbuf: Any, sends: list, recvbuf: Any, recvs: l
 
 
 def _pack_mode(op: str, pack: str | None) -> str:
-    pack = config.moe_pack if pack is None else pack
+    pack = settings.moe_pack if pack is None else pack
     if pack not in _PACK_MODES:
         _fail(op, f"pack must be one of {', '.join(_PACK_MODES)}, got {pack!r}")
     return pack
@@ -324,7 +323,7 @@ def dispatch(
     dtype = np.dtype(x.dtype)
     row_bytes = width * dtype.itemsize
     pack = _pack_mode(op, pack)
-    staged = xp is not np and not config.cuda_aware_mpi
+    staged = xp is not np and not settings.cuda_aware_mpi
     source = _host(x) if staged else x
     if pack == "mpi":  # datatypes address rows by byte offsets from the start
         source = np.ascontiguousarray(source) if staged else xp.ascontiguousarray(source)
@@ -483,7 +482,7 @@ def combine(y: Any, handle: MoEHandle) -> Any:
     if agreement[0] != -agreement[1] or agreement[2] != -agreement[3]:
         _fail(op, f"ranks disagree on the output row ({width} x {dtype}, {row_bytes} bytes on this rank)")
 
-    staged = xp is not np and not config.cuda_aware_mpi
+    staged = xp is not np and not settings.cuda_aware_mpi
     space = np if staged else xp
     source = np.ascontiguousarray(_host(y)) if staged else xp.ascontiguousarray(y)
     layout, plan = handle.recv, handle.send

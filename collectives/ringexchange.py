@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from commlib.config import config
-
 from .attention import array_namespace
+from .settings import settings
 
 __all__ = ["RingExchange", "RingStats", "RowLayout", "agree", "message_namespace", "open_channels", "ring_channels"]
 
@@ -73,7 +72,7 @@ def agree(comm: MPI.Intracomm, op: str, signature: dict[str, int]) -> None:
 
 def message_namespace(xp: Any) -> Any:
     """Where message buffers for arrays of ``xp`` live: on the device only with a CUDA-aware MPI."""
-    return xp if xp is not np and config.cuda_aware_mpi else np
+    return xp if xp is not np and settings.cuda_aware_mpi else np
 
 
 def open_channels(op: str, comm: Any, signature: dict[str, int]) -> tuple[MPI.Intracomm, MPI.Intracomm]:

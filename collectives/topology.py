@@ -32,6 +32,10 @@ from typing import Any
 
 from mpi4py import MPI
 
+from transport.settings import settings as transport_settings
+
+from .settings import settings
+
 __all__ = ["Topology", "cached_topology", "release", "topology"]
 
 
@@ -192,8 +196,8 @@ def cached_topology(comm: Any) -> Topology | None:
 def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: int | None = None) -> Topology:
     """The cached :class:`Topology` of ``comm`` (collective on first use).
 
-    ``method`` and ``node_id`` default to ``commlib.config``'s ``node_detect``
-    and ``node_id``; they only matter when the topology is built.
+    ``method`` and ``node_id`` default to the ``node_detect`` setting (:mod:`collectives.settings`)
+    and the ``node_id`` one (:mod:`transport.settings`); they only matter when the topology is built.
     """
     global _keyval
     topo = cached_topology(comm)
@@ -203,12 +207,10 @@ def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: int | N
         raise TypeError(f"topology: expected an intra-communicator, got {type(comm).__name__}")
     if _keyval is None:
         _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
-    from commlib.config import config
-
     topo = _build(
         comm,
-        config.node_detect if method is None else method,
-        config.node_id if node_id is None else node_id,
+        settings.node_detect if method is None else method,
+        transport_settings.node_id if node_id is None else node_id,
     )
     comm.Set_attr(_keyval, topo)
     _by_handle[comm.handle] = topo

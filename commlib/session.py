@@ -28,10 +28,12 @@ from typing import Any
 
 from datatypes import model as cost_model
 from datatypes.canonical import cache_entry
+from datatypes.settings import settings as datatypes_settings
 from transport.flight import SpecCache, invalidate
 from transport.operations import OP_INDEX, OPERATIONS
 from transport.privatefiles import ensure_dir, write_atomic
 
+from . import calibration  # noqa: F401  (installs the store the model saves through at exit)
 from .config import Config, config
 from .decision import TRIAL_RANGE, Layout, Trial, hot_bytes, side_costs, type_info
 from .sides import KnownSides
@@ -60,7 +62,7 @@ def model_decision(model: cost_model.Model | None = None) -> Decision:
 
 
 def _choose(model: cost_model.Model, op: str, message: Any, f: cost_model.Features | None) -> str:
-    engine = config.pack_engine
+    engine = datatypes_settings.pack_engine
     if engine != "auto":
         return "pack" if engine == "strided" else "native"
     return "native" if f is None else model.choose(op, f)
@@ -166,7 +168,7 @@ class Session:
     def eager(self) -> bool:
         """Analyse every derived-type message at once: a rule of the session's own, or packing forced, decides."""
         return not (self.decision is default_decision or self.decision is self._own_decision) or (
-            config.pack_engine == "strided"
+            datatypes_settings.pack_engine == "strided"
         )
 
     def choose(self, op: str, message: Any) -> str:
@@ -254,7 +256,7 @@ class Session:
     def _decide_side(self, pieces: Any, send: bool) -> Layout | Trial | None:
         """The model's outcome for one side: a layout, ``None`` (MPI's path), or a :class:`Trial` when close."""
         layout = Layout(pieces)
-        engine = config.pack_engine
+        engine = datatypes_settings.pack_engine
         if engine != "auto":
             return layout if engine == "strided" else None
         ours, native = side_costs(self.model, pieces, layout, send=send)

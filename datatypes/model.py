@@ -51,11 +51,12 @@ from typing import Any, NamedTuple
 
 from mpi4py import MPI
 
-from commlib.config import config
-
+from . import calibration_file
 from .canonical import StridedBlock, cache_entry
 from .cost_table import Table
+from .pack_plan import resolve
 from .refinement import Bucket, Refinement
+from .settings import settings
 
 __all__ = [
     "ENGINES",
@@ -80,6 +81,7 @@ __all__ = [
     "op_class",
     "register_strategy",
     "set_current",
+    "set_store",
 ]
 
 ENGINES = ("strided", "mpi")
@@ -98,19 +100,13 @@ class Features(NamedTuple):
     levels: int
 
 
-_resolve: Callable[..., Any] | None = None
-
-
 def features(count: int, datatype: Any) -> Features | None:
     """The :class:`Features` of ``count`` objects of ``datatype`` (``None``: no canonical form).
 
     Cached beside the packer's plans on the datatype, so a repeated message costs one lookup.
     """
-    global _resolve
-    if _resolve is None:
-        from .packer import _resolve
     if isinstance(datatype, StridedBlock):
-        plan = _resolve("model", count, datatype)
+        plan = resolve("model", count, datatype)
         return Features(plan.packed, plan.block, len(plan.shape) + 1)
     entry = cache_entry(datatype) if isinstance(datatype, MPI.Datatype) else None
     key = ("features", count)
@@ -118,7 +114,7 @@ def features(count: int, datatype: Any) -> Features | None:
         f = entry.plans.get(key, False)
         if f is not False:
             return f
-    plan = _resolve("model", count, datatype)
+    plan = resolve("model", count, datatype)
     f = None if plan.item is None else Features(plan.packed, plan.block, len(plan.shape) + 1)
     if entry is not None:
         entry.plans[key] = f
@@ -196,7 +192,7 @@ class Prior:
         links = dict(_LINKS)
         if node_local_over_network():
             links["intra"] = _LOOPBACK
-        return cls(min_bytes=config.pack_min_bytes, min_block=max(config.pack_min_block, 1), links=links)
+        return cls(min_bytes=settings.pack_min_bytes, min_block=max(settings.pack_min_block, 1), links=links)
 
     def pack(self, engine: str, nbytes: int, block: int) -> float:
         """Seconds to pack (or unpack) ``nbytes`` in blocks of ``block`` bytes with ``engine``."""
@@ -368,9 +364,7 @@ class Model:
 
     def to_document(self) -> dict[str, Any]:
         """This model as a calibration document (the file it came from, refinements brought up to date)."""
-        from commlib import calibration
-
-        doc = dict(self.document) if self.document else calibration.new_file(calibration.current_key())
+        doc = dict(self.document) if self.document else _the_store("to_document")[0](calibration_file.current_key())
         doc["tables"] = {name: table.to_json() for name, table in self.tables.items()}
         doc["alpha_beta"] = {level: list(ab) for level, ab in self._alpha_beta.items()}
         doc["reduce_beta"] = dict(self._reduce_beta)
@@ -379,14 +373,16 @@ class Model:
         return doc
 
     def save(self, path: Path | str | None = None) -> Path:
-        """Write the model (with what it learned) to ``path``, by default its calibration file's place."""
-        from commlib import calibration
+        """Write the model (with what it learned) to ``path``, by default its calibration file's place.
 
+        Written by the store :func:`set_store` installed (:mod:`commlib.calibration`: 0600, atomically).
+        """
+        _, write = _the_store("save")
         doc = self.to_document()
         if path is None:
-            key = calibration.CalibrationKey.from_json(doc["key"])
-            path = calibration.path_for(key)
-        return calibration.save(doc, path)
+            key = calibration_file.CalibrationKey.from_json(doc["key"])
+            path = calibration_file.path_for(key)
+        return write(doc, Path(path))
 
     # -- parts ----------------------------------------------------------------
     def table(self, kind: str, levels: int | None = None) -> Table | None:
@@ -637,6 +633,27 @@ def generation() -> int:
 
 
 _listeners: list[Callable[[], None]] = []
+_store: tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any], Path], Path]] | None = None
+
+
+def set_store(
+    new_document: Callable[[calibration_file.CalibrationKey], dict[str, Any]],
+    write: Callable[[dict[str, Any], Path], Path],
+) -> None:
+    """Install how :meth:`Model.save` makes a new calibration document for a key and writes one to a path.
+
+    :mod:`commlib.calibration` installs its own when imported (documents stamped with commlib's
+    version, written 0600 and atomically into a private directory); the datatypes package reads
+    calibration files but writes none by itself.
+    """
+    global _store
+    _store = (new_document, write)
+
+
+def _the_store(method: str) -> tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any], Path], Path]]:
+    if _store is None:
+        raise RuntimeError(f"Model.{method}: no calibration store installed (import commlib.calibration)")
+    return _store
 
 
 def on_change(listener: Callable[[], None]) -> None:
@@ -677,14 +694,12 @@ def load(setting: str | None = None) -> Model:
     schema (types, finite, within bounds) before the model uses it; whatever
     else goes wrong while building the model also counts as a corrupt file.
     """
-    from commlib import calibration
-
-    setting = setting or config.model
+    setting = setting or settings.model
     if setting == "analytic":
         return Model()
     where = setting
     try:
-        data, where = calibration.load(None if setting == "auto" else setting)
+        data, where = calibration_file.load(None if setting == "auto" else setting)
         if data is None:
             _warn(f"{where}; using analytic defaults (run 'python -m commlib calibrate')")
             return Model()
@@ -695,19 +710,25 @@ def load(setting: str | None = None) -> Model:
 
 
 def _configured() -> tuple:
-    return (config.model, config.cache_dir, config.model_max_age, config.pack_min_bytes, config.pack_min_block)
+    return (
+        settings.model,
+        settings.cache_dir,
+        settings.model_max_age,
+        settings.pack_min_bytes,
+        settings.pack_min_block,
+    )
 
 
 def current() -> Model:
-    """The model of this process, loaded once (again when ``config`` names another one)."""
+    """The model of this process, loaded once (again when its settings name another one)."""
     model, seen = _current, _setting
     if (
         model is not None
-        and config.model is seen[0]
-        and config.cache_dir is seen[1]
-        and config.model_max_age is seen[2]
-        and config.pack_min_bytes is seen[3]
-        and config.pack_min_block is seen[4]
+        and settings.model is seen[0]
+        and settings.cache_dir is seen[1]
+        and settings.model_max_age is seen[2]
+        and settings.pack_min_bytes is seen[3]
+        and settings.pack_min_block is seen[4]
     ):
         return model
     return set_current(load(), _configured())

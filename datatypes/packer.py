@@ -14,122 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
-from commlib.config import config
-
 from .canonical import StridedBlock, cache_entry
 from .model import current as _current_model
+from .pack_plan import PackPlan, Typelike, describe, mpi_plan, resolve
+from .settings import settings
 
-__all__ = ["check_buffer", "choose_engine", "pack", "packed_size", "touched", "unpack", "unpack_partial"]
-
-Typelike = MPI.Datatype | StridedBlock
 _U8 = np.dtype(np.uint8)
 
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything one (datatype, count) pair needs, computed once and cached.
-
-    ``item`` is None for types without a canonical form (MPI copies them).
-    ``mpi_len`` is a buffer length from which mpi4py infers exactly ``count``
-    objects (it takes count = len // extent), or -1 when none exists and MPI
-    must be given a wrapper type instead.
-    """
-
-    lo: int  # first byte touched, relative to the buffer origin
-    hi: int  # one past the last byte touched
-    packed: int  # packed bytes
-    block: int  # contiguous bytes per block once the objects are laid end to end
-    injective: bool  # no byte is touched twice (unpack may use numpy)
-    mpi_len: int
-    item: np.dtype | None = None
-    shape: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    offset: int = 0  # byte offset of the first element of the strided view
-
-    def view(self, data: np.ndarray, displacement: int = 0) -> np.ndarray:
-        offset = self.offset + displacement
-        return np.ndarray(self.shape, self.item, buffer=data, offset=offset, strides=self.strides)
-
-    def packed_view(self, packed: np.ndarray) -> np.ndarray:
-        return np.ndarray(self.shape, self.item, buffer=packed)
-
-
-def _mpi_len(lo: int, hi: int, count: int, extent: int) -> int:
-    n = max(hi, count * extent)
-    return n if lo >= 0 and extent > 0 and n < (count + 1) * extent else -1
-
-
-_LARGE_BLOCK = 1 << 16  # numpy copies one opaque element of more than this slower than memcpy would
-
-
-def _strided_plan(sb: StridedBlock, count: int) -> _Plan:
-    rep = sb.repeated(count)
-    lo, hi = sb.touched(count)
-    block = rep.block
-    shape, strides = rep.counts[:0:-1], rep.strides[:0:-1]  # slowest level first
-    item = np.dtype(f"u{block}") if block in (1, 2, 4, 8) else np.dtype(f"V{max(block, 1)}")
-    if block > _LARGE_BLOCK:
-        # a large block as a row of 4 KiB (or smaller power-of-two) elements
-        piece = 4096
-        while block % piece:
-            piece //= 2
-        if piece >= 512:
-            shape, strides, item = (*shape, block // piece), (*strides, piece), np.dtype(f"V{piece}")
-    injective, mpi_len = sb.is_injective(count), _mpi_len(lo, hi, count, sb.extent)
-    return _Plan(lo, hi, rep.size, block, injective, mpi_len, item, shape, strides, rep.start)
-
-
-def _mpi_plan(datatype: MPI.Datatype, count: int) -> _Plan:
-    size = datatype.Get_size()
-    lo = hi = 0
-    if count and size:
-        true_lb, true_extent = datatype.Get_true_extent()
-        span = (count - 1) * datatype.Get_extent()[1]
-        lo, hi = true_lb + min(0, span), true_lb + true_extent + max(0, span)
-    mpi_len = _mpi_len(lo, hi, count, datatype.Get_extent()[1])
-    return _Plan(lo, hi, count * size, 0, False, mpi_len)
-
-
-_plan_of_block = lru_cache(maxsize=256)(_strided_plan)
-
-
-def _resolve(op: str, count: int, datatype: Typelike) -> _Plan:
-    """Validate ``count`` and return the cached plan for (datatype, count)."""
-    if type(count) is not int:
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-            raise TypeError(f"{op}: count must be an integer, got {type(count).__name__}")
-        count = int(count)
-    if count < 0:
-        raise ValueError(f"{op}: count must be >= 0, got {count} for {_describe(datatype)}")
-    if isinstance(datatype, StridedBlock):
-        return _plan_of_block(datatype, count)
-    if not isinstance(datatype, MPI.Datatype):
-        raise TypeError(f"{op}: expected an mpi4py.MPI.Datatype or StridedBlock, got {type(datatype).__name__}")
-    entry = cache_entry(datatype)
-    plan = entry.plans.get(count)
-    if plan is None:
-        if len(entry.plans) >= 32:
-            entry.plans.clear()
-        sb = entry.block
-        plan = _strided_plan(sb, count) if sb is not None else _mpi_plan(datatype, count)
-        entry.plans[count] = plan
-    return plan
-
-
-def _describe(datatype: Typelike) -> str:
-    if isinstance(datatype, StridedBlock):
-        return repr(datatype)
-    if not isinstance(datatype, MPI.Datatype):
-        return type(datatype).__name__
-    name = datatype.Get_name()
-    return name if name else f"derived datatype (size {datatype.Get_size()}, extent {datatype.Get_extent()[1]})"
+__all__ = ["check_buffer", "choose_engine", "pack", "packed_size", "touched", "unpack", "unpack_partial"]
 
 
 def _byte_view(buf: Any, op: str, what: str, writable: bool) -> np.ndarray:
@@ -159,7 +56,7 @@ def _byte_view(buf: Any, op: str, what: str, writable: bool) -> np.ndarray:
 def _check_bounds(op: str, lo: int, hi: int, nbytes: int, count: int, datatype: Typelike, what: str) -> None:
     if hi > lo and (lo < 0 or hi > nbytes):
         raise ValueError(
-            f"{op}: {count} object(s) of {_describe(datatype)} touch bytes [{lo}, {hi}) "
+            f"{op}: {count} object(s) of {describe(datatype)} touch bytes [{lo}, {hi}) "
             f"of the {what}, which has {nbytes} bytes"
         )
 
@@ -174,7 +71,7 @@ def check_buffer(
     (bytes) moves the objects' origin from the start of ``buf``, as the
     displacements of the vector collectives do.
     """
-    plan = _resolve(op, count, datatype)
+    plan = resolve(op, count, datatype)
     data = _byte_view(buf, op, "buffer", writable=writable)
     _check_bounds(op, plan.lo + displacement, plan.hi + displacement, data.nbytes, count, datatype, "buffer")
     return plan.packed
@@ -182,19 +79,19 @@ def check_buffer(
 
 def packed_size(count: int, datatype: Typelike) -> int:
     """Bytes that ``count`` objects of ``datatype`` occupy when packed."""
-    return _resolve("packed_size", count, datatype).packed
+    return resolve("packed_size", count, datatype).packed
 
 
 def touched(count: int, datatype: Typelike) -> tuple[int, int]:
     """``[lo, hi)``: the bytes ``count`` objects of ``datatype`` touch, relative to the buffer's origin."""
-    plan = _resolve("touched", count, datatype)
+    plan = resolve("touched", count, datatype)
     return plan.lo, plan.hi
 
 
-def _use_strided(plan: _Plan, engine: str | None) -> bool:
+def _use_strided(plan: PackPlan, engine: str | None) -> bool:
     if plan.item is None:
         return False
-    engine = engine or config.pack_engine
+    engine = engine or settings.pack_engine
     if engine == "mpi":
         return False
     if engine == "strided":
@@ -214,7 +111,7 @@ def choose_engine(count: int, datatype: Typelike, engine: str | None = None) -> 
     ``pack_min_block`` (both engines are memory-latency bound below it).
     A ``StridedBlock`` has no MPI type and is always packed strided.
     """
-    plan = _resolve("choose_engine", count, datatype)
+    plan = resolve("choose_engine", count, datatype)
     if isinstance(datatype, StridedBlock):
         return "strided"
     return "strided" if _use_strided(plan, engine) else "mpi"
@@ -227,7 +124,7 @@ def _displaced(data: np.ndarray, displacement: int, op: str) -> np.ndarray:
     return data[displacement:]
 
 
-def _mpi_pack(src: np.ndarray, dst: np.ndarray, plan: _Plan, count: int, datatype: MPI.Datatype) -> None:
+def _mpi_pack(src: np.ndarray, dst: np.ndarray, plan: PackPlan, count: int, datatype: MPI.Datatype) -> None:
     if 0 <= plan.mpi_len <= src.nbytes:
         datatype.Pack(src[: plan.mpi_len], dst, 0, MPI.COMM_SELF)
         return
@@ -235,7 +132,7 @@ def _mpi_pack(src: np.ndarray, dst: np.ndarray, plan: _Plan, count: int, datatyp
         exact.Pack(src, dst, 0, MPI.COMM_SELF)
 
 
-def _mpi_unpack(src: np.ndarray, dst: np.ndarray, plan: _Plan, count: int, datatype: MPI.Datatype) -> None:
+def _mpi_unpack(src: np.ndarray, dst: np.ndarray, plan: PackPlan, count: int, datatype: MPI.Datatype) -> None:
     if 0 <= plan.mpi_len <= dst.nbytes:
         datatype.Unpack(src, 0, dst[: plan.mpi_len], MPI.COMM_SELF)
         return
@@ -277,7 +174,7 @@ def pack(
     is always packed by the strided engine. ``displacement`` (bytes) moves
     the objects' origin from the start of ``buf``.
     """
-    plan = _resolve("pack", count, datatype)
+    plan = resolve("pack", count, datatype)
     size = plan.packed
     src = _byte_view(buf, "pack", "input buffer", writable=False)
     own = isinstance(datatype, StridedBlock)
@@ -308,7 +205,7 @@ def unpack(
     may touch a byte twice are unpacked by MPI, which defines the order.
     ``displacement`` (bytes) moves the objects' origin from the start of ``buf``.
     """
-    plan = _resolve("unpack", count, datatype)
+    plan = resolve("unpack", count, datatype)
     size = plan.packed
     src = _byte_view(packed, "unpack", "packed buffer", writable=False)
     dst = _byte_view(buf, "unpack", "output buffer", writable=True)
@@ -326,7 +223,7 @@ def unpack(
     if own:
         mpi_type = datatype.to_datatype()
         try:
-            _mpi_unpack(src, dst, _mpi_plan(mpi_type, count), count, mpi_type)
+            _mpi_unpack(src, dst, mpi_plan(mpi_type, count), count, mpi_type)
         finally:
             mpi_type.Free()
     else:

@@ -46,6 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 from mpi4py import MPI
 
+from .settings import settings
+
 __all__ = [
     "HEADER_BYTES",
     "MAX_CHANNELS",
@@ -716,13 +718,11 @@ _registry: dict[int, Splitter] = {}
 
 def attach(comm: MPI.Comm, channels: int | None = None, **kwargs: Any) -> Splitter:
     """Collective over ``comm``: make its :class:`Splitter` (``COMMLIB_SPLIT_CHANNELS`` duplicates by default)."""
-    from commlib.config import config
-
     key = MPI.Comm.py2f(comm)
     if key in _registry:
         return _registry[key]
-    kwargs.setdefault("min_bytes", config.split_min_bytes)
-    splitter = Splitter.dup(comm, channels or config.split_channels, **kwargs)
+    kwargs.setdefault("min_bytes", settings.split_min_bytes)
+    splitter = Splitter.dup(comm, channels or settings.split_channels, **kwargs)
     _registry[key] = splitter
     return splitter
 
@@ -753,9 +753,7 @@ def worth_splitting(nbytes: int, comm: MPI.Comm, peer: int) -> bool:
     plain message of exactly :data:`HEADER_BYTES` bytes must go through :func:`split_send` too
     (it checks whether the bytes look like a header).
     """
-    from commlib.config import config
-
-    if not config.split:
+    if not settings.split:
         return False
     splitter = splitter_for(comm)
     return splitter is not None and (nbytes == HEADER_BYTES or splitter.worth_splitting(nbytes, peer))

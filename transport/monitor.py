@@ -38,12 +38,11 @@ from typing import Any
 
 from mpi4py import MPI
 
-from commlib.config import config
-
 from . import linkprobe, rendezvous
 from .privatefiles import write_atomic
 from .recorder import FlightRecorder, describe_comm, ranges
 from .reports import Reporter
+from .settings import settings
 from .sidechannel import SideChannel, SideChannelError, ask
 from .stragglers import Collector, StragglerDetector
 from .watchdog import Stuck, Watchdog, is_waiting
@@ -96,16 +95,16 @@ class Monitor:
         def pick(value: Any, default: Any) -> Any:
             return default if value is None else value
 
-        self.action = pick(action, config.monitor_action)
-        self.floor = float(pick(floor, config.monitor_floor))
-        self.multiple = float(pick(multiple, config.monitor_multiple))
-        self.timeout = float(pick(timeout, config.monitor_timeout))
-        self.interval = float(pick(interval, config.monitor_interval))
-        self.probe_every = float(pick(probe, config.monitor_probe))
-        self.bootstrap = pick(bootstrap, config.monitor_bootstrap)
-        self._directory = pick(directory, config.monitor_dir)
-        self._address = pick(address, config.monitor_address)
-        self._job = pick(job, config.monitor_job)
+        self.action = pick(action, settings.monitor_action)
+        self.floor = float(pick(floor, settings.monitor_floor))
+        self.multiple = float(pick(multiple, settings.monitor_multiple))
+        self.timeout = float(pick(timeout, settings.monitor_timeout))
+        self.interval = float(pick(interval, settings.monitor_interval))
+        self.probe_every = float(pick(probe, settings.monitor_probe))
+        self.bootstrap = pick(bootstrap, settings.monitor_bootstrap)
+        self._directory = pick(directory, settings.monitor_dir)
+        self._address = pick(address, settings.monitor_address)
+        self._job = pick(job, settings.monitor_job)
         if self.action not in ACTIONS:
             raise ValueError(f"Monitor: action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if self.bootstrap not in ("auto", "file", "mpi"):
@@ -117,22 +116,22 @@ class Monitor:
             raise ValueError(
                 f"Monitor: multiple must be > 0 and probe >= 0, got {self.multiple!r}, {self.probe_every!r}"
             )
-        self.recorder = FlightRecorder(int(pick(ring, config.monitor_ring)))
+        self.recorder = FlightRecorder(int(pick(ring, settings.monitor_ring)))
         self.enter = self.recorder.enter
         self.leave = self.recorder.leave
         self.core = self.recorder.core  # what the traced methods record into (transport.flight)
         world = MPI.COMM_WORLD
         self.rank, self.size = world.Get_rank(), world.Get_size()
-        self.reporter = Reporter(self.rank, pick(report, config.monitor_report))
+        self.reporter = Reporter(self.rank, pick(report, settings.monitor_report))
         if on_report is not None:
             self.reporter.callbacks.append(on_report)
         self.watchdog = Watchdog(self.recorder, self.floor, self.multiple)
         self.detector = StragglerDetector(
-            window=int(pick(window, config.monitor_window)), skew=pick(skew, config.monitor_skew)
+            window=int(pick(window, settings.monitor_window)), skew=pick(skew, settings.monitor_skew)
         )
         self.boot = _boot()
         self.collector = Collector(self.detector, self.boot)
-        self.node = f"node{config.node_id}" if config.node_id >= 0 else MPI.Get_processor_name()
+        self.node = f"node{settings.node_id}" if settings.node_id >= 0 else MPI.Get_processor_name()
         self.job: str | None = None
         self.channel: SideChannel | None = None
         self.rendezvous: rendezvous.Rendezvous | None = None
@@ -615,7 +614,7 @@ def start_monitor(monitor: Monitor | bool | None = None) -> Monitor | None:
     unmonitored: the monitor never stops an application from running.
     """
     if monitor is None:
-        monitor = config.monitor
+        monitor = settings.monitor
     if monitor is False:
         return None
     chosen = Monitor() if monitor is True else monitor

@@ -1,0 +1,67 @@
+"""The settings of the collectives package: allreduce algorithm, reduction check, device buffers, nodes, MoE.
+
+Each read from its own ``COMMLIB_*`` variable once at import (``settings.reload()`` re-reads them);
+:mod:`commlib.config` shows them beside every other package's. The parsing and the base class are
+:mod:`datatypes.settings`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datatypes.settings import Settings, env_bool, env_choice
+
+__all__ = ["ALLREDUCE_ALGORITHMS", "MOE_PACKS", "NODE_DETECT", "CollectivesSettings", "settings"]
+
+ALLREDUCE_ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
+MOE_PACKS = ("gather", "mpi")
+NODE_DETECT = ("auto", "shared", "name", "env")
+
+
+@dataclass
+class CollectivesSettings(Settings):
+    """Settings of commlib's collectives (environment variable and default in brackets).
+
+    cuda_aware_mpi [COMMLIB_CUDA_AWARE_MPI=0]
+        MPI accepts device (cupy) buffers; when 0, collectives that take device
+        arrays stage them through host memory around each exchange.
+    moe_pack [COMMLIB_MOE_PACK=gather]
+        how the expert all-to-all hands rows to MPI: ``gather`` copies them into
+        contiguous blocks with numpy (MPI moves large contiguous messages),
+        ``mpi`` lets MPI datatypes pick rows from the input and drop returned
+        rows at their (token, slot) positions (no numpy copies).
+    node_detect [COMMLIB_NODE_DETECT=auto]
+        how collectives find the ranks of one node: ``shared`` by
+        ``Split_type(COMM_TYPE_SHARED)``, ``name`` by ``MPI.Get_processor_name()``,
+        ``env`` by ``COMMLIB_NODE_ID`` (:mod:`transport.settings`); ``auto`` uses
+        ``COMMLIB_NODE_ID`` when every rank has it, else shared memory.
+    allreduce [COMMLIB_ALLREDUCE=auto]
+        algorithm of the interposed ``Allreduce``: ``auto`` (cost model),
+        ``native``, ``ring``, ``star``, ``hierarchical`` (its two variants by
+        cost), ``hierarchical-root`` or ``hierarchical-shard``.
+    reduction_check [COMMLIB_REDUCTION_CHECK=1]
+        at the first allreduce on a communicator, check MPI's reduction of
+        every (operation, datatype) pair commlib reduces against exact
+        arithmetic (:mod:`collectives.reduction_check`) and run the pairs MPI
+        gets wrong with commlib's ring or star; 0 trusts MPI. Set it alike on
+        every rank.
+    """
+
+    cuda_aware_mpi: bool = False
+    moe_pack: str = "gather"
+    node_detect: str = "auto"
+    allreduce: str = "auto"
+    reduction_check: bool = True
+
+    @classmethod
+    def from_env(cls) -> CollectivesSettings:
+        return cls(
+            cuda_aware_mpi=env_bool("COMMLIB_CUDA_AWARE_MPI", cls.cuda_aware_mpi),
+            moe_pack=env_choice("COMMLIB_MOE_PACK", cls.moe_pack, MOE_PACKS),
+            node_detect=env_choice("COMMLIB_NODE_DETECT", cls.node_detect, NODE_DETECT),
+            allreduce=env_choice("COMMLIB_ALLREDUCE", cls.allreduce, ALLREDUCE_ALGORITHMS),
+            reduction_check=env_bool("COMMLIB_REDUCTION_CHECK", cls.reduction_check),
+        )
+
+
+settings = CollectivesSettings.from_env()
