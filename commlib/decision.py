@@ -42,8 +42,8 @@ from datatypes.signature import signature
 from .config import Config, config
 
 __all__ = [
-    "TRIAL_RANGE", "Layout", "Route", "Trial", "TypeInfo", "hot_bytes", "pack_pays", "piece_info", "side_costs",
-    "type_info",
+    "PACK_MARGIN", "TRIAL_RANGE", "Layout", "Route", "Trial", "TypeInfo", "hot_bytes", "pack_pays", "piece_info",
+    "side_costs", "type_info",
 ]  # fmt: skip
 
 MAX_TYPES = 4096  # datatype objects, and signatures, remembered at once
@@ -264,6 +264,7 @@ class Trial:
 
 
 TRIAL_RANGE = 4.0  # predictions closer than this factor are settled by timing both ways
+PACK_MARGIN = 1.25  # a point-to-point message is packed only where predicted at least this much faster
 
 
 _OBJECTS: dict[int, tuple[Any, int, TypeInfo | None]] = {}  # id(datatype) -> (weak reference, handle, info)

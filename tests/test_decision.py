@@ -144,3 +144,30 @@ def test_contiguous_pieces_are_never_packed(fresh):
     finally:
         for t in types:
             t.Free()
+
+
+class _Predicting:
+    """A model stand-in predicting fixed times for the two strategies."""
+
+    def __init__(self, native: float, pack: float) -> None:
+        self.times = {"native": native, "pack": pack}
+
+    def choose(self, op, f):
+        return min(self.times, key=self.times.get)
+
+    def predict(self, op, f, level, strategies):
+        return {s: self.times[s] for s in strategies}
+
+
+@pytest.mark.parametrize(
+    ("native", "pack", "choice"),
+    [(100e-6, 95e-6, "native"), (100e-6, 81e-6, "native"), (100e-6, 80e-6, "pack"), (100e-6, 30e-6, "pack"),
+     (50e-6, 60e-6, "native")],
+)  # fmt: skip
+def test_a_message_is_packed_only_where_clearly_faster(monkeypatch, native, pack, choice):
+    from commlib import session as session_module
+    from datatypes.model import Features
+
+    monkeypatch.setattr(session_module.datatypes_settings, "pack_engine", "auto")
+    f = Features(1 << 16, 192, 3)
+    assert session_module._choose(_Predicting(native, pack), "Isend", None, f) == choice
