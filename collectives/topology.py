@@ -13,7 +13,7 @@ How nodes are found (``commlib.config.node_detect``, ``COMMLIB_NODE_DETECT``):
 ``name``
     ``MPI.Get_processor_name()``: the ranks on hosts of the same name.
 ``env``
-    ``COMMLIB_NODE_ID`` (an integer per rank): for launches where shared
+    ``COMMLIB_NODE_ID`` (a name per rank: a host, a scheduler's node, a number): for launches where shared
     memory does not mark the node, such as emulated nodes in network
     namespaces, or MPI forced onto its network module (``MPIR_CVAR_NOLOCAL``).
 ``auto`` (default)
@@ -120,9 +120,16 @@ class Topology:
             setattr(self, name, None)
 
 
-def _node_colors(comm: MPI.Intracomm, method: str, node_id: int) -> tuple[str, list[int]]:
-    """The detection method used and a node key per rank (any integers; equal keys = same node)."""
-    info = comm.allgather((node_id if node_id >= 0 else None, MPI.Get_processor_name()))
+def _node_key(node_id: str | int | None) -> str | None:
+    """A node id as given (``COMMLIB_NODE_ID`` or the ``node_id`` argument); ``None``: unset ("" or negative)."""
+    if node_id is None or (isinstance(node_id, int) and node_id < 0):
+        return None
+    return str(node_id) or None
+
+
+def _node_colors(comm: MPI.Intracomm, method: str, node_id: str | int | None) -> tuple[str, list]:
+    """The detection method used and a node key per rank (equal keys = same node)."""
+    info = comm.allgather((_node_key(node_id), MPI.Get_processor_name()))
     env_ids = [i for i, _ in info]
     with_id = [r for r, i in enumerate(env_ids) if i is not None]
     if method == "auto":
@@ -139,7 +146,7 @@ def _node_colors(comm: MPI.Intracomm, method: str, node_id: int) -> tuple[str, l
         if len(with_id) != len(info):
             missing = [r for r, i in enumerate(env_ids) if i is None]
             raise ValueError(f"node detection 'env': COMMLIB_NODE_ID is not set on ranks {missing}")
-        return method, [int(i) for i in env_ids]
+        return method, env_ids
     if method == "name":
         names = {name: k for k, name in enumerate(dict.fromkeys(name for _, name in info))}
         return method, [names[name] for _, name in info]
@@ -153,7 +160,7 @@ def _node_colors(comm: MPI.Intracomm, method: str, node_id: int) -> tuple[str, l
     raise ValueError(f"node detection: unknown method {method!r} (choose auto, shared, name or env)")
 
 
-def _build(parent: MPI.Intracomm, method: str, node_id: int) -> Topology:
+def _build(parent: MPI.Intracomm, method: str, node_id: str | int | None) -> Topology:
     # mpi4py's Dup returns the parent's class (possibly commlib's wrapper): keep a plain object on the handle
     comm = MPI.Intracomm(MPI.Intracomm.Dup(parent))
     method, keys = _node_colors(comm, method, node_id)
@@ -193,7 +200,7 @@ def cached_topology(comm: Any) -> Topology | None:
         return None
 
 
-def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: int | None = None) -> Topology:
+def topology(comm: MPI.Intracomm, *, method: str | None = None, node_id: str | int | None = None) -> Topology:
     """The cached :class:`Topology` of ``comm`` (collective on first use).
 
     ``method`` and ``node_id`` default to the ``node_detect`` setting (:mod:`collectives.settings`)

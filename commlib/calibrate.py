@@ -408,7 +408,7 @@ def _nodes(comm: MPI.Intracomm) -> tuple[int, ...]:
     try:
         from collectives.topology import topology
     except ImportError:
-        names = comm.allgather(config.node_id if config.node_id >= 0 else MPI.Get_processor_name())
+        names = comm.allgather(config.node_id or MPI.Get_processor_name())
         number = {name: k for k, name in enumerate(dict.fromkeys(names))}
         return tuple(number[name] for name in names)
     return topology(comm).node_of

@@ -33,8 +33,10 @@ into the calibration file.
 
 :func:`current` is the model of this process: loaded once, lazily, from the
 file ``COMMLIB_MODEL`` names (``auto``: this host's calibration in the cache
-directory), falling back to the analytic defaults with a one-line warning
-when that file is missing or unusable. It is the one cached model; the
+directory), falling back to the analytic defaults: silently where there is
+no calibration yet (the normal state; ``describe()`` says so in ``--report``
+and ``explain``), with a one-line warning when a named file is missing or a
+file is corrupt, stale or from another MPI or host. It is the one cached model; the
 packer's engine choice, the interposer's default decision (a session may
 hold its own model instead) and the collectives' cost figures all read it.
 """
@@ -295,6 +297,7 @@ class Model:
         document: dict[str, Any] | None = None,
     ):
         self.tables = dict(tables or {})
+        self.note = ""  # why the defaults are in use, shown by describe() (--report, explain)
         self.prior = prior or Prior.from_config()
         self.refinement = refinement or Refinement()
         self.level = level
@@ -575,7 +578,8 @@ class Model:
     def describe(self) -> str:
         """One line: where the numbers come from and how much was learned."""
         measured = ", ".join(sorted({name.split(".")[0] for name in self.tables})) or "nothing measured"
-        return f"cost model: {self.source} ({measured}); {len(self.refinement)} refined bucket(s)"
+        note = f"; {self.note}" if self.note else ""
+        return f"cost model: {self.source} ({measured}); {len(self.refinement)} refined bucket(s){note}"
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -701,8 +705,11 @@ def load(setting: str | None = None) -> Model:
     try:
         data, where = calibration_file.load(None if setting == "auto" else setting)
         if data is None:
-            _warn(f"{where}; using analytic defaults (run 'python -m commlib calibrate')")
-            return Model()
+            model = Model()
+            model.note = f"{where} (run 'python -m commlib calibrate' to measure this machine)"
+            if not (setting == "auto" and where.startswith("no calibration for ")):
+                _warn(f"{where}; using analytic defaults (run 'python -m commlib calibrate')")
+            return model
         return Model.from_json(data, source=f"calibrated ({where})")
     except Exception as exc:  # a file must never stop the application: anything unforeseen is corruption too
         _warn(f"calibration file {where} is corrupt ({type(exc).__name__}: {str(exc)[:160]}); using analytic defaults")

@@ -182,6 +182,8 @@ def test_topology_is_cached_and_freed_with_its_communicator():
         release(comm)
         assert topology(comm, method="env", node_id=7).nodes == ((0,),)
         release(comm)
+        assert topology(comm, method="env", node_id="gpu-node-a7").nodes == ((0,),)
+        release(comm)
         with pytest.raises(ValueError, match="COMMLIB_NODE_ID is not set on ranks \\[0\\]"):
             topology(comm, method="env", node_id=-1)
     finally:

@@ -126,10 +126,15 @@ def test_bad_files_give_one_line_and_analytic_defaults(tmp_path, capsys, content
     assert capsys.readouterr().err == ""  # said once per process
 
 
-def test_missing_file_warns_once_and_analytic_never_reads(monkeypatch, capsys):
+def test_no_calibration_yet_is_silent_and_said_in_the_description(monkeypatch, capsys):
+    model = cm.current()
+    assert model.source == "analytic defaults" and capsys.readouterr().err == ""
+    assert "no calibration for " in model.describe() and "python -m commlib calibrate" in model.describe()
+    monkeypatch.setenv("COMMLIB_MODEL", "/nonexistent/calibration.json")  # a file named but missing: a warning
+    config.reload()
+    cm._warned.clear()
     assert cm.current().source == "analytic defaults"
-    err = capsys.readouterr().err
-    assert err.startswith("commlib: warning: no calibration for ") and err.count("\n") == 1
+    assert "does not exist" in capsys.readouterr().err
     monkeypatch.setenv("COMMLIB_MODEL", "analytic")
     config.reload()
     cm._warned.clear()

@@ -33,7 +33,7 @@ DEFAULTS = {
     "cuda_aware_mpi": False,
     "moe_pack": "gather",
     "node_detect": "auto",
-    "node_id": -1,
+    "node_id": "",
     "allreduce": "auto",
     "reduction_check": True,
     "model": "auto",
@@ -155,13 +155,19 @@ def test_reload_rereads_every_package_or_nothing(restore, clean_env):
     [
         (DatatypesSettings, "COMMLIB_PACK", "fast", "COMMLIB_PACK='fast': expected one of auto, strided, mpi"),
         (DatatypesSettings, "COMMLIB_MODEL_MAX_AGE", "-1", "COMMLIB_MODEL_MAX_AGE='-1': expected a non-negative"),
-        (TransportSettings, "COMMLIB_NODE_ID", "n1", "COMMLIB_NODE_ID='n1': expected an integer"),
+        (TransportSettings, "COMMLIB_NODE_ID", "n" * 257, "COMMLIB_NODE_ID must be at most 256 characters"),
         (TransportSettings, "COMMLIB_SPLIT", "maybe", "COMMLIB_SPLIT='maybe': expected 1/0, true/false"),
         (TransportSettings, "COMMLIB_MONITOR_BOOTSTRAP", "dns", "expected one of auto, file, mpi"),
         (CollectivesSettings, "COMMLIB_ALLREDUCE", "best", "expected one of auto, native, ring, star, hierarchical"),
         (CollectivesSettings, "COMMLIB_REDUCTION_CHECK", "2", "COMMLIB_REDUCTION_CHECK='2'"),
     ],
 )
+@pytest.mark.parametrize("value", ["7", "gpu-node-a7", "  rack2/node13  "])
+def test_a_node_id_is_any_name(clean_env, value):
+    clean_env.setenv("COMMLIB_NODE_ID", value)
+    assert TransportSettings.from_env().node_id == value.strip()
+
+
 def test_package_settings_refuse_bad_variables_by_name(clean_env, cls, variable, value, message):
     clean_env.setenv(variable, value)
     with pytest.raises(ValueError, match=message):

@@ -131,7 +131,8 @@ class Monitor:
         )
         self.boot = _boot()
         self.collector = Collector(self.detector, self.boot)
-        self.node = f"node{settings.node_id}" if settings.node_id >= 0 else MPI.Get_processor_name()
+        node = settings.node_id
+        self.node = (f"node{node}" if node.isdigit() else node) if node else MPI.Get_processor_name()
         self.job: str | None = None
         self.channel: SideChannel | None = None
         self.rendezvous: rendezvous.Rendezvous | None = None

@@ -21,9 +21,11 @@ MONITOR_BOOTSTRAPS = ("auto", "file", "mpi")
 class TransportSettings(Settings):
     """Settings of the monitor and the flow splitter (environment variable and default in brackets).
 
-    node_id [COMMLIB_NODE_ID=-1]
-        this rank's node number, for launches where shared memory does not
-        mark the node (emulated nodes, MPI forced onto the network); -1: unset.
+    node_id [COMMLIB_NODE_ID=""]
+        this rank's node: any name (a host name, a scheduler's node name, a
+        number) of at most 256 characters, for launches where shared memory
+        does not mark the node (emulated nodes, MPI forced onto the network);
+        empty: unset.
     monitor [COMMLIB_MONITOR=1]
         ``python -m commlib`` and ``commlib.interpose()`` start the
         fault-detection monitor (:mod:`transport.monitor`; ``--no-monitor``: 0).
@@ -78,7 +80,7 @@ class TransportSettings(Settings):
         messages smaller than this are never split.
     """
 
-    node_id: int = -1
+    node_id: str = ""
     monitor: bool = True
     monitor_action: str = "warn"
     monitor_floor: float = 60.0
@@ -101,7 +103,7 @@ class TransportSettings(Settings):
     @classmethod
     def from_env(cls) -> TransportSettings:
         return cls(
-            node_id=env_int("COMMLIB_NODE_ID", cls.node_id),
+            node_id=_node_id(env_text("COMMLIB_NODE_ID")),
             monitor=env_bool("COMMLIB_MONITOR", cls.monitor),
             monitor_action=env_choice("COMMLIB_MONITOR_ACTION", cls.monitor_action, MONITOR_ACTIONS),
             monitor_floor=env_float("COMMLIB_MONITOR_FLOOR", cls.monitor_floor),
@@ -124,3 +126,9 @@ class TransportSettings(Settings):
 
 
 settings = TransportSettings.from_env()
+
+
+def _node_id(value: str) -> str:
+    if len(value) > 256:
+        raise ValueError(f"COMMLIB_NODE_ID must be at most 256 characters, got {len(value)}")
+    return value
