@@ -150,6 +150,12 @@ def test_reload_rereads_every_package_or_nothing(restore, clean_env):
     assert datatypes.settings.settings.pack_engine == "mpi" and config.staging_bytes == 0  # nothing assigned
 
 
+@pytest.mark.parametrize("value", ["7", "gpu-node-a7", "  rack2/node13  "])
+def test_a_node_id_is_any_name(clean_env, value):
+    clean_env.setenv("COMMLIB_NODE_ID", value)
+    assert TransportSettings.from_env().node_id == value.strip()
+
+
 @pytest.mark.parametrize(
     ("cls", "variable", "value", "message"),
     [
@@ -162,12 +168,6 @@ def test_reload_rereads_every_package_or_nothing(restore, clean_env):
         (CollectivesSettings, "COMMLIB_REDUCTION_CHECK", "2", "COMMLIB_REDUCTION_CHECK='2'"),
     ],
 )
-@pytest.mark.parametrize("value", ["7", "gpu-node-a7", "  rack2/node13  "])
-def test_a_node_id_is_any_name(clean_env, value):
-    clean_env.setenv("COMMLIB_NODE_ID", value)
-    assert TransportSettings.from_env().node_id == value.strip()
-
-
 def test_package_settings_refuse_bad_variables_by_name(clean_env, cls, variable, value, message):
     clean_env.setenv(variable, value)
     with pytest.raises(ValueError, match=message):

@@ -17,6 +17,12 @@ MONITOR_ACTIONS = ("warn", "dump", "abort")
 MONITOR_BOOTSTRAPS = ("auto", "file", "mpi")
 
 
+def _node_id(value: str) -> str:
+    if len(value) > 256:
+        raise ValueError(f"COMMLIB_NODE_ID must be at most 256 characters, got {len(value)}")
+    return value
+
+
 @dataclass
 class TransportSettings(Settings):
     """Settings of the monitor and the flow splitter (environment variable and default in brackets).
@@ -126,9 +132,3 @@ class TransportSettings(Settings):
 
 
 settings = TransportSettings.from_env()
-
-
-def _node_id(value: str) -> str:
-    if len(value) > 256:
-        raise ValueError(f"COMMLIB_NODE_ID must be at most 256 characters, got {len(value)}")
-    return value
