@@ -35,8 +35,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -280,6 +281,34 @@ def run_command(
     """Run a prebuilt ``mpiexec`` command line with the same bounds and error reports as :func:`run`."""
     command = list(command)
     full_env = {**os.environ, **(env or {})}
+    with _session_directory(full_env):
+        return _run_bounded(command, timeout=timeout, env=full_env, check=check, cwd=cwd)
+
+
+@contextlib.contextmanager
+def _session_directory(env: dict[str, str]) -> Iterator[None]:
+    """A private, fresh base for Open MPI's session directory (``PRTE_MCA_prte_tmpdir_base``), removed after.
+
+    PRRTE names the directory after the launcher's process id and keeps
+    PMIx's sockets in it; a killed launcher leaves it behind, and a later
+    launcher that gets the same process id fails with "The PMIx server's
+    listener thread failed to start". Hydra ignores the variable. A base the
+    caller set is kept as it is.
+    """
+    if "PRTE_MCA_prte_tmpdir_base" in env:
+        yield
+        return
+    base = tempfile.mkdtemp(prefix="commlib-prte-")  # 0700
+    env["PRTE_MCA_prte_tmpdir_base"] = base
+    try:
+        yield
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run_bounded(
+    command: list[str], *, timeout: float, env: dict[str, str], check: bool, cwd: str | None
+) -> MPIRunResult:
     start = time.monotonic()
     proc = subprocess.Popen(
         command,
@@ -287,7 +316,7 @@ def run_command(
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-        env=full_env,
+        env=env,
         cwd=cwd,
         start_new_session=True,
     )

@@ -121,3 +121,15 @@ def test_netns_agent_knows_only_its_hosts():
         timeout=60,
     )
     assert proc.returncode == 255 and "unknown host 'node9'" in proc.stderr
+
+
+def test_each_launch_gets_a_private_session_directory_removed_after(tmp_path):
+    show = ["sh", "-c", 'echo "$PRTE_MCA_prte_tmpdir_base"; test -d "$PRTE_MCA_prte_tmpdir_base" && echo there']
+    first = mpirun.run_command(show, timeout=30).stdout.split()
+    second = mpirun.run_command(show, timeout=30).stdout.split()
+    assert first[1] == second[1] == "there" and first[0] != second[0]
+    assert Path(first[0]).name.startswith("commlib-prte-") and not Path(first[0]).exists()
+    mine = str(tmp_path)
+    kept = mpirun.run_command(show, timeout=30, env={"PRTE_MCA_prte_tmpdir_base": mine})
+    assert kept.stdout.split() == [mine, "there"]
+    assert tmp_path.exists()

@@ -47,6 +47,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .settings import settings
+from .truncation import Truncated
 
 __all__ = [
     "HEADER_BYTES",
@@ -80,15 +81,8 @@ _PART_COST = 10e-6  # seconds of Python and MPI bookkeeping per part posted
 _GO, _DISCARD = b"\x00", b"\x01"  # clear-to-send answers: send the parts, or the receive was truncated
 
 
-class SplitTruncated(MPI.Exception):
+class SplitTruncated(Truncated):
     """A split message longer than the receive buffer (``MPI.ERR_TRUNCATE``, as MPI reports a plain one)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(MPI.ERR_TRUNCATE)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # ------------------------------------------------------------------ sizes
