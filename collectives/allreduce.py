@@ -65,6 +65,7 @@ from mpi4py import MPI
 
 from . import allreduce_cost as cost
 from . import extrema, reduction_check
+from .allreduce_algorithms import ALGORITHMS, HIERARCHICAL
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
 from .bufspec import TypedBuffer, datatype_of, typed_buffer
@@ -74,8 +75,7 @@ from .topology import Topology, cached_topology, topology
 
 __all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
 
-ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
-_HIERARCHICAL = {"hierarchical-root": node_root, "hierarchical-shard": shard_parallel}
+_HIERARCHICAL = dict(zip(HIERARCHICAL, (node_root, shard_parallel)))
 _PLAN_CACHE_LIMIT = 4096
 _MIN_BYTES = cost.MIN_BYTES
 

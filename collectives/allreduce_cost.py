@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 
 from datatypes.model import node_local_over_network
 
+from . import allreduce_algorithms as algorithms
+
 __all__ = [
     "ALGORITHMS",
     "Costs",
@@ -191,7 +193,7 @@ def _star(n: float, shape: Shape, c: Costs) -> float:
     return 2 * one_way + (p - 1) * n * c.reduce + (3 * p - 2) * c.call
 
 
-_FLAT: dict[str, Callable[[float, Shape, Costs], float]] = {"native": _native, "ring": _ring, "star": _star}
+_FLAT: dict[str, Callable[[float, Shape, Costs], float]] = dict(zip(algorithms.FLAT, (_native, _ring, _star)))
 
 
 def _best_flat(n: float, nodes: int, c: Costs) -> tuple[str, float]:
@@ -281,13 +283,10 @@ def _hier_shard(n: float, shape: Shape, c: Costs) -> float:
 
 
 _ALL: dict[str, Callable[[float, Shape, Costs], float]] = {
-    "native": _native,
-    "ring": _ring,
-    "star": _star,
-    "hierarchical-root": _hier_root,
-    "hierarchical-shard": _hier_shard,
+    **_FLAT,
+    **dict(zip(algorithms.HIERARCHICAL, (_hier_root, _hier_shard))),
 }
-ALGORITHMS = tuple(_ALL)
+ALGORITHMS = tuple(_ALL)  # the algorithms with a prediction of their own (not the choosers)
 
 
 def predict(algorithm: str, nbytes: int, shape: Shape, costs: Costs) -> float:

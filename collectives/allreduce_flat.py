@@ -15,6 +15,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from . import allreduce_algorithms as algorithms
 from .reduction import Reducer, array_module
 
 __all__ = ["FLAT", "native", "ring", "star", "star_rounds"]
@@ -100,4 +101,4 @@ def star_rounds(p: int) -> int:
     return 0 if p == 1 else 2
 
 
-FLAT = {"native": native, "ring": ring, "star": star}
+FLAT = dict(zip(algorithms.FLAT, (native, ring, star)))

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from datatypes.settings import Settings, env_bool, env_choice
 
+from .allreduce_algorithms import ALGORITHMS
+
 __all__ = ["ALLREDUCE_ALGORITHMS", "MOE_PACKS", "NODE_DETECT", "CollectivesSettings", "settings"]
 
-ALLREDUCE_ALGORITHMS = ("auto", "native", "ring", "star", "hierarchical", "hierarchical-root", "hierarchical-shard")
+ALLREDUCE_ALGORITHMS = ALGORITHMS
 MOE_PACKS = ("gather", "mpi")
 NODE_DETECT = ("auto", "shared", "name", "env")
 

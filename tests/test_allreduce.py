@@ -344,3 +344,17 @@ def test_benchmark_noise_control(tmp_path, capsys):
     assert set(row["median_s"]) == {"native", "mpi-again", "auto"} and not row["errors"]["mpi-again"]
     assert all(t > 0 for t in row["samples_s"]["mpi-again"]) and len(row["samples_s"]["mpi-again"]) == 2
     assert "1node: noise floor: MPI against itself differs by up to" in capsys.readouterr().out
+
+
+def test_every_algorithm_is_named_once_and_has_a_runner_and_a_prediction():
+    from collectives import allreduce_algorithms as names
+    from collectives import allreduce_cost
+    from collectives.allreduce import _HIERARCHICAL
+    from collectives.allreduce_flat import FLAT
+    from collectives.settings import ALLREDUCE_ALGORITHMS
+    from commlib.bench.allreduce import ALGORITHMS as BENCHMARKED
+
+    runners = {*FLAT, *_HIERARCHICAL}
+    assert runners == set(allreduce_cost.ALGORITHMS) == set(names.FLAT + names.HIERARCHICAL)
+    assert set(ALGORITHMS) == set(ALLREDUCE_ALGORITHMS) == runners | set(names.CHOOSERS)
+    assert len(ALGORITHMS) == len(set(ALGORITHMS)) and set(ALGORITHMS) <= set(BENCHMARKED)

@@ -31,20 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from collectives import allreduce_algorithms as registry
 from commlib.mpirun import MPIRunError, run
 
 __all__ = ["main"]
 
-ALGORITHMS = (
-    "native",
-    "ring",
-    "star",
-    "star-arrival",
-    "hierarchical",
-    "hierarchical-root",
-    "hierarchical-shard",
-    "auto",
-)
+# the library's algorithms (collectives.allreduce_algorithms), and star-arrival: star whose root
+# reduces the contributions in arrival order, a variant timed here only (its result depends on timing)
+ALGORITHMS = (*registry.FLAT, "star-arrival", "hierarchical", *registry.HIERARCHICAL, "auto")
 CONTROL = "mpi-again"  # MPI's Allreduce timed a second time: the run's noise floor, opt-in
 SHORT = {
     CONTROL: "MPI again",
@@ -143,7 +137,7 @@ def _table(name: str, result: dict[str, Any], algorithms: list[str]) -> list[str
     ]
     for row in result["rows"]:
         auto, inner, segments = row["plan"]["auto"]
-        runs = auto if auto in ("native", "ring", "star") else f"{auto} ({inner}, {segments} seg)"
+        runs = auto if auto in registry.FLAT else f"{auto} ({inner}, {segments} seg)"
         lines.append(
             f"{_size(row['bytes']):>8} {row['median_s']['native'] * 1e3:8.3f}ms "
             + " ".join(f"{_ratio(row, a):7.2f}x" for a in others)
