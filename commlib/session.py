@@ -35,7 +35,7 @@ from transport.privatefiles import ensure_dir, write_atomic
 
 from . import calibration  # noqa: F401  (installs the store the model saves through at exit)
 from .config import Config, config
-from .decision import PACK_MARGIN, TRIAL_RANGE, Layout, Trial, hot_bytes, side_costs, type_info
+from .decision import Layout, Trial, hot_bytes, message_choice, side_choice, type_info
 from .sides import KnownSides
 from .staging import StagingPool
 
@@ -56,23 +56,9 @@ def model_decision(model: cost_model.Model | None = None) -> Decision:
     """A decision asking ``model`` (default: the process's current model) for the faster strategy."""
 
     def decide(op: str, message: Any) -> str:
-        return _choose(model or cost_model.current(), op, message, cost_model.features(message.count, message.datatype))
+        return message_choice(model or cost_model.current(), op, cost_model.features(message.count, message.datatype))
 
     return decide
-
-
-def _choose(model: cost_model.Model, op: str, message: Any, f: cost_model.Features | None) -> str:
-    engine = datatypes_settings.pack_engine
-    if engine != "auto":
-        return "pack" if engine == "strided" else "native"
-    if f is None or model.choose(op, f) != "pack":
-        return "native"
-    # MPI's own path unless packing is clearly faster: a wrong pack costs more than a missed one, and an
-    # uncalibrated model is off by tens of percent (halo faces of 48 KiB in 192-byte blocks: pack
-    # predicted 9% faster, measured 25% slower)
-    times = model.predict(op, f, None, ("native", "pack"))
-    native, pack = times.get("native"), times.get("pack")
-    return "pack" if native is None or (pack is not None and pack * PACK_MARGIN <= native) else "native"
 
 
 default_decision: Decision = model_decision()
@@ -134,7 +120,7 @@ class Session:
         """The choice for ``message`` and its recorded-run entry (not yet counted)."""
         f = self._features(message)
         if self.decision is default_decision or self.decision is self._own_decision:
-            choice = _choose(self.model, op, message, f)
+            choice = message_choice(self.model, op, f)
         else:
             choice = self.decision(op, message)
         if choice not in ("pack", "native"):
@@ -261,17 +247,8 @@ class Session:
         return layout, trial
 
     def _decide_side(self, pieces: Any, send: bool) -> Layout | Trial | None:
-        """The model's outcome for one side: a layout, ``None`` (MPI's path), or a :class:`Trial` when close."""
-        layout = Layout(pieces)
-        engine = datatypes_settings.pack_engine
-        if engine != "auto":
-            return layout if engine == "strided" else None
-        ours, native = side_costs(self.model, pieces, layout, send=send)
-        if ours * TRIAL_RANGE < native:
-            return layout
-        if native * TRIAL_RANGE < ours or native == 0:
-            return None
-        return Trial(layout)
+        """The model's outcome for one side (:func:`commlib.decision.side_choice`)."""
+        return side_choice(self.model, pieces, send=send)
 
     def native_spec(self, op: str, spec: Any) -> Any:
         """The spec to hand MPI for a derived-type message this session already sent to MPI, else ``None``.

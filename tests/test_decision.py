@@ -165,9 +165,8 @@ class _Predicting:
      (50e-6, 60e-6, "native")],
 )  # fmt: skip
 def test_a_message_is_packed_only_where_clearly_faster(monkeypatch, native, pack, choice):
-    from commlib import session as session_module
     from datatypes.model import Features
 
-    monkeypatch.setattr(session_module.datatypes_settings, "pack_engine", "auto")
+    monkeypatch.setattr(decision.datatypes_settings, "pack_engine", "auto")
     f = Features(1 << 16, 192, 3)
-    assert session_module._choose(_Predicting(native, pack), "Isend", None, f) == choice
+    assert decision.message_choice(_Predicting(native, pack), "Isend", f) == choice
