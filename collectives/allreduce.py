@@ -76,7 +76,6 @@ from .topology import Topology, cached_topology, topology
 __all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
 
 _HIERARCHICAL = dict(zip(HIERARCHICAL, (node_root, shard_parallel)))
-_PLAN_CACHE_LIMIT = 4096
 _MIN_BYTES = cost.MIN_BYTES
 
 
@@ -296,8 +295,6 @@ def _plan(comm: MPI.Intracomm, nbytes: int, algorithm: str, model: Any, exact: b
     if chosen in _HIERARCHICAL:
         how = cost.plan_hierarchical(chosen, nbytes, shape, costs)
         decision = (chosen, how.inner, how.segments)
-    if len(decisions) >= _PLAN_CACHE_LIMIT:
-        decisions.clear()
     decisions[key] = decision
     return decision
 

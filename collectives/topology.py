@@ -32,6 +32,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from datatypes.bounded import BoundedDict
 from transport.settings import settings as transport_settings
 
 from .settings import settings
@@ -55,7 +56,8 @@ class Topology:
     leader_comm: MPI.Intracomm | None  # local rank 0 of every node (None elsewhere)
     shard_comm: MPI.Intracomm | None  # local rank L of every node, for L < min_ppn (None elsewhere)
     agreed: dict[Any, Any] = field(default_factory=dict)  # values every rank took from rank 0, by key
-    plans: dict[Any, Any] = field(default_factory=dict)  # decisions of the collectives, by their own keys
+    # decisions of the collectives, by their own keys
+    plans: BoundedDict[Any, Any] = field(default_factory=lambda: BoundedDict(4096))
 
     def __post_init__(self) -> None:
         self._n_nodes = max(self.node_of) + 1

@@ -37,6 +37,7 @@ from mpi4py import MPI
 
 import datatypes
 from datatypes import model as cost_model
+from datatypes.bounded import BoundedDict
 from datatypes.canonical import named_datatype
 from datatypes.rebuild import build
 from datatypes.settings import settings as datatypes_settings
@@ -102,7 +103,7 @@ class TypeInfo:
         lb, extent = datatype.Get_true_extent()
         self.true_lb, self.true_ub = lb, lb + extent
         self.uses: dict[int, int] = {}  # count -> uses while cold
-        self.routes: dict[int, Route] = {}  # count -> analysis, once hot
+        self.routes: BoundedDict[int, Route] = BoundedDict(64)  # count -> analysis, once hot
         self._twin: Any = None
 
     def touched(self, count: int) -> tuple[int, int]:
@@ -123,8 +124,6 @@ class TypeInfo:
                 self.uses[count] = uses
                 return None
             self.uses.pop(count, None)
-        if len(self.routes) >= 64:
-            self.routes.clear()
         route = self.routes[count] = Route(self, datatype, count)
         return route
 
@@ -307,7 +306,8 @@ TRIAL_RANGE = 4.0  # predictions closer than this factor are settled by timing b
 PACK_MARGIN = 1.25  # a point-to-point message is packed only where predicted at least this much faster
 
 
-_OBJECTS: dict[int, tuple[Any, int, TypeInfo | None]] = {}  # id(datatype) -> (weak reference, handle, info)
+# id(datatype) -> (weak reference, handle, info)
+_OBJECTS: BoundedDict[int, tuple[Any, int, TypeInfo | None]] = BoundedDict(MAX_TYPES)
 _SIGNATURES: dict[tuple, TypeInfo] = {}
 
 
@@ -337,8 +337,6 @@ def _meet(datatype: MPI.Datatype) -> TypeInfo | None:
                 if len(_SIGNATURES) >= MAX_TYPES:
                     del _SIGNATURES[next(iter(_SIGNATURES))]  # the oldest
                 _SIGNATURES[sig] = info
-    if len(_OBJECTS) >= MAX_TYPES:
-        _OBJECTS.clear()
     _OBJECTS[id(datatype)] = (weakref.ref(datatype), datatype.handle, info)
     return info
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from datatypes import model as cost_model
+from datatypes.bounded import BoundedDict
 from datatypes.canonical import cache_entry
 from datatypes.settings import settings as datatypes_settings
 from transport.flight import SpecCache, invalidate
@@ -74,9 +75,10 @@ class Session:
         self._model = model
         self._last: tuple[Any, cost_model.Features | None] = (None, None)
         self._tallies: dict[tuple[str, str], list[int]] = {}  # (op, choice) -> [calls, bytes]
-        self._decided: dict[tuple[str, Any], tuple] = {}  # (op, route) -> (stamp, choice, shape, tally)
+        self._decided: BoundedDict[tuple[str, Any], tuple] = BoundedDict(MAX_DECIDED)  # (op, route) -> (stamp, ...)
         self.sides = KnownSides()  # collective sides decided before, by their spec
-        self._layouts: dict[tuple, tuple] = {}  # (op, send, routes, counts, displacements) -> (stamp, layout)
+        # (op, send, routes, counts, displacements) -> (stamp, layout)
+        self._layouts: BoundedDict[tuple, tuple] = BoundedDict(MAX_DECIDED)
         self._specs = SpecCache()  # messages known to go to MPI, read by the traced methods (transport.flight)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self._monitor: Any = None
@@ -184,8 +186,6 @@ class Session:
         hit = self._decided.get(key)
         if hit is None or hit[0] != stamp:
             choice, shape = self._decision(op, message) if message.packable else ("native", None)
-            if len(self._decided) >= MAX_DECIDED:
-                self._decided.clear()
             hit = self._decided[key] = (stamp, choice, shape, self._tally(op, choice))
         _, choice, shape, tally = hit
         if shape is not None:
@@ -224,8 +224,6 @@ class Session:
             hit = self._layouts.get(shape)
             if hit is None or hit[0] != stamp:
                 hit = self._layouts[shape] = (stamp, self._decide_side(pieces, send))
-                if len(self._layouts) > MAX_DECIDED:
-                    self._layouts.clear()
             outcome = hit[1]
             if isinstance(outcome, Trial):
                 layout = outcome.current()

@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from datatypes import model as cost_model
+from datatypes.bounded import BoundedDict
 
 from .config import Config
 from .decision import Layout, hot_bytes
@@ -85,9 +86,9 @@ class KnownSides:
     """
 
     def __init__(self) -> None:
-        self._sides: dict[tuple, Side] = {}
-        self._met: set[tuple] = set()
-        self._moved: dict[tuple, int] = {}  # key -> bytes its calls moved while not worth a look
+        self._sides: BoundedDict[tuple, Side] = BoundedDict(MAX_SIDES)
+        self._met: BoundedDict[tuple, None] = BoundedDict(MAX_SIDES)  # keys met once, as a set
+        self._moved: BoundedDict[tuple, int] = BoundedDict(MAX_SIDES)  # key -> bytes moved while not worth a look
 
     def worth(self, key: tuple | None, nbytes: int) -> bool:
         """Whether a side is worth reading into pieces and deciding: it moved enough bytes, in this call and
@@ -98,8 +99,6 @@ class KnownSides:
         if moved >= hot_bytes():
             self._moved.pop(key, None)
             return True
-        if len(self._moved) >= MAX_SIDES:
-            self._moved.clear()
         self._moved[key] = moved
         return False
 
@@ -132,9 +131,7 @@ class KnownSides:
         if key is None or remaining in (0, 1):
             return
         if key not in self._met:
-            if len(self._met) >= MAX_SIDES:
-                self._met.clear()
-            self._met.add(key)
+            self._met[key] = None
             return
         lo = hi = 0
         for count, disp, info, route in zip(pieces.counts, pieces.displacements, pieces.infos, pieces.routes):
@@ -142,8 +139,6 @@ class KnownSides:
                 a, b = info.touched(count) if route is None else (route.lo, route.hi)
                 if b > a:
                     lo, hi = (a + disp, b + disp) if hi <= lo else (min(lo, a + disp), max(hi, b + disp))
-        if len(self._sides) >= MAX_SIDES:
-            self._sides.clear()
         types = tuple({id(t): t for t in pieces.types}.values())
         stamp = (Config.changes, cost_model.generation())
         self._sides[key] = Side(types, lo, hi, not send, pieces, layout, tally, pieces.nbytes, remaining, stamp)

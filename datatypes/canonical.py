@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from .bounded import BoundedDict
 from .signature import signature
 
 __all__ = ["StridedBlock", "canonicalize", "from_array"]
@@ -455,7 +456,7 @@ class CacheEntry:
 
     def __init__(self, block: StridedBlock | None) -> None:
         self.block = block
-        self.plans: dict[Any, Any] = {}
+        self.plans: BoundedDict[Any, Any] = BoundedDict(32)
 
 
 _keyval: int | None = None

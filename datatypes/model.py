@@ -54,11 +54,14 @@ from typing import Any, NamedTuple
 from mpi4py import MPI
 
 from . import calibration_file
+from .bounded import BoundedDict
 from .canonical import StridedBlock, cache_entry
 from .cost_table import Table
 from .pack_plan import resolve
 from .refinement import Bucket, Refinement
 from .settings import settings
+
+_CACHED = 4096  # entries in each of a model's caches (choices, engines, base times, observed buckets)
 
 __all__ = [
     "ENGINES",
@@ -309,10 +312,10 @@ class Model:
         for level_name, table in self.tables.items():
             if level_name.startswith("p2p.") and level_name.count(".") == 1 and level_name[4:] not in self._alpha_beta:
                 self._alpha_beta[level_name[4:]] = fit_alpha_beta(table)
-        self._engines: dict[tuple[int, int, int], str] = {}
-        self._choices: dict[tuple, str] = {}
-        self._bases: dict[tuple, float | None] = {}
-        self._observed: dict[tuple, tuple[float | None, Bucket | None]] = {}
+        self._engines: BoundedDict[tuple[int, int, int], str] = BoundedDict(_CACHED)
+        self._choices: BoundedDict[tuple, str] = BoundedDict(_CACHED)
+        self._bases: BoundedDict[tuple, float | None] = BoundedDict(_CACHED)
+        self._observed: BoundedDict[tuple, tuple[float | None, Bucket | None]] = BoundedDict(_CACHED)
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -455,8 +458,6 @@ class Model:
             f = Features(nbytes, block, levels)
             strided = self.pack_time("strided", f) + self.unpack_time("strided", f)
             engine = "strided" if strided < self.pack_time("mpi", f) + self.unpack_time("mpi", f) else "mpi"
-            if len(self._engines) >= 4096:
-                self._engines.clear()
             self._engines[key] = engine
         return engine
 
@@ -490,8 +491,6 @@ class Model:
         if predictor is None:
             raise ValueError(f"model: unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
         t = predictor(self, f, level)
-        if len(self._bases) >= 4096:
-            self._bases.clear()
         self._bases[key] = t
         return t
 
@@ -546,8 +545,6 @@ class Model:
             if not known:
                 raise ValueError(f"model: no strategy in {list(allowed)} has a prediction for {op} of {f}")
             choice = min(known)[2]
-        if len(self._choices) >= 4096:
-            self._choices.clear()
         self._choices[key] = choice
         return choice
 
@@ -563,8 +560,6 @@ class Model:
             lv = level or self.level
             base = self.base(strategy, f, lv)
             known = (base, self._bucket(op, strategy, f, lv)) if base is not None and base > 0 else (None, None)
-            if len(self._observed) >= 4096:
-                self._observed.clear()
             self._observed[key] = known
         base, bucket = known
         if base is None:

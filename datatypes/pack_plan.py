@@ -104,8 +104,6 @@ def resolve(op: str, count: int, datatype: Typelike) -> PackPlan:
     entry = cache_entry(datatype)
     plan = entry.plans.get(count)
     if plan is None:
-        if len(entry.plans) >= 32:
-            entry.plans.clear()
         sb = entry.block
         plan = _strided_plan(sb, count) if sb is not None else mpi_plan(datatype, count)
         entry.plans[count] = plan

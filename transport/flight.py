@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from types import MethodType
 from typing import Any
 
+from datatypes.bounded import BoundedDict
+
 __all__ = [
     "COMPILED", "CommState", "Core", "PyCommState", "PyCore", "PySpecCache", "PyTraced", "SpecCache", "Traced",
     "invalidate",
@@ -214,14 +216,12 @@ class PySpecCache:
     """
 
     def __init__(self) -> None:
-        self._known: dict[tuple, list] = {}
+        self._known: BoundedDict[tuple, list] = BoundedDict(512)
 
     def add(
         self, op: int, datatype: Any, count: int, lo: int, hi: int, twin: Any, nbytes: int, remaining: int,
         writable: bool,
     ) -> None:  # fmt: skip
-        if len(self._known) >= 512:
-            self._known.clear()
         # [datatype, twin, lo, hi, nbytes, remaining, calls, bytes, writable]
         self._known[op, id(datatype), count] = [datatype, twin, lo, hi, nbytes, remaining, 0, 0, writable]
 
