@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from hypothesis import settings
@@ -34,3 +35,35 @@ def mpirun():
     from commlib.mpirun import run
 
     return run
+
+
+class _Loop:
+    """A rendezvous channel to oneself: sends go out on one end of a socket pair, receives come in on the other."""
+
+    rendezvous = True
+    name = "loop"
+
+    def __init__(self) -> None:
+        from transport.sockets import SocketChannel
+
+        a, b = socket.socketpair()
+        self.out, self.into = SocketChannel(a, 0, "out", timeout=20), SocketChannel(b, 0, "in", timeout=20)
+
+    def isend(self, view, peer, tag):
+        return self.out.isend(view, peer, tag)
+
+    def irecv(self, view, peer, tag):
+        return self.into.irecv(view, peer, tag)
+
+    def close(self) -> None:
+        self.out.close()
+        self.into.close()
+
+
+@pytest.fixture
+def socket_loops():
+    """Two loopback socket channels for a flow splitter on ``COMM_SELF``, closed after the test."""
+    loops = [_Loop(), _Loop()]
+    yield loops
+    for loop in loops:
+        loop.close()

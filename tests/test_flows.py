@@ -339,38 +339,14 @@ def test_registry_and_worth_splitting(monkeypatch):
 
 
 # ------------------------------------------------------------------ sockets
-class _Loop:
-    """A channel to oneself: sends go out on one end of a socket pair, receives come in on the other."""
-
-    rendezvous = True
-    name = "loop"
-
-    def __init__(self) -> None:
-        a, b = socket.socketpair()
-        self.out, self.into = SocketChannel(a, 0, "out", timeout=20), SocketChannel(b, 0, "in", timeout=20)
-
-    def isend(self, view, peer, tag):
-        return self.out.isend(view, peer, tag)
-
-    def irecv(self, view, peer, tag):
-        return self.into.irecv(view, peer, tag)
-
-    def close(self) -> None:
-        self.out.close()
-        self.into.close()
 
 
 @pytest.mark.parametrize("n", [0, 1, HEADER_BYTES, 5000, (8 << 20) + 1])
-def test_socket_channels_reassemble_with_clear_to_send(n):
-    loops = [_Loop(), _Loop()]
-    sp = Splitter(MPI.COMM_SELF, loops, min_bytes=1024, model=_Model(), explore=0)
-    try:
-        for _ in range(2):
-            out, count = _roundtrip(sp, _pattern(n, n))
-            assert count == n and np.array_equal(out[:n], _pattern(n, n))
-    finally:
-        for lp in loops:
-            lp.close()
+def test_socket_channels_reassemble_with_clear_to_send(n, socket_loops):
+    sp = Splitter(MPI.COMM_SELF, socket_loops, min_bytes=1024, model=_Model(), explore=0)
+    for _ in range(2):
+        out, count = _roundtrip(sp, _pattern(n, n))
+        assert count == n and np.array_equal(out[:n], _pattern(n, n))
 
 
 def test_socket_channel_keeps_early_parts_and_reports_failures():

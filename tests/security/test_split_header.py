@@ -4,7 +4,6 @@ wrap a 64-bit sum, and split messages larger than the receive buffer, which must
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
@@ -13,7 +12,6 @@ from mpi4py import MPI
 
 from transport import flows
 from transport.flows import HEADER_BYTES, MAX_CHANNELS, Splitter
-from transport.sockets import SocketChannel
 
 
 class _Model:
@@ -26,27 +24,6 @@ def splitter():
     sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1024, model=_Model(), explore=0)
     yield sp
     sp.close()
-
-
-class _Loop:
-    """A rendezvous channel to oneself over a socket pair (the sender waits for a clear-to-send)."""
-
-    rendezvous = True
-    name = "loop"
-
-    def __init__(self) -> None:
-        a, b = socket.socketpair()
-        self.out, self.into = SocketChannel(a, 0, "out", timeout=20), SocketChannel(b, 0, "in", timeout=20)
-
-    def isend(self, view, peer, tag):
-        return self.out.isend(view, peer, tag)
-
-    def irecv(self, view, peer, tag):
-        return self.into.irecv(view, peer, tag)
-
-    def close(self) -> None:
-        self.out.close()
-        self.into.close()
 
 
 def _header(total: int, seq: int, sizes: list[int]) -> np.ndarray:
@@ -97,22 +74,17 @@ def test_a_split_message_too_large_truncates_and_the_sender_completes(splitter):
     assert _settle(received) and _settle(send) and np.array_equal(out, data)
 
 
-def test_truncation_over_rendezvous_channels_sends_no_parts():
-    loops = [_Loop(), _Loop()]
-    sp = Splitter(MPI.COMM_SELF, loops, min_bytes=1024, model=_Model(), explore=0)
-    try:
-        data = np.arange(50_000, dtype=np.uint8)
-        send = sp.Isend(data, 0, 6, sizes=[25_000, 25_000])
-        with pytest.raises(MPI.Exception, match="does not fit the receive buffer of 1000"):
-            _settle(sp.Irecv(np.zeros(1000, np.uint8), 0, 6))
-        assert _settle(send), "the sender still waits for a clear-to-send"
-        out = np.zeros(50_000, np.uint8)
-        send, received = sp.Isend(data, 0, 7, sizes=[100, 49_900]), sp.Irecv(out, 0, 7)
-        deadline = time.monotonic() + 5
-        done = [False, False]
-        while not all(done) and time.monotonic() < deadline:
-            done = [done[0] or send.Test(), done[1] or received.Test()]
-        assert all(done) and np.array_equal(out, data)
-    finally:
-        for lp in loops:
-            lp.close()
+def test_truncation_over_rendezvous_channels_sends_no_parts(socket_loops):
+    sp = Splitter(MPI.COMM_SELF, socket_loops, min_bytes=1024, model=_Model(), explore=0)
+    data = np.arange(50_000, dtype=np.uint8)
+    send = sp.Isend(data, 0, 6, sizes=[25_000, 25_000])
+    with pytest.raises(MPI.Exception, match="does not fit the receive buffer of 1000"):
+        _settle(sp.Irecv(np.zeros(1000, np.uint8), 0, 6))
+    assert _settle(send), "the sender still waits for a clear-to-send"
+    out = np.zeros(50_000, np.uint8)
+    send, received = sp.Isend(data, 0, 7, sizes=[100, 49_900]), sp.Irecv(out, 0, 7)
+    deadline = time.monotonic() + 5
+    done = [False, False]
+    while not all(done) and time.monotonic() < deadline:
+        done = [done[0] or send.Test(), done[1] or received.Test()]
+    assert all(done) and np.array_equal(out, data)
