@@ -223,7 +223,7 @@ class Session:
             shape = (op, send, pieces.routes, pieces.counts, pieces.displacements)
             hit = self._layouts.get(shape)
             if hit is None or hit[0] != stamp:
-                hit = self._layouts[shape] = (stamp, self._decide_side(pieces, send))
+                hit = self._layouts[shape] = (stamp, side_choice(self.model, pieces, send=send))
             outcome = hit[1]
             if isinstance(outcome, Trial):
                 layout = outcome.current()
@@ -243,10 +243,6 @@ class Session:
                 )
             self.sides.remember(key, pieces, layout, tally, remaining, send)
         return layout, trial
-
-    def _decide_side(self, pieces: Any, send: bool) -> Layout | Trial | None:
-        """The model's outcome for one side (:func:`commlib.decision.side_choice`)."""
-        return side_choice(self.model, pieces, send=send)
 
     def native_spec(self, op: str, spec: Any) -> Any:
         """The spec to hand MPI for a derived-type message this session already sent to MPI, else ``None``.
