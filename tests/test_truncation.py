@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,8 +67,13 @@ def test_a_buffer_mpi4py_refuses_leaves_no_matched_message_behind():
         comm.Free()
 
 
-def test_overruns_is_a_fixed_answer_and_the_setting_is_checked(monkeypatch):
-    assert truncation.overruns() in (True, False) and truncation.overruns() == truncation.overruns()
+def test_the_guard_follows_the_probe_unless_the_setting_forces_it(monkeypatch):
+    monkeypatch.setenv("COMMLIB_RECV_GUARD", " AUTO ")
+    assert truncation.guarded() is truncation.overruns()
+    monkeypatch.setattr(truncation, "_overruns", True)
+    assert truncation.guarded()
+    monkeypatch.setattr(truncation, "_overruns", False)
+    assert not truncation.guarded()
     monkeypatch.setenv("COMMLIB_RECV_GUARD", "on")
     assert truncation.guarded()
     monkeypatch.setenv("COMMLIB_RECV_GUARD", "off")
@@ -83,3 +89,19 @@ def test_interposed_receives_never_write_past_their_buffer(mpirun, nprocs, guard
     command = [sys.executable, "-m", "commlib", str(SCRIPT)]
     result = mpirun(nprocs, command, python=False, env={"COMMLIB_RECV_GUARD": guard}, timeout=120)
     assert f"OK on {nprocs} ranks" in result.stdout
+
+
+def test_before_mpi_init_nothing_is_probed_and_the_probe_waits_for_init():
+    script = (
+        "import mpi4py; mpi4py.rc.initialize = False\n"
+        "from mpi4py import MPI\n"
+        "from transport import truncation\n"
+        "assert truncation.overruns() is False and truncation._overruns is None\n"
+        "MPI.Init()\n"
+        "answer = truncation.overruns()\n"
+        "assert truncation._overruns is answer\n"
+        "MPI.Finalize()\n"
+        "print('probed after init')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "probed after init" in result.stdout, result.stderr

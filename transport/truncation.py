@@ -43,10 +43,16 @@ class Truncated(MPI.Exception):
 
 
 def overruns() -> bool:
-    """True when this MPI writes a truncated message past the receive buffer (probed once, on ``COMM_SELF``)."""
+    """True when this MPI writes a truncated message past the receive buffer (probed once, on ``COMM_SELF``).
+
+    Before ``MPI_Init`` (or after ``MPI_Finalize``) nothing can be probed: the
+    answer is ``False`` then, and the probe is made at the first call that can.
+    """
     global _overruns
     if _overruns is None:
-        _overruns = _probe() if MPI.Is_initialized() and not MPI.Is_finalized() else False
+        if not MPI.Is_initialized() or MPI.Is_finalized():
+            return False
+        _overruns = _probe()
     return _overruns
 
 
