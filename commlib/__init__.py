@@ -21,9 +21,14 @@ _LAZY = {
 }
 
 
+_SUBMODULES = frozenset({"monitor"})
+
+
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _LAZY or name in _SUBMODULES:
         import importlib
 
+        if name in _SUBMODULES:
+            return importlib.import_module(f"commlib.{name}")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'commlib' has no attribute {name!r}")

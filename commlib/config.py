@@ -31,6 +31,7 @@ PACKAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "node_id",
         "monitor",
         "monitor_action",
+        "monitor_suspect",
         "monitor_floor",
         "monitor_multiple",
         "monitor_timeout",

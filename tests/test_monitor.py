@@ -4,7 +4,10 @@ import gc
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -137,7 +140,7 @@ def test_watchdog_limit_floor_and_multiple_of_history():
 
 def test_watchdog_counts_nonblocking_calls_only_while_their_thread_waits():
     session = Session()
-    monitor = Monitor(floor=0.2, multiple=10, timeout=0.5)
+    monitor = Monitor(suspect=0.2, multiple=10, timeout=0.5)
     session.monitor = monitor
     comm = wrap(MPI.COMM_SELF, session)
     dog = monitor.watchdog
@@ -162,7 +165,7 @@ def test_watchdog_counts_nonblocking_calls_only_while_their_thread_waits():
 def test_single_rank_hang_is_reported_with_the_operation_and_resolves():
     records = []
     stream = io.StringIO()
-    monitor = Monitor(floor=0.3, multiple=10, timeout=0.5, on_report=records.append)
+    monitor = Monitor(suspect=0.3, multiple=10, timeout=0.5, on_report=records.append)
     monitor.reporter.stream = stream
     session = Session()
     session.monitor = monitor.start()
@@ -189,6 +192,189 @@ def test_single_rank_hang_is_reported_with_the_operation_and_resolves():
     text = stream.getvalue()
     assert text.startswith("[commlib monitor, rank 0] HANG: Recv(source=0, tag=9)") and "resolved" in text
     assert (buf == 2).all() and not monitor.running
+
+
+def test_internal_errors_are_all_counted_and_their_messages_rate_limited():
+    records = []
+    monitor = Monitor(on_report=records.append)
+    monitor.reporter.stream = io.StringIO()
+    for i in range(10):
+        monitor._internal_error(RuntimeError(f"boom {i}"))
+    assert monitor.errors == 10 and len(records) == 3  # the first three, then at most one a minute
+    monitor._error_told = (time.monotonic() - 61.0, monitor._error_told[1])
+    monitor._internal_error(RuntimeError("boom 10"))
+    assert len(records) == 4 and "(7 more since the last message; 11 in all)" in records[-1]["lines"][0]
+
+
+def test_silent_peer_on_this_machine_is_named_stopped_or_exited():
+    monitor = Monitor()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        peer = {"pid": child.pid, "boot": monitor.boot}
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while monitor._process_state(peer) != "stopped (SIGSTOP)" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert monitor._process_state(peer) == "stopped (SIGSTOP)"
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait()
+        assert monitor._process_state(peer) == "exited (its process is gone)"
+        assert "unreachable" in monitor._process_state({"pid": child.pid, "boot": "another machine"})
+    finally:
+        child.kill()
+
+
+def _stuck_collective(monitor, rank):
+    """A made-up Allreduce of ``rank`` on a 3-rank communicator, stuck for 3 s (no MPI call waits)."""
+    from transport.flight import PyCommState
+    from transport.watchdog import Stuck
+
+    state = PyCommState(0, (0, 1, 2), "COMM_WORLD", "44000000.1-aaaaaaaa")
+    record = (time.perf_counter() - 3.0, state, "Allreduce", 4, 1, None, True)
+    monitor.rank = rank
+    return Stuck(7, record, 3.0, 2.0, extra={"polled": time.perf_counter()})
+
+
+def test_delayed_abort_is_cancelled_when_the_operation_completes_whoever_leads(monkeypatch):
+    monitor = Monitor(action="abort", suspect=2, floor=20, timeout=0.5)
+    monitor.reporter.stream = io.StringIO()
+    stuck = _stuck_collective(monitor, rank=1)
+    waiting = [_op(seq=4, age=3.0)]
+    states = {0: _state(0, 4, 3, waiting), 1: _state(1, 4, 3, waiting), 2: _state(2, 4, 3, [_op(op="Barrier", seq=4)])}
+    monkeypatch.setattr(monitor, "_gather", lambda ranks, query: ({r: states[r] for r in ranks}, {}))
+    aborts = []
+    monkeypatch.setattr(monitor, "_abort", aborts.append)
+    monitor.watchdog.stuck[stuck.token] = stuck
+    monitor._examine(stuck, time.perf_counter())
+    assert stuck.extra["verdict"] == "hang" and stuck.extra["leader"] == 0 and "abort_at" in stuck.extra
+    assert aborts == []  # rank 0 leads: rank 1 leaves it time to report
+    del monitor.watchdog.stuck[stuck.token]  # the operation completed (the watchdog resolves it)
+    monitor._act(stuck.extra["abort_at"] + 1.0)
+    assert aborts == []
+    monitor.watchdog.stuck[stuck.token] = stuck  # had it not completed, the delayed abort happens
+    monitor._act(stuck.extra["abort_at"] + 1.0)
+    assert len(aborts) == 1 and "did not resolve" in aborts[0]
+
+
+def test_a_rank_running_code_is_a_straggler_never_aborted_until_it_sits_still(monkeypatch):
+    records = []
+    monitor = Monitor(action="abort", suspect=2, floor=20, timeout=0.5, on_report=records.append)
+    monitor.reporter.stream = io.StringIO()
+    stuck = _stuck_collective(monitor, rank=0)
+    waiting = [_op(seq=4, age=3.0)]
+    states = {0: _state(0, 4, 3, waiting), 1: _state(1, 3, 3), 2: _state(2, 4, 3, waiting)}
+    monkeypatch.setattr(monitor, "_gather", lambda ranks, query: ({r: states[r] for r in ranks}, {}))
+    aborts = []
+    monkeypatch.setattr(monitor, "_abort", aborts.append)
+    t0 = time.perf_counter()
+    monitor._examine(stuck, t0)
+    assert [r["kind"] for r in records] == ["straggler"] and aborts == []
+    assert (
+        records[0]["stragglers"] == [1]
+        and "STRAGGLER: rank 1 (pid 101 on h) is computing at train.py:42" in (records[0]["lines"][0])
+    )
+    moved = [["/app/train.py", 10, "main", "step()"], ["/app/train.py", 43, "step", "compute()"]]
+    states[1] = _state(1, 3, 3, stack=moved)  # it moved: still a straggler, told once
+    monitor._examine(stuck, t0 + 15.0)
+    assert len(records) == 1 and aborts == []
+    monitor._examine(stuck, t0 + 30.0)  # 15 s at the same place: under the 20 s floor
+    assert len(records) == 1 and aborts == []
+    monitor._examine(stuck, t0 + 36.0)  # 21 s at the same place: a hang
+    assert [r["kind"] for r in records] == ["straggler", "hang"] and len(aborts) == 1
+    assert "stayed at the same place for at least 20 s (train.py:43 in step" in records[1]["cause"]
+
+
+def test_a_probe_stuck_on_a_silent_node_does_not_hold_up_a_hang_report():
+    trap = socket.create_server(("127.0.0.1", 0))  # listens, never answers
+    records = []
+    monitor = Monitor(suspect=0.3, timeout=0.5, on_report=records.append)
+    monitor.reporter.stream = io.StringIO()
+    monitor._record = {"rank": 0, "node": "nodeA", "address": "127.0.0.1", "port": 1, "token": "t" * 32}
+    monitor._peers = {1: {"rank": 1, "node": "nodeB", "address": "127.0.0.1", "port": trap.getsockname()[1],
+                          "token": "x" * 32}}  # fmt: skip
+    session = Session()
+    session.monitor = monitor.start()
+    found = []
+    probe = threading.Thread(target=lambda: found.append(monitor.probe_links()), daemon=True)  # as the survey does
+    try:
+        probe.start()
+        comm = wrap(MPI.COMM_SELF, session)
+        buf = np.zeros(4)
+        worker = threading.Thread(target=comm.Recv, args=(buf, 0, 13), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while not any(r["kind"] == "hang" for r in records) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        probing = probe.is_alive()
+        comm.Send(np.ones(4), 0, 13)
+        worker.join(10)
+        probe.join(30)
+    finally:
+        monitor.stop()
+        trap.close()
+    assert any(r["kind"] == "hang" for r in records) and probing  # told while the probe still waited
+    assert found and "nodeA->nodeB" in found[0]["failed"] and not found[0]["slow_links"]
+
+
+def test_watchdog_uses_a_communicator_deadline(monkeypatch):
+    rec = FlightRecorder(64)
+    dog = Watchdog(rec, floor=5.0, multiple=10.0)
+    comm = MPI.COMM_SELF.Dup()
+    try:
+        rec.set_deadline(comm, 0.05)
+        token = rec.enter(comm, "Recv", (None, 0, 0), {})
+        assert dog.limit(dict(rec.inflight())[token]) == 0.05
+        time.sleep(0.08)
+        assert [s.token for s in dog.poll(time.perf_counter())[0]] == [token]  # well under the 5 s floor
+        rec.leave(token)
+        rec.set_deadline(comm, None)
+        token = rec.enter(comm, "Recv", (None, 0, 0), {})
+        assert dog.limit(dict(rec.inflight())[token]) == 5.0
+        rec.leave(token)
+        rec.set_deadline(comm, 3.0)
+    finally:
+        comm.Free()
+    assert rec.deadlines == {}  # forgotten with the communicator
+
+
+def test_commlib_monitor_deadline_api():
+    with pytest.raises(ValueError, match="deadline: seconds must be positive"):
+        commlib.monitor.deadline(MPI.COMM_WORLD, 0)
+    with pytest.raises(TypeError, match="finite number or None"):
+        commlib.monitor.deadline(MPI.COMM_WORLD, float("inf"))
+    with pytest.raises(TypeError, match="must be an MPI communicator"):
+        commlib.monitor.deadline("world", 5)
+    assert commlib.monitor.current() is None and commlib.monitor.deadline(MPI.COMM_WORLD, 5) is False
+    commlib.interpose(monitor=True)
+    try:
+        monitor = commlib.monitor.current()
+        assert monitor is not None and commlib.monitor.deadline(MPI.COMM_WORLD, 5) is True
+        assert monitor.recorder.deadline(monitor.recorder.state_of(MPI.COMM_WORLD)) == 5.0
+    finally:
+        commlib.uninterpose()
+
+
+def test_monitor_below_thread_multiple_never_calls_mpi_from_its_thread(monkeypatch):
+    import transport.monitor as tm
+
+    monitor = Monitor(action="abort")
+    monitor.reporter.stream = io.StringIO()
+    monitor.thread_level = MPI.THREAD_SERIALIZED
+    called = []
+
+    class FakeWorld:
+        def Abort(self, code):
+            called.append(("MPI_Abort", code))
+
+    monkeypatch.setattr(tm, "MPI", type("FakeMPI", (), {"COMM_WORLD": FakeWorld(), "THREAD_MULTIPLE": 3}))
+    monkeypatch.setattr(tm.os, "_exit", lambda code: called.append(("exit", code)))
+    monitor._abort("test")
+    assert called == [("exit", 70)] and "not THREAD_MULTIPLE: ending this process" in monitor.reporter.stream.getvalue()
+    monitor.thread_level = MPI.THREAD_MULTIPLE
+    called.clear()
+    monitor._abort("test")
+    assert called == [("MPI_Abort", 70), ("exit", 70)]
 
 
 # -- wavefront analysis ---------------------------------------------------------------
@@ -507,6 +693,16 @@ def test_reporter_prints_alarms_only_and_survives_bad_callbacks(tmp_path):
     assert "[commlib monitor, rank 2] STRAGGLER: rank 1" in out and "monitor started" not in out
     assert "raised ZeroDivisionError" in out
     assert [r["kind"] for r in seen] == ["straggler"] and rep.alarms == 1
+
+
+def test_reporter_tells_report_file_write_errors(tmp_path):
+    stream = io.StringIO()
+    rep = reports.Reporter(0, str(tmp_path / "missing-dir" / "r.jsonl"), stream=stream)
+    rep.emit({"kind": "start", "lines": ["monitor started"]})
+    rep.emit({"kind": "stop", "lines": ["monitor stopped"]})
+    out = stream.getvalue()
+    assert rep.write_errors == 2 and out.count("cannot write the report file") == 1  # told once a minute
+    assert "missing-dir" in out and "No such file or directory" in out
 
 
 def test_summary_command(tmp_path, capsys):

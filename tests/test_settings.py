@@ -43,6 +43,7 @@ DEFAULTS = {
     "record": "",
     "monitor": True,
     "monitor_action": "warn",
+    "monitor_suspect": 10.0,
     "monitor_floor": 60.0,
     "monitor_multiple": 10.0,
     "monitor_timeout": 2.0,

@@ -123,19 +123,36 @@ def probe_request(request: dict, peers: dict[int, Peer], timeout: float) -> dict
 
 
 def matrix(
-    reps: dict[str, Peer], me: int, nbytes: int, rounds: int, timeout: float, repeats: int = 2
+    reps: dict[str, Peer],
+    me: int,
+    nbytes: int,
+    rounds: int,
+    timeout: float,
+    repeats: int = 3,
+    deadline: float | None = None,
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, str]]:
     """Measure every ordered pair of nodes (``reps``: node -> its representative's record), one pair at a time.
 
     Pairs that come out bad (or fail) are measured again, up to ``repeats``
     times in all, keeping the best bandwidth and round trip: noise only ever
     slows a transfer down, so the best of a few is the link's own figure.
+    A node in two failed pairs is not asked again, and nothing starts after
+    ``deadline`` (a ``time.monotonic()`` value): such pairs are reported as
+    not measured, so one unresponsive node costs seconds, not minutes.
     """
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     failed: dict[str, str] = {}
+    failures: dict[str, int] = {}
 
     def one(a: str, b: str) -> None:
         source, target = reps[a], reps[b]
+        gone = [n for n in (a, b) if failures.get(n, 0) >= 2]
+        if gone:
+            failed[f"{a}->{b}"] = f"not measured: {gone[0]} failed twice already"
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            failed[f"{a}->{b}"] = "not measured: the probe ran out of time"
+            return
         try:
             if source.get("rank") == me:
                 got = measure(target, nbytes, rounds, timeout)
@@ -143,6 +160,8 @@ def matrix(
                 got = ask(source, "probe", 2 * timeout, to=target["rank"], bytes=nbytes, rounds=rounds)
         except (SideChannelError, OSError) as exc:
             failed[f"{a}->{b}"] = str(exc)
+            for n in (a, b) if source.get("rank") != me else (b,):
+                failures[n] = failures.get(n, 0) + 1
             return
         failed.pop(f"{a}->{b}", None)
         old = cells.get((a, b))
@@ -158,7 +177,9 @@ def matrix(
             if a != b:
                 one(a, b)
     for _ in range(repeats - 1):
-        again = [tuple(pair) for pair in localise(cells)["bad"]] + [tuple(k.split("->")) for k in failed]
+        again = [tuple(pair) for pair in localise(cells)["bad"]] + [
+            tuple(k.split("->")) for k, why in failed.items() if not why.startswith("not measured")
+        ]
         if not again:
             break
         for a, b in again:

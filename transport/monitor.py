@@ -38,15 +38,15 @@ from typing import Any
 
 from mpi4py import MPI
 
-from . import linkprobe, rendezvous
+from . import linkprobe, rendezvous, wavefront
 from .privatefiles import write_atomic
 from .recorder import FlightRecorder, describe_comm, ranges
 from .reports import Reporter
 from .settings import settings
-from .sidechannel import SideChannel, SideChannelError, ask
+from .sidechannel import SideChannel, SideChannelError, ask, ask_many
 from .stragglers import Collector, StragglerDetector
 from .watchdog import Stuck, Watchdog, is_waiting
-from .wavefront import analyse, call_text
+from .wavefront import analyse, call_text, straggler_lines
 
 __all__ = ["ABORT_CODE", "Monitor", "start_monitor"]
 
@@ -56,6 +56,15 @@ PROBE_BYTES = 2 << 20
 PROBE_ROUNDS = 5
 ARRIVALS = 128  # collectives per rank per collection, the most recent
 MAX_INFLIGHT = 65536  # nonblocking calls never completed beyond this are forgotten
+PROBE_DEADLINE = 60.0  # seconds a whole link probe may take; pairs left then are reported as not measured
+ERROR_QUIET = 60.0  # seconds between two messages about internal errors, after the first three
+_LEVELS = {
+    MPI.THREAD_SINGLE: "THREAD_SINGLE",
+    MPI.THREAD_FUNNELED: "THREAD_FUNNELED",
+    MPI.THREAD_SERIALIZED: "THREAD_SERIALIZED",
+    MPI.THREAD_MULTIPLE: "THREAD_MULTIPLE",
+}
+_STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a debugger", "Z": "exited (a zombie)", "X": "exited"}
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -77,6 +86,7 @@ class Monitor:
         self,
         *,
         action: str | None = None,
+        suspect: float | None = None,
         floor: float | None = None,
         multiple: float | None = None,
         timeout: float | None = None,
@@ -96,6 +106,7 @@ class Monitor:
             return default if value is None else value
 
         self.action = pick(action, settings.monitor_action)
+        self.suspect = float(pick(suspect, settings.monitor_suspect))
         self.floor = float(pick(floor, settings.monitor_floor))
         self.multiple = float(pick(multiple, settings.monitor_multiple))
         self.timeout = float(pick(timeout, settings.monitor_timeout))
@@ -109,7 +120,7 @@ class Monitor:
             raise ValueError(f"Monitor: action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if self.bootstrap not in ("auto", "file", "mpi"):
             raise ValueError(f"Monitor: bootstrap must be auto, file or mpi, got {self.bootstrap!r}")
-        for name in ("floor", "timeout", "interval"):
+        for name in ("suspect", "floor", "timeout", "interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Monitor: {name} must be a positive number of seconds, got {getattr(self, name)!r}")
         if not self.multiple > 0 or not self.probe_every >= 0:
@@ -125,7 +136,7 @@ class Monitor:
         self.reporter = Reporter(self.rank, pick(report, settings.monitor_report))
         if on_report is not None:
             self.reporter.callbacks.append(on_report)
-        self.watchdog = Watchdog(self.recorder, self.floor, self.multiple)
+        self.watchdog = Watchdog(self.recorder, self.suspect, self.multiple)
         self.detector = StragglerDetector(
             window=int(pick(window, settings.monitor_window)), skew=pick(skew, settings.monitor_skew)
         )
@@ -142,10 +153,13 @@ class Monitor:
         self._record: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._abort_at: float | None = None
+        self._survey: threading.Thread | None = None
         self._next_probe = 0.0
         self._last_probe = -1e9
-        self._errors = 0
+        self.errors = 0  # internal errors, all counted; their messages are rate-limited
+        self._error_told = (0.0, 0)  # when the last one was told, and the count then
+        self.thread_level: int | None = None
+        self.aborting: dict | None = None  # a peer's word that it aborts the job (see _abort)
         self._lock = threading.Lock()  # one probe at a time
         self._known_slow: set[tuple] = set()
 
@@ -172,9 +186,18 @@ class Monitor:
                 if self.channel is not None:
                     self.channel.stop()
                 raise
+        self.thread_level = MPI.Query_thread()  # here, in the application's thread, before any thread of ours runs
+        if self.thread_level < MPI.THREAD_MULTIPLE:
+            note += (
+                f"; MPI gives {_LEVELS.get(self.thread_level, self.thread_level)}, not THREAD_MULTIPLE: the monitor "
+                "never calls MPI from its threads (abort ends this process instead of calling MPI_Abort)"
+            )
         self._next_probe = time.perf_counter() + self.probe_every
         self._thread = threading.Thread(target=self._run, name="commlib-monitor", daemon=True)
         self._thread.start()
+        if self.size > 1:
+            self._survey = threading.Thread(target=self._run_survey, name="commlib-monitor-survey", daemon=True)
+            self._survey.start()
         self.reporter.emit(
             {
                 "kind": "start",
@@ -184,6 +207,7 @@ class Monitor:
                 "side_channel": note,
                 "settings": {
                     "action": self.action,
+                    "suspect": self.suspect,
                     "floor": self.floor,
                     "multiple": self.multiple,
                     "timeout": self.timeout,
@@ -203,6 +227,7 @@ class Monitor:
         self.channel.handle("arrivals", self.arrivals)
         self.channel.handle("dump", self.dump)
         self.channel.handle("probe", self._probe_request)
+        self.channel.handle("aborting", self._peer_aborting)
         self.channel.handle_stream("sink", linkprobe.sink)
         self.channel.start()
         self._record = {
@@ -252,6 +277,9 @@ class Monitor:
         with contextlib.suppress(Exception):
             if thread is not threading.current_thread():
                 thread.join(self.timeout + 1.0)
+            survey = self._survey
+            if survey is not None and survey is not threading.current_thread():
+                survey.join(self.timeout + 1.0)
             self._watch(time.perf_counter(), finishing=True)  # tell what got unstuck since the last poll
             if self.rendezvous is not None:
                 self.rendezvous.unregister()
@@ -328,6 +356,13 @@ class Monitor:
         inflight = [self.recorder.describe(record, now) for _, record in self.recorder.inflight()]
         return {"rank": self.rank, "inflight": inflight, "completed": completed}
 
+    def _peer_aborting(self, request: dict) -> dict:
+        """A peer reported a hang and aborts the job: this rank reports no second, stale view of it."""
+        rank, why = request.get("rank"), request.get("why")
+        if isinstance(rank, int) and not isinstance(rank, bool) and isinstance(why, str):
+            self.aborting = {"rank": rank, "why": why[:500]}
+        return {}
+
     def _probe_request(self, request: dict) -> dict:
         return linkprobe.probe_request(request, self.peers(refresh=True), self._probe_timeout())
 
@@ -356,7 +391,7 @@ class Monitor:
             except SideChannelError:
                 silent[r] = (
                     f"no answer on the side channel within {self.timeout:g} s (pid {peers[r].get('pid')} "
-                    f"on {peers[r].get('host')}): stopped, dead or unreachable"
+                    f"on {peers[r].get('host')}): {self._process_state(peers[r])}"
                 )
 
         for r in ranks:
@@ -375,39 +410,66 @@ class Monitor:
                 silent[r] = f"no answer on the side channel within {self.timeout:g} s: stopped, dead or unreachable"
         return answers, silent
 
+    def _process_state(self, peer: dict) -> str:
+        """What a silent peer's process is, read from /proc where it runs on this machine."""
+        pid = peer.get("pid")
+        if peer.get("boot") != self.boot or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return "stopped (SIGSTOP), dead, or its host unreachable"
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return "exited (its process is gone)"
+        state = stat.rpartition(")")[2].split()[:1]
+        return _STATES.get(state[0] if state else "", "running but not answering (its side channel is stuck)")
+
     def _coordinator(self) -> bool:
         return self.size > 1 and all(r > self.rank for r in self.peers())
 
-    # -- the thread ----------------------------------------------------------------
+    # -- the threads ---------------------------------------------------------------
     def _run(self) -> None:
-        poll = max(0.02, min(1.0, self.floor / 4, self.interval))
-        next_pull = time.perf_counter() + self.interval
+        """The watchdog thread: hangs only, so nothing else (probes, arrival collection) can delay a report."""
+        poll = max(0.02, min(1.0, self.suspect / 4))
         while not self._stop.wait(poll):
             try:
                 now = time.perf_counter()
                 self._watch(now)
-                if self._abort_at is not None and now >= self._abort_at:
-                    self._abort("the hang reported above did not resolve")
+                self._act(now)
+                self.recorder.prune(MAX_INFLIGHT)
+            except Exception as exc:
+                self._internal_error(exc)
+
+    def _run_survey(self) -> None:
+        """The survey thread: arrival collection (stragglers, slowdowns) and link probes, on the lowest rank."""
+        next_pull = time.perf_counter() + self.interval
+        while not self._stop.wait(min(self.interval, 1.0)):
+            try:
+                now = time.perf_counter()
                 if now >= next_pull and self._coordinator():
                     next_pull = now + self.interval
                     self._pull()
                 if self.probe_every > 0 and now >= self._next_probe and self._coordinator():
                     self._next_probe = now + self.probe_every
                     self.probe_links()
-                self.recorder.prune(MAX_INFLIGHT)
             except Exception as exc:
                 self._internal_error(exc)
 
     def _internal_error(self, exc: BaseException) -> None:
-        self._errors += 1
-        if self._errors > 3:
+        """Count every error; tell the first three, then at most one a minute with the count since."""
+        self.errors += 1
+        now = time.monotonic()
+        told_at, told_count = self._error_told
+        if self.errors > 3 and now - told_at < ERROR_QUIET:
             return
+        self._error_told = (now, self.errors)
+        more = self.errors - told_count - 1
         with contextlib.suppress(Exception):
             lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            head = f"internal error (the application is not affected): {exc!r}"
+            if more > 0:
+                head += f" ({more} more since the last message; {self.errors} in all)"
             self.reporter.emit(
-                {"kind": "error", "lines": [f"internal error (the application is not affected): {exc!r}"]
-                 + "".join(lines).rstrip().splitlines()[-6:]}
-            )  # fmt: skip
+                {"kind": "error", "errors": self.errors, "lines": [head] + "".join(lines).rstrip().splitlines()[-6:]}
+            )
 
     # -- hangs -------------------------------------------------------------------
     def _watch(self, now: float, finishing: bool = False) -> None:
@@ -415,28 +477,45 @@ class Monitor:
         if finishing:
             new, reminders = [], []
         for stuck in new:
-            self._report_hang(stuck)
-        mine = [s for s in reminders + resolved if s.extra.get("leader", self.rank) == self.rank]
-        reminders = [s for s in reminders if s in mine]  # the rank that reported a hang follows it up
-        resolved = [s for s in resolved if s in mine]
+            self._examine(stuck, now)
+        if not finishing:
+            for stuck in list(self.watchdog.stuck.values()):
+                if stuck not in new and stuck.extra.get("verdict") != "hang" and now >= stuck.extra["next_look"]:
+                    self._examine(stuck, now)
+        hangs = [s for s in reminders if s.extra.get("verdict") == "hang" and s.extra.get("told")]
+        told = [s for s in resolved if s.extra.get("told")]  # what this rank reported gets its follow-up
+        resolved_line = "resolved: {call} completed after {waited:.1f} s"
         follow_ups = (
-            ("hang-reminder", reminders, "still waiting: {call} for {waited:.1f} s"),
-            ("hang-resolved", resolved, "resolved: {call} completed after {waited:.1f} s"),
+            ("hang-reminder", hangs, "still waiting: {call} for {waited:.1f} s"),
+            ("hang-resolved", [s for s in told if s.extra["verdict"] == "hang"], resolved_line),
+            ("straggler-resolved", [s for s in told if s.extra["verdict"] != "hang"], resolved_line),
         )
         for kind, stucks, line in follow_ups:
             for stuck in stucks:
                 call = call_text(self.recorder.describe(stuck.record, now))
                 text = line.format(call=call, waited=stuck.waited)
                 self.reporter.emit({"kind": kind, "call": call, "waited": stuck.waited, "lines": [text]})
-        if resolved and not self.watchdog.stuck:
-            self._abort_at = None
 
-    def _report_hang(self, stuck: Stuck) -> None:
-        now = time.perf_counter()
+    def _act(self, now: float) -> None:
+        """Carry out the delayed abort of a hang another rank reports, if that hang is still there."""
+        for stuck in list(self.watchdog.stuck.values()):
+            due = stuck.extra.get("abort_at")
+            if due is not None and now >= due:
+                self._abort(f"{stuck.extra.get('call', 'an operation')} hung and did not resolve")
+
+    def _examine(self, stuck: Stuck, now: float) -> None:
+        """Ask the ranks ``stuck`` waits for what they do: a hang on evidence, a straggler while they run code.
+
+        A rank silent, blocked in another operation or in another collective
+        makes a hang at once. Ranks running code make a straggler warning, told
+        once; the wait is looked at again every few seconds and becomes a hang
+        when one of them is seen at the same place for ``floor`` seconds (or
+        stops answering, or blocks). Ranks that cannot be observed make a hang
+        after ``floor`` seconds, on the clock alone.
+        """
         op = self.recorder.describe(stuck.record, now)
         op.update(waited=stuck.waited, limit=stuck.limit)
-        state = stuck.record[1]
-        members = list(state.members) or [self.rank]
+        members = list(stuck.record[1].members) or [self.rank]
         if op["kind"] == "collective":
             ask_ranks = members
         else:
@@ -444,36 +523,87 @@ class Monitor:
             wildcard = "source" in op and "source_world" not in op
             ask_ranks = sorted(set(members if wildcard else named) | {self.rank})
         states, silent = self._gather(ask_ranks, "state")
+        if self.aborting is not None:  # the job ends under another rank's report: its peers may be gone already
+            if not stuck.extra.get("told_verdict"):
+                stuck.extra["told_verdict"] = "aborting"
+                call, leader = call_text(op), self.aborting["rank"]
+                line = f"waiting in {call}; rank {leader} aborts the job ({self.aborting['why']})"
+                self.reporter.emit({"kind": "hang-wait", "call": call, "leader": leader, "lines": [line]})
+            return
         finding = analyse(op, self.rank, members, states, silent)
         finding["states"] = {str(r): s for r, s in states.items()}
+        verdict = finding["verdict"]
+        stuck.extra["next_look"] = now + max(0.5, min(5.0, self.floor / 12))
+        stuck.extra["call"] = finding["call"]
+        if verdict == "straggler":
+            verdict = self._still_moving(stuck, finding, now)
+        elif verdict == "unknown" and stuck.waited >= self.floor:
+            verdict = "hang"
+        stuck.extra["verdict"] = verdict
+        if verdict == "unknown" or verdict == stuck.extra.get("told_verdict"):
+            return
+        stuck.extra["told_verdict"] = verdict
         leader = self.rank
         if op["kind"] == "collective":
-            waiting = finding.get("arrived", []) + finding.get("mismatched", [])
-            leader = min([*waiting, self.rank])
+            leader = min([*finding.get("arrived", []), *finding.get("mismatched", []), self.rank])
         finding["leader"] = stuck.extra["leader"] = leader
         if leader != self.rank:
             self.reporter.emit(
                 {
                     "kind": "hang-wait",
+                    "verdict": verdict,
                     "call": finding["call"],
                     "waited": stuck.waited,
                     "leader": leader,
                     "suspects": finding["suspects"],
                     "lines": [
-                        f"waiting in {finding['call']} for {stuck.waited:.1f} s; "
+                        f"waiting in {finding['call']} for {stuck.waited:.1f} s ({verdict}); "
                         f"suspects: {_ranks(finding['suspects'])}; rank {leader} reports the details"
                     ],
                 }
             )
+        elif verdict == "straggler":
+            lines = straggler_lines(finding, self.rank)
+            lines.append(
+                f"  not a hang while it runs: a hang if it stays at the same place for {self.floor:g} s, "
+                "stops answering or blocks in another operation"
+            )
+            stragglers = finding["suspects"]
+            first = stragglers[0] if stragglers else None
+            record = {"kind": "straggler", "source": "wait", "straggler": first, "stragglers": stragglers}
+            self.reporter.emit({**finding, **record, "lines": lines})
+            stuck.extra["told"] = True
         else:
             if self.action == "dump":
                 finding["lines"].append(self._dump_all(ask_ranks))
+            finding["reported_after"] = time.perf_counter() - stuck.record[0]  # since the operation began
             self.reporter.emit(finding)
-        if self.action == "abort":
+            stuck.extra["told"] = True
+        if verdict == "hang" and self.action == "abort":
             if leader == self.rank:
                 self._abort(f"{finding['call']} hung")
-            elif self._abort_at is None:
-                self._abort_at = now + 2 * self.timeout + 2.0  # leave the leader time to report first
+            else:  # leave the leader time to report first; cancelled if the operation completes
+                stuck.extra["abort_at"] = now + 2 * self.timeout + 2.0
+
+    def _still_moving(self, stuck: Stuck, finding: dict, now: float) -> str:
+        """``straggler`` while every rank waited for has moved within ``floor`` s; else ``hang`` (cause rewritten)."""
+        places = stuck.extra.setdefault("places", {})
+        for r in finding["suspects"]:
+            stack = finding["ranks"].get(str(r), {}).get("stack", [])
+            place = tuple((f[0], f[1], f[2]) for f in stack)
+            if r not in places or places[r][0] != place:
+                places[r] = (place, now - stuck.waited if r not in places else now)
+        still = [r for r in finding["suspects"] if now - places[r][1] >= self.floor]
+        if not still:
+            return "straggler"
+        where = [wavefront.where(finding["ranks"].get(str(r), {}).get("stack", [])) for r in still]
+        finding["cause"] = (
+            f"{finding['cause']}; {_ranks(still)} ha{'s' if len(still) == 1 else 've'} stayed at the same place "
+            f"for at least {self.floor:g} s ({'; '.join(where)}): a loop that makes no progress, or a wait outside MPI"
+        )
+        finding["lines"][-1] = f"  probable cause: {finding['cause']}"
+        finding["verdict"] = "hang"
+        return "hang"
 
     def dump_path(self) -> str:
         """Where this rank writes flight records: beside its report file, in a name no other rank uses."""
@@ -493,17 +623,23 @@ class Monitor:
         return f"  flight records of ranks {ranges(list(records))} written to {os.path.abspath(path)}"
 
     def _abort(self, why: str) -> None:
+        """End the job: MPI_Abort where MPI allows calls from this thread, else this process (mpiexec ends the rest)."""
+        multiple = self.thread_level is not None and self.thread_level >= MPI.THREAD_MULTIPLE
+        how = "" if multiple else "; MPI is not THREAD_MULTIPLE: ending this process, mpiexec ends the others"
         self.reporter.emit(
             {
                 "kind": "error",
-                "lines": [f"aborting the job with exit code {ABORT_CODE} ({why}; COMMLIB_MONITOR_ACTION=abort)"],
+                "lines": [f"aborting the job with exit code {ABORT_CODE} ({why}; COMMLIB_MONITOR_ACTION=abort{how})"],
             }
         )
         with contextlib.suppress(Exception):
             sys.stderr.flush()
             sys.stdout.flush()
+        with contextlib.suppress(Exception):  # so that no rank reports the peers this abort takes down as dead
+            ask_many(self.peers().values(), "aborting", min(1.0, self.timeout), rank=self.rank, why=why)
         try:
-            MPI.COMM_WORLD.Abort(ABORT_CODE)
+            if multiple:
+                MPI.COMM_WORLD.Abort(ABORT_CODE)
         finally:
             os._exit(ABORT_CODE)
 
@@ -593,7 +729,10 @@ class Monitor:
                 reps.setdefault(str(everyone[r].get("node")), everyone[r])
             if len(reps) < 2:
                 return {"nodes": list(reps), "slow_nodes": [], "slow_links": [], "bad": [], "skipped": "one node"}
-            cells, failed = linkprobe.matrix(reps, self.rank, PROBE_BYTES, PROBE_ROUNDS, self._probe_timeout())
+            cells, failed = linkprobe.matrix(
+                reps, self.rank, PROBE_BYTES, PROBE_ROUNDS, self._probe_timeout(),
+                deadline=time.monotonic() + PROBE_DEADLINE,
+            )  # fmt: skip
             result = linkprobe.localise(cells)
             result["failed"] = failed
             if self._stop.is_set():  # the job ended under the probe: peers that left look like broken links

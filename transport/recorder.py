@@ -115,6 +115,7 @@ class FlightRecorder:
         self._fixed = {MPI.COMM_WORLD.handle, MPI.COMM_SELF.handle}
         self._keyval = MPI.Comm.Create_keyval(delete_fn=self._forget)
         self.world_rank = MPI.COMM_WORLD.Get_rank()
+        self.deadlines: dict[str, float] = {}  # communicator ident -> seconds (see set_deadline)
         # the application's path: enter/leave/post, in C where the extension is built (transport.flight)
         self.core = Core(self._comms, self._adopt, size, OPERATIONS)
         self.enter, self.leave = self.core.enter, self.core.leave
@@ -146,6 +147,23 @@ class FlightRecorder:
         self._comms[handle] = state
         return state
 
+    def state_of(self, comm: Any) -> CommState:
+        """The recorder's state of ``comm``, adopting it now if no call has met it yet."""
+        state = self._comms.get(comm.handle)
+        return state if state is not None else self._adopt(comm)
+
+    def set_deadline(self, comm: Any, seconds: float | None) -> None:
+        """Calls on ``comm`` are examined after ``seconds`` instead of the watchdog's limit (``None``: the limit)."""
+        ident = self.state_of(comm).ident
+        if seconds is None:
+            self.deadlines.pop(ident, None)
+        else:
+            self.deadlines[ident] = seconds
+
+    def deadline(self, state: CommState) -> float | None:
+        """The deadline set for ``state``'s communicator, if any."""
+        return self.deadlines.get(state.ident) if self.deadlines else None
+
     def _members(self, comm: Any) -> tuple[int, ...]:
         groups = [comm.Get_group()]
         if comm.Is_inter():
@@ -160,7 +178,9 @@ class FlightRecorder:
                 group.Free()
 
     def _forget(self, comm: Any, keyval: int, handle: int) -> None:
-        self._comms.pop(handle, None)
+        state = self._comms.pop(handle, None)
+        if state is not None:
+            self.deadlines.pop(state.ident, None)
 
     def close(self) -> None:
         """Release the MPI objects the recorder holds (the records stay readable)."""

@@ -31,7 +31,9 @@ from typing import Any, TextIO
 __all__ = ["ALARMS", "Reporter", "main", "read_reports", "summarise"]
 
 # Kinds of records that are alarms (printed); every other kind is a note.
-ALARMS = frozenset({"hang", "hang-reminder", "hang-resolved", "straggler", "slow-node", "slow-link", "error"})
+ALARMS = frozenset(
+    {"hang", "hang-reminder", "hang-resolved", "straggler", "straggler-resolved", "slow-node", "slow-link", "error"}
+)
 
 Callback = Callable[[dict], Any]
 
@@ -46,6 +48,8 @@ class Reporter:
         self.stream = stream
         self.callbacks: list[Callback] = []
         self.alarms = 0
+        self.write_errors = 0  # records the report file could not take (each failure told, at most once a minute)
+        self._write_told = -1e9
         self._lock = threading.Lock()
         self._base = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
 
@@ -61,8 +65,10 @@ class Reporter:
                     stream.write("".join(f"[commlib monitor, rank {self.rank}] {line}\n" for line in full["lines"]))
                     stream.flush()
             if self.path:
-                with contextlib.suppress(OSError):
+                try:
                     self._append((json.dumps(full, default=str) + "\n").encode())
+                except OSError as exc:
+                    self._write_failed(exc)
         if alarm:
             for callback in list(self.callbacks):
                 try:
@@ -73,6 +79,21 @@ class Reporter:
                             f"[commlib monitor, rank {self.rank}] report callback {callback!r} raised {exc!r}\n"
                         )
         return full
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.write_errors += 1
+        now = time.monotonic()
+        if now - self._write_told < 60.0:
+            return
+        self._write_told = now
+        with contextlib.suppress(Exception):
+            stream = self.stream if self.stream is not None else sys.stderr
+            count = f" ({self.write_errors} records lost so far)" if self.write_errors > 1 else ""
+            stream.write(
+                f"[commlib monitor, rank {self.rank}] cannot write the report file {self.path}: "
+                f"{exc.strerror or exc}{count}; alarms still go to stderr\n"
+            )
+            stream.flush()
 
     def _append(self, line: bytes) -> None:
         """One ``write`` in append mode (lines of ranks sharing a file never interleave); created 0600,
@@ -125,7 +146,7 @@ def summarise(records: list[dict]) -> list[str]:
             suspects = ",".join(map(str, r.get("suspects", []))) or "none"
             lines.append(f"{at} HANG {r.get('call')} after {r.get('waited', 0):.1f} s; suspects: {suspects}")
             lines.append(f"{'':>20} cause: {r.get('cause')}")
-        elif kind == "hang-resolved":
+        elif kind in ("hang-resolved", "straggler-resolved"):
             lines.append(f"{at} resolved: {r.get('call')} completed after {r.get('waited', 0):.1f} s")
         elif kind in ("straggler", "slow-node", "slow-link", "error", "slowdown"):
             lines.append(f"{at} {r['lines'][0] if r.get('lines') else kind}")

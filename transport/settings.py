@@ -38,11 +38,16 @@ class TransportSettings(Settings):
     monitor_action [COMMLIB_MONITOR_ACTION=warn]
         on a hang: ``warn`` reports and keeps waiting, ``dump`` also writes
         every rank's flight record, ``abort`` reports and aborts the job.
+    monitor_suspect [COMMLIB_MONITOR_SUSPECT=10]
+        seconds an operation may block before the monitor asks the ranks it
+        waits for what they are doing (a stopped, dead or blocked rank is then
+        a hang at once, a rank running code a straggler).
     monitor_floor [COMMLIB_MONITOR_FLOOR=60]
-        seconds an operation may block before it can count as hung.
+        seconds a rank it waits for may stay at the same place in its code, or
+        stay unobservable, before the wait counts as a hang.
     monitor_multiple [COMMLIB_MONITOR_MULTIPLE=10]
-        the limit is this multiple of the operation's usual duration (90th
-        percentile of its recent calls on that communicator), if above the floor.
+        an operation is examined after this multiple of its usual duration (90th
+        percentile of its recent calls on that communicator), if above ``monitor_suspect``.
     monitor_timeout [COMMLIB_MONITOR_TIMEOUT=2]
         seconds a rank waits for a peer's side-channel answer.
     monitor_report [COMMLIB_MONITOR_REPORT=]
@@ -89,6 +94,7 @@ class TransportSettings(Settings):
     node_id: str = ""
     monitor: bool = True
     monitor_action: str = "warn"
+    monitor_suspect: float = 10.0
     monitor_floor: float = 60.0
     monitor_multiple: float = 10.0
     monitor_timeout: float = 2.0
@@ -112,6 +118,7 @@ class TransportSettings(Settings):
             node_id=_node_id(env_text("COMMLIB_NODE_ID")),
             monitor=env_bool("COMMLIB_MONITOR", cls.monitor),
             monitor_action=env_choice("COMMLIB_MONITOR_ACTION", cls.monitor_action, MONITOR_ACTIONS),
+            monitor_suspect=env_float("COMMLIB_MONITOR_SUSPECT", cls.monitor_suspect),
             monitor_floor=env_float("COMMLIB_MONITOR_FLOOR", cls.monitor_floor),
             monitor_multiple=env_float("COMMLIB_MONITOR_MULTIPLE", cls.monitor_multiple),
             monitor_timeout=env_float("COMMLIB_MONITOR_TIMEOUT", cls.monitor_timeout),

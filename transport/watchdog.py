@@ -10,7 +10,10 @@ oldest such operation then stands for that wait.
 
 The limit of an operation is ``multiple`` times its usual duration (the
 90th percentile of its recent calls on the same communicator, from the
-flight recorder), and never less than ``floor`` seconds. A signal cannot
+flight recorder), and never less than ``floor`` seconds; a communicator given
+a deadline (:meth:`~transport.recorder.FlightRecorder.set_deadline`) uses
+that instead. What a call over its limit means is for the monitor to find
+out (:meth:`transport.monitor.Monitor._examine`). A signal cannot
 interrupt a rank blocked inside MPI, so this runs in the monitor's own
 thread: :meth:`Watchdog.poll` returns what became stuck since the last poll,
 what stays stuck (for reminders at 2x, 4x, ... the limit) and what got
@@ -104,6 +107,10 @@ class Watchdog:
         self._waiting: dict[int, tuple[float, int]] = {}  # thread -> (since, recorder position then)
 
     def limit(self, record: Record) -> float:
+        """Seconds ``record`` may wait before it is examined: its communicator's deadline, else the rule."""
+        deadline = self.recorder.deadline(record[1])
+        if deadline is not None:
+            return deadline
         history = sorted(self.recorder.history(record[1], record[2]))
         if not history:
             return self.floor
@@ -136,9 +143,11 @@ class Watchdog:
         new, reminders = [], []
         waiting: dict[int, float] | None = None
         threads = {s.extra["waiter"] for s in self.stuck.values() if "waiter" in s.extra}
+        deadlines = list(self.recorder.deadlines.values())  # the application's thread may set one meanwhile
+        least = min(self.floor, *deadlines) if deadlines else self.floor
         for token, record in inflight:
             age = now - record[0]
-            if age < self.floor:
+            if age < least:
                 break  # oldest first: the rest are younger still
             if token in self.stuck:
                 s = self.stuck[token]
@@ -161,7 +170,7 @@ class Watchdog:
                 waiter = record[4] if record[4] in free else max(free, key=free.__getitem__)
                 waited = free[waiter]
                 extra["waiter"] = waiter
-            if waited < self.floor:
+            if waited < least:
                 continue
             limit = self.limit(record)
             if waited >= limit:

@@ -8,7 +8,11 @@ is doing instead: blocked in another operation, or running code, with its
 Python stack), arrived in a different operation (a collective mismatch), or
 silent (stopped, dead, unreachable, or not monitored). For a point-to-point
 operation it looks at the peer instead. It returns a finding with the
-probable cause and human-readable lines; it touches neither MPI nor sockets,
+probable cause, human-readable lines and a verdict: ``hang`` when the evidence
+proves one (a rank silent, blocked in another operation or in a different
+collective, a deadlock, or every member inside and none leaving),
+``straggler`` when the ranks waited for are running code (they may yet come),
+``unknown`` when they cannot be observed. It touches neither MPI nor sockets,
 so it is tested on made-up states.
 """
 
@@ -17,7 +21,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["analyse", "call_text", "doing", "parse_ranges", "stack_of", "user_frame"]
+__all__ = [
+    "analyse", "call_text", "doing", "is_blocked", "parse_ranges", "stack_of", "straggler_lines", "user_frame", "where",
+]  # fmt: skip
 
 _OURS = tuple(
     os.path.dirname(os.path.abspath(p)) + os.sep
@@ -84,6 +90,31 @@ def doing(state: dict) -> str:
         ops = ", ".join(call_text(op) for op in pending[:3]) + (" ..." if len(pending) > 3 else "")
         return f"waiting for {ops}"
     return f"running at {_frame_text(user_frame(stack_of(state)))}"
+
+
+def is_blocked(state: dict) -> bool:
+    """Whether a rank's state shows it inside MPI: blocked in a call, or waiting for requests."""
+    if any(op.get("blocking") for op in state.get("inflight", [])):
+        return True
+    return bool(state.get("inflight")) and any(t.get("waiting") for t in state.get("threads", {}).values())
+
+
+def where(stack: list) -> str:
+    """``train.py:48 in slow_compute (time.sleep(seconds))``: the user's innermost frame of ``stack``."""
+    return _frame_text(user_frame(stack))
+
+
+def straggler_lines(finding: dict, me: int) -> list[str]:
+    """The warning for a wait on ranks that run code: where each is, how long ``me`` has waited."""
+    lines = []
+    for r in finding["suspects"]:
+        info = finding["ranks"].get(str(r), {})
+        lines.append(
+            f"STRAGGLER: rank {r}{info.get('where_host', '')} is computing at {where(info.get('stack', []))}; "
+            f"rank {me} has waited "
+            f"{finding['waited']:.1f} s for it in {finding['call']}"
+        )
+    return lines or [f"STRAGGLER: rank {me} has waited {finding['waited']:.1f} s in {finding['call']}"]
 
 
 def _match(state: dict, ident: str) -> dict | None:
@@ -188,17 +219,18 @@ def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: 
         + (f"; {_list(unanswered)} silent" if unanswered else "")
         + (f"; {_list(unmonitored)} unmonitored" if unmonitored else "")
     ]
+    verdict = "hang"
     if unanswered:
         cause = (
             f"{_list(unanswered)} do{'es' if len(unanswered) == 1 else ''} not answer on the side channel: "
-            "process stopped (SIGSTOP), dead, or its host unreachable"
+            + "; ".join(_silence(silent.get(r, "")) for r in unanswered)
         )
     elif mismatched:
         cause = (
             f"collective mismatch: {_list(mismatched)} called another collective as #{seq} where the others call {op}"
         )
     elif behind:
-        blocked = [r for r in behind if "blocked in" in ranks[r]["status"]]
+        blocked = [r for r in behind if is_blocked(states[r])]
         if blocked:
             cause = (
                 f"{_list(behind)} ha{'s' if len(behind) == 1 else 've'} not reached {op} #{seq}; "
@@ -206,11 +238,13 @@ def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: 
                 "(ordering bug or a chain of waits: see its line)"
             )
         else:
+            verdict = "straggler"
             cause = (
                 f"{_list(behind)} ha{'s' if len(behind) == 1 else 've'} not reached {op} #{seq} and "
                 f"{'is' if len(behind) == 1 else 'are'} running code (slow compute, or a code path that skips it)"
             )
     elif unmonitored:
+        verdict = "unknown"
         cause = (
             f"{_list(unmonitored)} run{'s' if len(unmonitored) == 1 else ''} without the commlib monitor: state unknown"
         )
@@ -226,8 +260,15 @@ def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: 
         "left": left,
         "suspects": suspects,
         "cause": cause,
+        "verdict": verdict,
         "lines": lines,
     }
+
+
+def _silence(reason: str) -> str:
+    """The part of a silent rank's reason that says what it is (stopped, gone, unreachable)."""
+    _, known, what = reason.rpartition(": ")
+    return what if known and what else "stopped (SIGSTOP), dead, or its host unreachable"
 
 
 def _point_to_point(
@@ -248,9 +289,10 @@ def _point_to_point(
         ranks[r] = {"status": doing(state), "where_host": _host(state), "stack": stack_of(state)}
         suspects.append(r)
     lines = [f"  peer{'s' if len(peers) != 1 else ''}: {_list(peers) if peers else 'none named'}"]
+    verdict = "hang"
     if silent_ranks:
-        cause = (
-            f"{_list(silent_ranks)} do{'es' if len(silent_ranks) == 1 else ''} not answer: stopped, dead or unreachable"
+        cause = f"{_list(silent_ranks)} do{'es' if len(silent_ranks) == 1 else ''} not answer: " + "; ".join(
+            _silence(silent.get(r, "")) for r in silent_ranks
         )
     elif peers == [me]:
         verb = "send" if "source" in stuck else "receive"
@@ -265,10 +307,23 @@ def _point_to_point(
         )
     elif peers:
         verb = "post the matching send" if "source" in stuck else "post the matching receive"
-        cause = f"{_list(peers)} did not {verb} (see what it is doing)"
+        blocked = [r for r in peers if is_blocked(states[r])]
+        if blocked:
+            cause = f"{_list(peers)} did not {verb}: {_list(blocked)} blocked in another operation (see its line)"
+        else:
+            verdict = "straggler"
+            cause = f"{_list(peers)} did not {verb} (see what it is doing)"
     else:
+        verdict = "unknown"
         cause = "no peer named"
-    return {"peers": peers, "silent": silent_ranks, "suspects": suspects, "cause": cause, "lines": lines}
+    return {
+        "peers": peers,
+        "silent": silent_ranks,
+        "suspects": suspects,
+        "cause": cause,
+        "verdict": verdict,
+        "lines": lines,
+    }
 
 
 def _waits_on(state: dict | None, rank: int) -> bool:

@@ -6,9 +6,12 @@ Usage: ``monitor_faults.py SCENARIO [--victim R] [--seconds S] [--iters N]``, sc
   process continues it after ``--seconds`` (so the job ends even if nothing
   else kills it);
 - ``late``: the victim spends ``--seconds`` in ``slow_compute`` before a
-  collective the others have entered, then joins: the job completes;
+  collective the others have entered, then joins: the job completes
+  (``--nonblocking``: the collective is an ``Iallreduce`` and a ``Wait``);
 - ``skip``: the victim never enters a collective the others have entered: it
   waits for a message from rank 0 instead (a real deadlock);
+- ``crossed``: rank 0 and the victim block in collectives on different
+  communicators, each waiting for the other (a deadlock);
 - ``p2p``: rank 0 receives from the victim, which sends only after ``--seconds``;
 - ``straggler``: ``--iters`` allreduces, the victim sleeping ``--seconds``
   before each (the others a tenth of that);
@@ -32,10 +35,12 @@ from mpi4py import MPI
 import commlib
 
 parser = argparse.ArgumentParser()
-parser.add_argument("scenario", choices=["stop", "late", "skip", "p2p", "straggler", "healthy"])
+parser.add_argument("scenario", choices=["stop", "late", "skip", "crossed", "p2p", "straggler", "healthy"])
 parser.add_argument("--victim", type=int, default=1)
 parser.add_argument("--seconds", type=float, default=5.0)
 parser.add_argument("--iters", type=int, default=6)
+parser.add_argument("--nonblocking", action="store_true")
+parser.add_argument("--phase", type=float, default=0.0, help="healthy: longest random compute phase in seconds")
 args = parser.parse_args()
 
 world = MPI.COMM_WORLD
@@ -50,7 +55,8 @@ def slow_compute(seconds):
     time.sleep(seconds)
 
 
-if args.scenario in ("stop", "late", "skip"):
+if args.scenario in ("stop", "late", "skip", "crossed"):
+    pair = world.Split(0 if rank in (0, args.victim) else MPI.UNDEFINED, rank) if args.scenario == "crossed" else None
     for i in range(args.iters):
         if i == 3 and rank == args.victim:
             if args.scenario == "stop":
@@ -58,9 +64,16 @@ if args.scenario in ("stop", "late", "skip"):
                 os.kill(os.getpid(), signal.SIGSTOP)
             elif args.scenario == "skip":
                 world.Recv(buf, source=0, tag=99)
+            elif args.scenario == "crossed":
+                pair.Allreduce(MPI.IN_PLACE, buf)
             else:
                 slow_compute(args.seconds)
-        world.Allreduce(MPI.IN_PLACE, buf)
+        if args.nonblocking:
+            world.Iallreduce(MPI.IN_PLACE, buf).Wait()
+        else:
+            world.Allreduce(MPI.IN_PLACE, buf)
+        if i == 3 and rank == 0 and args.scenario == "crossed":
+            pair.Allreduce(MPI.IN_PLACE, buf)
 elif args.scenario == "p2p":
     world.Barrier()
     if rank == 0:
@@ -79,7 +92,9 @@ elif args.scenario == "healthy":
     sub = world.Split(rank % 2, rank)
     recv = np.zeros(4)
     for i in range(args.iters):
-        if rng.random() < 0.05:
+        if args.phase:
+            time.sleep(rng.random() * args.phase)
+        elif rng.random() < 0.05:
             time.sleep(rng.random() * 2e-3)
         world.Allreduce(MPI.IN_PLACE, buf)
         req = world.Iallreduce(MPI.IN_PLACE, buf)
