@@ -17,13 +17,27 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["analyse", "call_text", "doing", "parse_ranges", "stack_of", "user_frame"]
+__all__ = ["analyse", "call_text", "doing", "parse_ranges", "ranges", "stack_of", "user_frame"]
 
 _OURS = tuple(
     os.path.dirname(os.path.abspath(p)) + os.sep
     for p in (__file__, os.path.join(os.path.dirname(__file__), "..", "commlib", "__init__.py"))
 )
 _SKIP = ("mpi4py" + os.sep, os.sep + "threading.py", os.sep + "runpy.py")
+
+
+def ranges(ranks: tuple[int, ...] | list[int]) -> str:
+    """``(0, 1, 2, 5)`` as ``"0-2,5"`` (the inverse of :func:`parse_ranges`)."""
+    parts: list[str] = []
+    items = sorted(ranks)
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        parts.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 def parse_ranges(text: str) -> list[int]:
