@@ -97,7 +97,7 @@ COMMANDS: dict[str, tuple[str, Handler]] = {
     "bench": ("run a benchmark: " + ", ".join(BENCHMARKS), _bench),
     "calibrate": ("measure this machine for the cost model (run under mpiexec)", _lazy("commlib.calibrate")),
     "explain": ("a datatype's canonical form, predicted strategy times and choice", _lazy("commlib.explain")),
-    "monitor": ("summarise a fault monitor report (JSON lines)", _lazy("transport.reports")),
+    "monitor": ("summarise fault monitor reports, analyse flight-record dumps", _lazy("transport.reports")),
     "fabric": ("simulate flows on a leaf-spine fabric: ECMP vs splitting vs spraying", _lazy("transport.fabric")),
     "cluster": ("run a program on emulated nodes (network namespaces, shaped links)", _lazy("commlib.cluster")),
 }

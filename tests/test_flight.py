@@ -64,6 +64,9 @@ def test_core_records_calls_in_flight_and_completed(impl):
     for _ in range(20):  # wrap the ring
         core.leave(core.enter(world, "Barrier", (), {}))
     assert core.position == 24 and len(core.completed()) == 8 and len(core.completed(3)) == 3
+    assert core.recorded == 24 and core.forgotten == 0  # every call entered, none forgotten
+    core.enter(world, "Recv", (None, 0, 1), {})
+    assert core.recorded == 25 and core.position == 24  # entered, not completed
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -109,7 +112,8 @@ def test_core_forgets_the_oldest_nonblocking_calls(impl):
         core.post(token, request)
     blocking = core.enter(MPI.COMM_SELF, "Recv", (None, 0, 0), {})
     assert core.forget(4) == 7 and len(core.inflight()) == 4 and blocking in dict(core.inflight())
-    assert core.pending == 3
+    assert core.pending == 3 and core.forgotten == 7 and core.recorded == 11
+    assert core.forget(4) == 0 and core.forgotten == 7
     for request in requests:
         request.Cancel()
         request.Wait()

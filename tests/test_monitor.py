@@ -64,6 +64,7 @@ def test_sequence_numbers_peers_and_ring():
     for _ in range(40):  # wrap the ring
         rec.leave(rec.enter(world, "Barrier", (), {}))
     assert rec.position == 46 and len(rec.completed()) == rec.capacity == 16
+    assert rec.recorded == 46 and rec.dropped == 46 - 16  # overwritten in the ring
     pos, newer = rec.since(40, 100)
     assert pos == 46 and len(newer) == 6
     assert len(rec.history(state, "Barrier")) == 16 - 0  # all kept Barrier calls
@@ -103,6 +104,7 @@ def test_recorder_prunes_requests_never_completed():
     blocking = rec.enter(MPI.COMM_SELF, "Recv", (None, 0, 0), {})
     assert rec.prune(4) == 7
     assert len(rec.inflight()) == 4 and blocking in dict(rec.inflight())
+    assert rec.recorded == 11 and rec.dropped == 7  # forgotten in flight: lost too
     with pytest.raises(ValueError, match="at least 16"):
         FlightRecorder(4)
 

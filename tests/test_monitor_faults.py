@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -149,9 +150,44 @@ def test_receive_without_a_send_names_the_peer_and_dumps_flight_records(mpirun, 
     assert f"{PREFIX}, rank 0] HANG: Recv(source=1, tag=7) #1 on COMM_WORLD (2 ranks)" in text
     assert "rank 1 did not post the matching send" in text and "in slow_compute" in text
     dump = json.loads((tmp_path / "report-0.jsonl.dump.json").read_text())
+    assert dump["format"] == "commlib-flight-records" and dump["version"] == 1
     assert sorted(dump["ranks"]) == ["0", "1"] and "flight records of ranks 0-1 written to" in text
-    assert [op["op"] for op in dump["ranks"]["0"]["inflight"]] == ["Recv"]
-    assert [op["op"] for op in dump["ranks"]["1"]["completed"]] == ["Barrier"]
+    assert [(e["op"], e["state"]) for e in dump["ranks"]["0"]["entries"]] == [
+        ("Barrier", "completed"),
+        ("Recv", "in-flight"),
+    ]
+    assert [(e["op"], e["state"]) for e in dump["ranks"]["1"]["entries"]] == [("Barrier", "completed")]
+
+
+def _analyse(*files):
+    command = [sys.executable, "-m", "commlib", "monitor", *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_dumped_hang_is_analysed_across_ranks_and_names_the_rank_that_did_not_enter(mpirun, tmp_path):
+    env = {"COMMLIB_MONITOR_ACTION": "dump", "COMMLIB_MONITOR_FLOOR": "3"}  # a hang once it sits 3 s in one place
+    result = _run(mpirun, 3, "late", tmp_path, "--victim", "1", "--seconds", "7", env=env)
+    assert result.returncode == 0 and "OK late on 3 ranks" in result.stdout, result.stderr[-3000:]
+    combined = tmp_path / "report-0.jsonl.dump.json"
+    assert f"flight records of ranks 0-2 written to {combined}" in result.stderr
+    analysed = _analyse(combined)
+    assert analysed.returncode == 1, analysed.stderr
+    out = analysed.stdout
+    assert "flight records of ranks 0-2 of 3" in out
+    assert re.search(r"#4 Allreduce: inside: ranks 0,2 \(for \d+\.\d s\); NOT entered: rank 1\n", out), out
+    assert "rank 1 (last entered #3): no call in flight (running outside MPI)" in out
+    # each rank's dump on its own, one of them missing, beside the report files
+    doc = json.loads(combined.read_text())
+    for rank, one in doc["ranks"].items():
+        (tmp_path / f"rank{rank}.flight.json").write_text(json.dumps(one))
+    partial = _analyse(tmp_path / "rank0.flight.json", tmp_path / "rank1.flight.json", tmp_path / "report-*.jsonl")
+    assert partial.returncode == 1, partial.stderr
+    assert "no dump from rank 2" in partial.stdout and "NOT entered: rank 1" in partial.stdout
+    assert "alarms: " in partial.stdout and "HANG Allreduce #4 on COMM_WORLD (3 ranks)" in partial.stdout
+    (tmp_path / "rank2.flight.json").write_text(json.dumps({**doc["ranks"]["2"], "rank": 7}))
+    invalid = _analyse(tmp_path / "rank2.flight.json")
+    assert invalid.returncode == 2 and invalid.stdout == ""
+    assert invalid.stderr.strip().endswith("rank2.flight.json: rank: expected an integer in [0, 2], got 7")
 
 
 def test_sleeping_rank_is_flagged_as_straggler_within_20_iterations(mpirun, tmp_path):

@@ -167,7 +167,8 @@ typedef struct {
     Py_ssize_t npending, pending_cap, cursor;
     Done *ring;      /* completed calls */
     Py_ssize_t capacity, mask, position;
-    long long serial;
+    long long serial;     /* calls entered so far (the serial of the last token) */
+    Py_ssize_t forgotten; /* nonblocking calls forgotten in flight */
 } Core;
 
 static PyTypeObject CoreType;
@@ -321,6 +322,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
     self->mask = capacity - 1;
     self->position = 0;
     self->serial = 0;
+    self->forgotten = 0;
     return 0;
 }
 
@@ -711,6 +713,7 @@ static PyObject *Core_forget(Core *self, PyObject *arg) {
         self->free_slots[self->nfree++] = aged[k].slot;
     }
     PyMem_Free(aged);
+    self->forgotten += dropped;
     Py_ssize_t kept = 0; /* the held requests of the calls still in flight */
     for (Py_ssize_t k = 0; k < self->npending; k++)
         if (self->live[self->pending[k]].token)
@@ -740,6 +743,8 @@ static PyMethodDef Core_methods[] = {
 static PyMemberDef Core_members[] = {
     {"position", T_PYSSIZET, offsetof(Core, position), READONLY, "calls completed so far"},
     {"capacity", T_PYSSIZET, offsetof(Core, capacity), READONLY, "completed calls kept"},
+    {"recorded", T_LONGLONG, offsetof(Core, serial), READONLY, "calls entered so far"},
+    {"forgotten", T_PYSSIZET, offsetof(Core, forgotten), READONLY, "nonblocking calls forgotten in flight"},
     {"names", T_OBJECT, offsetof(Core, names), READONLY, "operation names by index"},
     {NULL}};
 

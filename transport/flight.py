@@ -80,9 +80,15 @@ class PyCore:
         self._pending: list[int] = []
         self._cursor = 0
         self._serial = 0
+        self.forgotten = 0  # nonblocking calls forgotten in flight
         self.names = tuple(spec[0] for spec in specs)
         self._index = {name: i for i, name in enumerate(self.names)}
         self._specs = [(bool(spec[1]), tuple(spec[3]), bool(spec[2])) for spec in specs]
+
+    @property
+    def recorded(self) -> int:
+        """Calls entered so far."""
+        return self._serial
 
     @property
     def pending(self) -> int:
@@ -200,6 +206,7 @@ class PyCore:
             self._live.pop(token, None)
         self._pending[:] = [token for token in self._pending if token in self._live]
         self._cursor = 0
+        self.forgotten += len(oldest)
         return len(oldest)
 
     def _blocking(self, record: tuple) -> bool:

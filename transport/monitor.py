@@ -38,7 +38,7 @@ from typing import Any
 
 from mpi4py import MPI
 
-from . import linkprobe, rendezvous, wavefront
+from . import flightdump, linkprobe, rendezvous, wavefront
 from .privatefiles import write_atomic
 from .recorder import FlightRecorder, describe_comm, ranges
 from .reports import Reporter
@@ -346,15 +346,29 @@ class Monitor:
         return {"pos": position, "now": time.perf_counter(), "boot": self.boot, "arrivals": out, "comms": comms}
 
     def dump(self, request: dict | None = None) -> dict:
-        """The whole flight record: in-flight and completed calls."""
-        now = time.perf_counter()
-        completed = []
-        for record, end in self.recorder.completed():
-            item = self.recorder.describe(record, now)
-            item["duration"] = end - record[0]
-            completed.append(item)
-        inflight = [self.recorder.describe(record, now) for _, record in self.recorder.inflight()]
-        return {"rank": self.rank, "inflight": inflight, "completed": completed}
+        """This rank's flight record as a versioned dump document (:mod:`transport.flightdump`).
+
+        Bounded for the side channel: at most ``request["limit"]`` completed
+        calls, by default ``2**19 / world size`` (at least 64, at most 65536),
+        so that every rank's dump fits in one combined document.
+        """
+        limit = max(64, min(flightdump.DUMP_ENTRIES, flightdump.COMBINED_ENTRIES // self.size))
+        if request and type(request.get("limit")) is int:
+            limit = max(0, min(request["limit"], flightdump.MAX_ENTRIES))
+        return self._dump(limit)
+
+    def _dump(self, limit: int | None) -> dict:
+        return flightdump.build(
+            self.recorder, rank=self.rank, world_size=self.size, host=socket.gethostname(), pid=os.getpid(),
+            node=self.node, job=self.job, limit=limit,
+        )  # fmt: skip
+
+    def write_dump(self, path: str | None = None) -> str:
+        """Write this rank's whole flight record (every call the ring holds) to ``path`` (default: beside the
+        report file, :meth:`dump_path` with ``.rank<r>``), atomically and 0600; returns the path written."""
+        path = path or self.dump_path(combined=False)
+        write_atomic(path, json.dumps(self._dump(None)).encode())
+        return path
 
     def _peer_aborting(self, request: dict) -> dict:
         """A peer reported a hang and aborts the job: this rank reports no second, stale view of it."""
@@ -605,22 +619,32 @@ class Monitor:
         finding["verdict"] = "hang"
         return "hang"
 
-    def dump_path(self) -> str:
-        """Where this rank writes flight records: beside its report file, in a name no other rank uses."""
+    def dump_path(self, combined: bool = True) -> str:
+        """Where this rank writes flight records: beside its report file, in a name no other rank uses
+        (``combined``: every rank's dump, as the dump action writes it; else this rank's own)."""
+        suffix = ".dump.json" if combined else ".flight.json"
         if self.reporter.path and self.reporter.per_rank:
-            return f"{self.reporter.path}.dump.json"
+            return f"{self.reporter.path}{suffix}"
         base = self.reporter.path or f"commlib-monitor-{os.getpid()}"
-        return f"{base}.rank{self.rank}.dump.json"
+        return f"{base}.rank{self.rank}{suffix}"
 
     def _dump_all(self, ranks: list[int]) -> str:
         records, silent = self._gather(sorted(set(ranks) | set(self.peers()) | {self.rank}), "dump")
+        dumps = {}
+        for r, record in records.items():  # an answer from the network is checked like a file
+            try:
+                flightdump.validate(record, f"the dump of rank {r}")
+                dumps[r] = record
+            except ValueError as exc:
+                silent[r] = f"answered an invalid flight record ({exc})"
+        document = flightdump.combine(dumps, silent, job=self.job, world_size=self.size)
         path = self.dump_path()
-        document = {"ranks": {str(r): d for r, d in records.items()}, "silent": silent}
         try:
-            write_atomic(path, json.dumps(document, default=str).encode())
+            write_atomic(path, json.dumps(document).encode())
         except OSError as exc:
             return f"  flight records: could not write {path}: {exc}"
-        return f"  flight records of ranks {ranges(list(records))} written to {os.path.abspath(path)}"
+        where = os.path.abspath(path)
+        return f"  flight records of {_ranks(list(dumps))} written to {where} (analyse: python -m commlib monitor FILE)"
 
     def _abort(self, why: str) -> None:
         """End the job: MPI_Abort where MPI allows calls from this thread, else this process (mpiexec ends the rest)."""

@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from .flight import CommState, Core
 from .operations import ARGUMENTS, COLLECTIVES, OPERATIONS, SPECS
+from .wavefront import ranges
 
 __all__ = [
     "COLLECTIVES",
@@ -38,20 +39,6 @@ __all__ = [
 ]
 
 _now = time.perf_counter
-
-
-def ranges(ranks: tuple[int, ...] | list[int]) -> str:
-    """``(0, 1, 2, 5)`` as ``"0-2,5"``."""
-    parts: list[str] = []
-    items = sorted(ranks)
-    i = 0
-    while i < len(items):
-        j = i
-        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
-            j += 1
-        parts.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def comm_ident(number: int, members: tuple[int, ...], generation: int = 1) -> str:
@@ -207,6 +194,17 @@ class FlightRecorder:
     def position(self) -> int:
         """How many calls have completed since the recorder started."""
         return self.core.position
+
+    @property
+    def recorded(self) -> int:
+        """How many calls have been entered since the recorder started."""
+        return self.core.recorded
+
+    @property
+    def dropped(self) -> int:
+        """Calls recorded and no longer kept: completed ones overwritten in the ring, nonblocking ones forgotten in
+        flight (:meth:`prune`)."""
+        return max(0, self.core.position - self.capacity) + self.core.forgotten
 
     def since(self, position: int, limit: int) -> tuple[int, list[tuple[Record, float]]]:
         """Completed calls after ``position`` (at most the last ``limit``), and the current position."""

@@ -8,9 +8,11 @@ callbacks. Alarms (hangs, stragglers, slow links...) go everywhere; notes
 wait in a hang another rank reports) only to the file, so a healthy run
 prints nothing and a hang is told once.
 
-:func:`main` is ``python -m commlib monitor REPORT...``: it summarises one
-or more report files (a run's ranks may each have their own) and exits with
-0 when they hold no alarm, 1 when they do, 2 when they cannot be read.
+:func:`main` is ``python -m commlib monitor FILE...``: it summarises one
+or more report files (a run's ranks may each have their own) and analyses
+flight-record dumps (:mod:`transport.flightdump`) given beside them, and
+exits with 0 when nothing is wrong, 1 on alarms or ranks that diverge, 2
+when a file cannot be read or is not valid.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["ALARMS", "Reporter", "main", "read_reports", "summarise"]
+__all__ = ["ALARMS", "Reporter", "expand", "main", "parse_reports", "read_reports", "summarise"]
 
 # Kinds of records that are alarms (printed); every other kind is a note.
 ALARMS = frozenset(
@@ -105,27 +107,40 @@ class Reporter:
             os.close(fd)
 
 
-def read_reports(patterns: list[str]) -> tuple[list[dict], list[str]]:
-    """Every record of the files matching ``patterns`` (sorted by time), and the files read."""
+def expand(patterns: list[str], what: str = "report") -> list[str]:
+    """The files named by ``patterns``: names as given, glob patterns matched (sorted); none matching is an error."""
     files: list[str] = []
     for pattern in patterns:
         matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matched:
-            raise FileNotFoundError(f"no report file matches {pattern!r}")
+            raise FileNotFoundError(f"no {what} file matches {pattern!r}")
         files += matched
+    return files
+
+
+def parse_reports(text: str, name: str) -> list[dict]:
+    """The records of one report file's text (JSON lines); ``ValueError`` naming the file and line otherwise."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ValueError(f"{name}:{number}: not a JSON line") from None
+        if not isinstance(record, dict) or "kind" not in record:
+            raise ValueError(f"{name}:{number}: not a monitor record (no 'kind')")
+        records.append(record)
+    return records
+
+
+def read_reports(patterns: list[str]) -> tuple[list[dict], list[str]]:
+    """Every record of the files matching ``patterns`` (sorted by time), and the files read."""
+    files = expand(patterns)
     records = []
     for name in files:
         with open(name, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise ValueError(f"{name}:{number}: not a JSON line") from None
-                if not isinstance(record, dict) or "kind" not in record:
-                    raise ValueError(f"{name}:{number}: not a monitor record (no 'kind')")
-                records.append(record)
+            records += parse_reports(f.read(), name)
     records.sort(key=lambda r: r.get("time", 0))
     return records, files
 
@@ -157,26 +172,73 @@ def summarise(records: list[dict]) -> list[str]:
     return lines
 
 
+DESCRIPTION = """\
+Summarise what commlib's fault-detection monitor left behind: JSON-lines report
+files (COMMLIB_MONITOR_REPORT) and flight-record dumps (COMMLIB_MONITOR_ACTION=dump,
+Monitor.write_dump). Flight records are matched across ranks by communicator and
+collective sequence number to show where the ranks diverge."""
+
+EPILOG = """\
+exit status: 0 nothing wrong, 1 alarms in the reports or ranks that diverge in the
+flight records, 2 a file that cannot be read or is not a valid report or dump."""
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m commlib monitor") -> int:
-    """Summarise monitor report files; exit 0 without alarms, 1 with alarms, 2 when unreadable."""
+    """Summarise report files and analyse flight-record dumps; exit 0 when nothing is wrong, 1 with alarms or
+    diverging ranks, 2 when a file is unreadable or invalid."""
+    from . import flightdump
+
     parser = argparse.ArgumentParser(
-        prog=prog, description="Summarise the JSON-lines reports of commlib's fault-detection monitor."
+        prog=prog,
+        usage="%(prog)s [options] FILE ...",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("reports", nargs="+", metavar="REPORT", help="report files or glob patterns")
-    parser.add_argument("--json", action="store_true", help="print the records as one JSON list instead")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="report files, flight-record dumps, or glob patterns of them"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead: the records as one list, or, with flight records, "
+        '{"reports": [...], "flight": analysis}',
+    )
     args = parser.parse_args(argv)
+    records: list[dict] = []
+    reports: list[str] = []
+    dumps: list[tuple[str, Any]] = []
     try:
-        records, files = read_reports(args.reports)
+        for name in expand(args.files, "report or dump"):
+            data = flightdump.read(name)
+            doc = flightdump.parse(data)
+            if doc is not None:
+                dumps.append((name, doc))
+                continue
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                raise ValueError(f"{name}: neither a flight record nor JSON lines (not UTF-8)") from None
+            records += parse_reports(text, name)
+            reports.append(name)
+        flight = flightdump.collect(dumps) if dumps else None
     except (OSError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    records.sort(key=lambda r: r.get("time", 0))
+    analysis = flightdump.diverge(flight["ranks"], flight["silent"]) if flight else None
     if args.json:
-        print(json.dumps(records, indent=1))
+        print(json.dumps(records if analysis is None else {"reports": records, "flight": analysis}, indent=1))
     else:
-        print(f"{len(records)} records from {len(files)} file{'s' if len(files) != 1 else ''}")
-        for line in summarise(records):
-            print(line)
-    return 1 if any(r["kind"] in ALARMS for r in records) else 0
+        if reports:
+            print(f"{len(records)} records from {len(reports)} file{'s' if len(reports) != 1 else ''}")
+            for line in summarise(records):
+                print(line)
+        if analysis is not None:
+            for line in flightdump.describe(analysis):
+                print(line)
+    wrong = any(r["kind"] in ALARMS for r in records) or (analysis is not None and analysis["diverged"])
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import os
 from typing import Any
 
 __all__ = [
-    "analyse", "call_text", "doing", "is_blocked", "parse_ranges", "stack_of", "straggler_lines", "user_frame", "where",
+    "analyse", "call_text", "doing", "is_blocked", "parse_ranges", "ranges", "stack_of", "straggler_lines",
+    "user_frame", "where",
 ]  # fmt: skip
 
 _OURS = tuple(
@@ -30,6 +31,20 @@ _OURS = tuple(
     for p in (__file__, os.path.join(os.path.dirname(__file__), "..", "commlib", "__init__.py"))
 )
 _SKIP = ("mpi4py" + os.sep, os.sep + "threading.py", os.sep + "runpy.py")
+
+
+def ranges(ranks: tuple[int, ...] | list[int]) -> str:
+    """``(0, 1, 2, 5)`` as ``"0-2,5"`` (the inverse of :func:`parse_ranges`)."""
+    parts: list[str] = []
+    items = sorted(ranks)
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        parts.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 def parse_ranges(text: str) -> list[int]:
