@@ -11,13 +11,14 @@ from typing import Any
 from .config import Config, config
 
 __version__ = "0.1.0"
-__all__ = ["Config", "__version__", "active_session", "config", "interpose", "uninterpose", "wrap"]
+__all__ = ["Config", "__version__", "active_session", "buffer", "config", "interpose", "uninterpose", "wrap"]
 
 _LAZY = {
     "wrap": "commlib.comm",
     "interpose": "commlib.interposer",
     "uninterpose": "commlib.interposer",
     "active_session": "commlib.interposer",
+    "buffer": "commlib.views",
 }
 
 

@@ -47,6 +47,10 @@ BENCHMARKS: dict[str, tuple[str, Handler]] = {
         "the interposer's cost per call: plain and derived-type calls, one rank",
         _lazy("commlib.bench.percall"),
     ),
+    "strided": (
+        "strided numpy views sent as they are vs copied to and from contiguous arrays",
+        _lazy("commlib.bench.strided"),
+    ),
     "noharm": (
         "do-no-harm sweeps: halo, pencil FFT, ping-pong, allreduce, plain vs interposed",
         _lazy("commlib.bench.noharm"),

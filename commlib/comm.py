@@ -24,7 +24,7 @@ from mpi4py import MPI
 
 import datatypes
 from transport import truncation
-from transport.flight import invalidate
+from transport.flight import invalidate, set_retry
 from transport.flows import HEADER_BYTES
 
 from .config import config
@@ -37,6 +37,7 @@ from .session import Session
 from .sides import side_key
 from .staging import StagingPool
 from .tracing import BLOCKING, NONBLOCKING, traced
+from .views import buffer, refused, retry
 
 __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "Topocomm", "wrap"]
 
@@ -44,6 +45,7 @@ ANY_SOURCE, ANY_TAG = MPI.ANY_SOURCE, MPI.ANY_TAG
 _OBSERVED = frozenset({"Send", "Ssend", "Recv", "Sendrecv_replace", "Bcast"})  # timed for the cost model
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
 _GUARDED = truncation.guarded()  # blocking receives never write past their buffer (transport.truncation)
+set_retry(retry)  # a strided numpy view mpi4py refuses is moved as commlib.views says
 
 
 def _nbytes(buf: Any) -> int | None:
@@ -185,7 +187,7 @@ class _Interposed:
     def _splitting(self, buf: Any) -> Any:
         """The splitter to carry a plain buffer, or ``None`` (no splitter, or too small to ever be split)."""
         splitter = self._splitter
-        if splitter is None or buf.__class__ in _SPECS:
+        if splitter is None or buf.__class__ in _SPECS or refused(buf):
             return None
         nbytes = buf.nbytes if type(buf) is np.ndarray else _nbytes(buf)
         return splitter if nbytes is not None and nbytes >= HEADER_BYTES else None
@@ -323,6 +325,8 @@ class _Interposed:
         return with_action(super().Irecv(spec, source, tag), packed.unpack)
 
     def _send_init(self, op: str, init: Any, buf: Any, dest: int, tag: int) -> MPI.Prequest:
+        if refused(buf):  # persistent requests are not traced: their strided views are read here
+            buf = buffer(buf, op=op)
         message, pack = self._message(op, buf)
         if not pack:
             return init(self._native(buf, message), dest, tag)
@@ -338,7 +342,15 @@ class _Interposed:
     def Ssend_init(self, buf: Any, dest: int, tag: int = 0) -> MPI.Prequest:
         return self._send_init("Ssend_init", super().Ssend_init, buf, dest, tag)
 
+    def Bsend_init(self, buf: Any, dest: int, tag: int = 0) -> MPI.Prequest:
+        return self._send_init("Bsend_init", super().Bsend_init, buf, dest, tag)
+
+    def Rsend_init(self, buf: Any, dest: int, tag: int = 0) -> MPI.Prequest:
+        return self._send_init("Rsend_init", super().Rsend_init, buf, dest, tag)
+
     def Recv_init(self, buf: Any, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> MPI.Prequest:
+        if refused(buf):
+            buf = buffer(buf, writable=True, op="Recv_init", role="receive buffer")
         spec, packed = self._stage_one("Recv_init", buf, send=False)
         if packed is None:
             return super().Recv_init(spec, source, tag)

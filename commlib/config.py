@@ -56,7 +56,7 @@ _listeners: list[Callable[[], None]] = []
 _subscribed: list[bool] = []  # whether _changed is told of every package's assignments
 
 
-# commlib's own fields need only these two readers; the packages' share datatypes.settings' (the same
+# commlib's own fields need only these readers; the packages' share datatypes.settings' (the same
 # parsing and messages), which commlib does not import here so that importing it stays cheap
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -80,6 +80,15 @@ def _env_bool(name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
 
 
 def _changed() -> None:
@@ -111,6 +120,7 @@ def _own_from_env() -> dict[str, Any]:
         "report": _env_bool("COMMLIB_REPORT", Config.report),
         "model_save": _env_bool("COMMLIB_MODEL_SAVE", Config.model_save),
         "record": os.environ.get("COMMLIB_RECORD", "").strip(),
+        "views": _env_choice("COMMLIB_VIEWS", Config.views, ("copy", "derived")),
     }
 
 
@@ -154,6 +164,12 @@ class Config:
         choice) to this JSON path, ``{rank}`` replaced by the rank (without
         it, ``.rank<r>`` is added before the suffix in a multi-rank job), for
         ``python -m commlib explain``; empty: no record.
+    views [COMMLIB_VIEWS=copy]
+        how a wrapped communicator moves a strided numpy view that mpi4py
+        refuses (:mod:`commlib.views`): ``copy`` through a contiguous buffer
+        the session reuses, ``derived`` as a derived datatype over the view's
+        own memory (packed or handed to MPI, as the cost model chooses) where
+        the buffer is one message or one piece.
 
     A ``Config`` made directly shows the process's package settings;
     :meth:`from_env` makes one whose package settings are its own.
@@ -166,6 +182,7 @@ class Config:
     report: bool = False
     model_save: bool = False
     record: str = ""
+    views: str = "copy"
 
     changes: ClassVar[int] = 0  # counts assignments to any setting of any package: caches of decisions compare it
 

@@ -196,6 +196,38 @@ def test_traced_methods_take_mpi4py_s_path_for_plain_buffers(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_buffer_error_goes_to_the_retry_hook(impl):
+    _, _, spec_cache, traced = kinds(impl)
+    seen = []
+
+    def ours(comm, buf, dest, tag=0):
+        return "ours"
+
+    def theirs(comm, buf, dest, tag=0):
+        raise BufferError(f"refused {buf!r}")
+
+    def hook(name, method, args, kwargs):
+        seen.append((name, method, args[1:], kwargs))
+        return NotImplemented if args[1] == b"no" else "moved"
+
+    method = traced("Send", OP_INDEX["Send"], ours, theirs, ours, 0b1, False, True, True)
+    session = _Monitorless()
+    session._specs = spec_cache()
+    comm = _Comm(session)
+    flight.invalidate()
+    before = flight._retry
+    flight.set_retry(hook)
+    try:
+        assert method(comm, b"x", 3, tag=4) == "ours"  # keywords: commlib's method, no error
+        assert method(comm, b"x", 3) == "moved"
+        assert seen == [("Send", ours, (b"x", 3), {})]
+        with pytest.raises(BufferError, match="refused b'no'"):  # the hook declines: mpi4py's error stands
+            method(comm, b"no", 3)
+    finally:
+        flight.set_retry(before)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_traced_methods_record_into_the_session_core(impl):
     _, _, spec_cache, traced = kinds(impl)
     core, _ = make_core(impl)

@@ -41,6 +41,7 @@ DEFAULTS = {
     "model_max_age": 90,
     "model_save": False,
     "record": "",
+    "views": "copy",
     "monitor": True,
     "monitor_action": "warn",
     "monitor_suspect": 10.0,

@@ -1002,6 +1002,51 @@ static PyObject *invalidate(PyObject *module, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* Called as retry(name, method, args, kwargs) when a traced call raises BufferError: it may move the
+ * buffers mpi4py refused some other way, or return NotImplemented to let the error through. */
+static PyObject *retry_hook = NULL;
+
+static PyObject *set_retry(PyObject *module, PyObject *hook) {
+    if (hook != Py_None && !PyCallable_Check(hook)) {
+        PyErr_SetString(PyExc_TypeError, "set_retry: expected a callable or None");
+        return NULL;
+    }
+    Py_XSETREF(retry_hook, hook == Py_None ? NULL : Py_NewRef(hook));
+    Py_RETURN_NONE;
+}
+
+/* target(*call): on BufferError, what the retry hook makes of the call (with `method`, commlib's method). */
+static PyObject *call_target(Traced *self, PyObject *target, PyObject *const *call, size_t nargsf,
+                             PyObject *kwnames) {
+    PyObject *result = PyObject_Vectorcall(target, call, nargsf, kwnames);
+    if (result != NULL || retry_hook == NULL || !PyErr_ExceptionMatches(PyExc_BufferError))
+        return result;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *args = PyTuple_New(nargs), *kwargs = PyDict_New();
+    if (args != NULL && kwargs != NULL) {
+        for (Py_ssize_t i = 0; i < nargs; i++)
+            PyTuple_SET_ITEM(args, i, Py_NewRef(call[i]));
+        for (Py_ssize_t i = 0; i < nkw && result == NULL; i++)
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), call[nargs + i]) < 0)
+                break;
+        if (!PyErr_Occurred())
+            result = PyObject_CallFunctionObjArgs(retry_hook, self->name, self->method, args, kwargs, NULL);
+    }
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    if (result == Py_NotImplemented) {
+        Py_CLEAR(result);
+        PyErr_Restore(type, value, traceback); /* nothing to move another way: mpi4py's error stands */
+        return NULL;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return result;
+}
+
 static Seen *seen_of(PyObject *comm) {
     Seen *e = &seen[((uintptr_t)comm >> 4) % SEEN];
     if (e->comm == comm && e->epoch == epoch)
@@ -1085,7 +1130,7 @@ static PyObject *Traced_vectorcall(Traced *self, PyObject *const *args, size_t n
     PyObject *core = e->core;
     PyObject *result = NULL;
     if (Py_TYPE(core) != &CoreType) { /* None: no monitor; anything else: a monitor of its own kind */
-        result = PyObject_Vectorcall(core == Py_None ? target : self->fallback, call, nargsf, kwnames);
+        result = call_target(self, core == Py_None ? target : self->fallback, call, nargsf, kwnames);
         Py_XDECREF(replaced);
         return result;
     }
@@ -1096,7 +1141,7 @@ static PyObject *Traced_vectorcall(Traced *self, PyObject *const *args, size_t n
     if (core_sweep(c, SWEEP_PER_CALL) < 0 || (i = core_enter(c, comm, &e->state, self->op, args + 1, nargs - 1, kwnames)) < 0)
         goto done;
     token = c->live[i].token;
-    result = PyObject_Vectorcall(target, call, nargsf, kwnames);
+    result = call_target(self, target, call, nargsf, kwnames);
     i = slot_of(c, token); /* the slot may have moved if the call entered others */
     if (i < 0)
         goto done;
@@ -1215,6 +1260,9 @@ static PyTypeObject TracedType = {
 };
 
 static PyMethodDef module_methods[] = {
+    {"set_retry", set_retry, METH_O,
+     "set_retry(hook): on BufferError a traced call returns hook(name, method, args, kwargs) unless that is "
+     "NotImplemented (None: no hook)."},
     {"invalidate", invalidate, METH_NOARGS,
      "invalidate(): forget what traced calls know of communicators (a session's monitor, a communicator's "
      "session or its splitter changed)."},

@@ -38,7 +38,7 @@ from datatypes.bounded import BoundedDict
 
 __all__ = [
     "COMPILED", "CommState", "Core", "PyCommState", "PyCore", "PySpecCache", "PyTraced", "SpecCache", "Traced",
-    "invalidate",
+    "invalidate", "set_retry",
 ]  # fmt: skip
 
 SWEEP_PER_CALL = 4  # held requests checked at every call
@@ -303,14 +303,14 @@ class PyTraced:
                 target = self._fast
         session = comm._session
         if session is None:
-            return target(comm, *args, **kwargs)
+            return self._call(target, comm, args, kwargs)
         core = session._core  # the monitor's core, None (no monitor) or a monitor of another kind
         if not isinstance(core, PyCore):
-            return target(comm, *args, **kwargs) if core is None else self._fallback(comm, *args, **kwargs)
+            return self._call(target if core is None else self._fallback, comm, args, kwargs)
         core.sweep(SWEEP_PER_CALL)
         token = core._enter(comm, self._op, args, kwargs)
         try:
-            result = target(comm, *args, **kwargs)
+            result = self._call(target, comm, args, kwargs)
         except BaseException:
             core._finish(token)
             raise
@@ -319,6 +319,30 @@ class PyTraced:
         else:
             core._finish(token)
         return result
+
+    def _call(self, target: Callable, comm: Any, args: tuple, kwargs: dict) -> Any:
+        """``target(comm, *args, **kwargs)``; on ``BufferError``, what the retry hook makes of it (see set_retry)."""
+        try:
+            return target(comm, *args, **kwargs)
+        except BufferError:
+            if _retry is None:
+                raise
+            result = _retry(self.__name__, self._method, (comm, *args), kwargs)
+            if result is NotImplemented:
+                raise
+            return result
+
+
+_retry: Callable | None = None
+
+
+def _set_retry(hook: Callable | None) -> None:
+    """Have traced calls that raise ``BufferError`` return ``hook(name, method, args, kwargs)`` instead, unless
+    it returns ``NotImplemented`` (``args[0]`` is the communicator; ``None``: no hook)."""
+    global _retry
+    if hook is not None and not callable(hook):
+        raise TypeError("set_retry: expected a callable or None")
+    _retry = hook
 
 
 def _invalidate() -> None:
@@ -329,10 +353,17 @@ def _invalidate() -> None:
 try:
     from ._flight import CommState, Core, SpecCache, Traced
     from ._flight import invalidate as _invalidate  # noqa: F811
+    from ._flight import set_retry as _set_retry_c
+
+    def set_retry(hook: Callable | None) -> None:
+        """The retry hook of the compiled and the Python traced methods alike (see :func:`_set_retry`)."""
+        _set_retry(hook)
+        _set_retry_c(hook)
 
     COMPILED = True
 except ImportError:  # the extension was not built: the Python twin does the same, more slowly
     CommState, Core, SpecCache, Traced = PyCommState, PyCore, PySpecCache, PyTraced  # type: ignore[misc]
     COMPILED = False
+    set_retry = _set_retry
 
 invalidate = _invalidate
