@@ -108,7 +108,7 @@ def _writable_bytes(obj: Any) -> int | None:
         view = memoryview(obj)
     except TypeError:
         return None
-    return None if view.readonly else view.nbytes
+    return None if view.readonly or not view.contiguous else view.nbytes  # mpi4py refuses the others itself
 
 
 def recv(comm: MPI.Comm, buf: Any, room: int, source: int, tag: int, status: MPI.Status | None, op: str) -> None:
