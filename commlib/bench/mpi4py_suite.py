@@ -68,6 +68,13 @@ def fetch(where: Path) -> Path:
     return where / prefix
 
 
+# Tests that assert what commlib changes on purpose, left out under either runner so that both run the same
+# tests: testNotContiguous expects mpi4py's BufferError for a strided numpy view, which a wrapped
+# communicator moves instead (commlib.views)
+EXCLUDED = ("testNotContiguous",)
+
+
 def command(runner: str = "commlib") -> list[str]:
     """``python -m <runner> main.py -q -i <module> ...``: run it with the suite folder as the working directory."""
-    return [sys.executable, "-m", runner, "main.py", "-q", *[arg for m in MODULES for arg in ("-i", m)]]
+    excluded = [arg for name in EXCLUDED for arg in ("-x", name)]
+    return [sys.executable, "-m", runner, "main.py", "-q", *[arg for m in MODULES for arg in ("-i", m)], *excluded]
