@@ -259,6 +259,24 @@ def test_delayed_abort_is_cancelled_when_the_operation_completes_whoever_leads(m
     assert len(aborts) == 1 and "did not resolve" in aborts[0]
 
 
+def test_a_rank_told_that_a_peer_aborts_reports_nothing_and_keeps_watching(monkeypatch, tmp_path):
+    monitor = Monitor(action="abort", suspect=2, floor=20, timeout=0.5, report=str(tmp_path / "r.jsonl"))
+    monitor.reporter.stream = io.StringIO()
+    stuck = _stuck_collective(monitor, rank=1)
+    monkeypatch.setattr(monitor, "_gather", lambda ranks, query: ({}, {r: "no answer" for r in ranks}))
+    aborts = []
+    monkeypatch.setattr(monitor, "_abort", aborts.append)
+    assert monitor._peer_aborting({"rank": 0, "why": "Allreduce #4 hung"}) == {}
+    now = time.perf_counter()
+    monitor.watchdog.stuck[stuck.token] = stuck
+    monitor._examine(stuck, now)
+    monkeypatch.setattr(monitor.watchdog, "poll", lambda now: ([], [], []))
+    monitor._watch(now + 10.0)  # looked at again later: nothing more to say, and no error
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert kinds == ["hang-wait"] and aborts == [] and "abort_at" not in stuck.extra
+    assert monitor.reporter.stream.getvalue() == ""  # a note, not an alarm: the aborting rank tells the story
+
+
 def test_a_rank_running_code_is_a_straggler_never_aborted_until_it_sits_still(monkeypatch):
     records = []
     monitor = Monitor(action="abort", suspect=2, floor=20, timeout=0.5, on_report=records.append)

@@ -399,14 +399,17 @@ class Monitor:
         silent: dict[int, str] = {}
         threads = []
 
+        def silence(r: int) -> str:
+            return (
+                f"no answer on the side channel within {self.timeout:g} s (pid {peers[r].get('pid')} "
+                f"on {peers[r].get('host')}): {self._process_state(peers[r])}"
+            )
+
         def one(r: int) -> None:
             try:
                 answers[r] = ask(peers[r], query, self.timeout)
             except SideChannelError:
-                silent[r] = (
-                    f"no answer on the side channel within {self.timeout:g} s (pid {peers[r].get('pid')} "
-                    f"on {peers[r].get('host')}): {self._process_state(peers[r])}"
-                )
+                silent[r] = silence(r)
 
         for r in ranks:
             if r == self.rank:
@@ -420,8 +423,8 @@ class Monitor:
         for t in threads:
             t.join(self.timeout + 1.0)
         for r in ranks:
-            if r not in answers and r not in silent:
-                silent[r] = f"no answer on the side channel within {self.timeout:g} s: stopped, dead or unreachable"
+            if r not in answers and r not in silent:  # its asking thread is still waiting
+                silent[r] = silence(r)
         return answers, silent
 
     def _process_state(self, peer: dict) -> str:
@@ -537,6 +540,7 @@ class Monitor:
             wildcard = "source" in op and "source_world" not in op
             ask_ranks = sorted(set(members if wildcard else named) | {self.rank})
         states, silent = self._gather(ask_ranks, "state")
+        stuck.extra["next_look"] = now + max(0.5, min(5.0, self.floor / 12))
         if self.aborting is not None:  # the job ends under another rank's report: its peers may be gone already
             if not stuck.extra.get("told_verdict"):
                 stuck.extra["told_verdict"] = "aborting"
@@ -547,7 +551,6 @@ class Monitor:
         finding = analyse(op, self.rank, members, states, silent)
         finding["states"] = {str(r): s for r, s in states.items()}
         verdict = finding["verdict"]
-        stuck.extra["next_look"] = now + max(0.5, min(5.0, self.floor / 12))
         stuck.extra["call"] = finding["call"]
         if verdict == "straggler":
             verdict = self._still_moving(stuck, finding, now)
