@@ -38,9 +38,8 @@ from .requests import add_action
 __all__ = ["OverlappingView", "buffer", "refused", "retry"]
 
 _LIMIT = 1024  # datatypes kept for view layouts met before; all freed when a new one would pass this
-SCRATCH_BYTES = (
-    64 << 20
-)  # the largest contiguous copy a thread keeps for reuse (two of them: a call's first and second)
+# the largest contiguous copy a thread keeps for reuse (two of them: a call's first and second)
+SCRATCH_BYTES = 64 << 20
 
 
 class OverlappingView(ValueError):

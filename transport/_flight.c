@@ -1028,11 +1028,14 @@ static PyObject *call_target(Traced *self, PyObject *target, PyObject *const *ca
     if (args != NULL && kwargs != NULL) {
         for (Py_ssize_t i = 0; i < nargs; i++)
             PyTuple_SET_ITEM(args, i, Py_NewRef(call[i]));
-        for (Py_ssize_t i = 0; i < nkw && result == NULL; i++)
+        for (Py_ssize_t i = 0; i < nkw; i++)
             if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), call[nargs + i]) < 0)
                 break;
-        if (!PyErr_Occurred())
-            result = PyObject_CallFunctionObjArgs(retry_hook, self->name, self->method, args, kwargs, NULL);
+        if (!PyErr_Occurred()) {
+            PyObject *hook = Py_NewRef(retry_hook); /* set_retry may replace it during the call */
+            result = PyObject_CallFunctionObjArgs(hook, self->name, self->method, args, kwargs, NULL);
+            Py_DECREF(hook);
+        }
     }
     Py_XDECREF(args);
     Py_XDECREF(kwargs);
