@@ -104,7 +104,7 @@ def doing(state: dict) -> str:
     if waiting and pending:
         ops = ", ".join(call_text(op) for op in pending[:3]) + (" ..." if len(pending) > 3 else "")
         return f"waiting for {ops}"
-    return f"running at {_frame_text(user_frame(stack_of(state)))}"
+    return f"running at {where(stack_of(state))}"
 
 
 def is_blocked(state: dict) -> bool:
@@ -126,8 +126,7 @@ def straggler_lines(finding: dict, me: int) -> list[str]:
         info = finding["ranks"].get(str(r), {})
         lines.append(
             f"STRAGGLER: rank {r}{info.get('where_host', '')} is computing at {where(info.get('stack', []))}; "
-            f"rank {me} has waited "
-            f"{finding['waited']:.1f} s for it in {finding['call']}"
+            f"rank {me} has waited {finding['waited']:.1f} s for it in {finding['call']}"
         )
     return lines or [f"STRAGGLER: rank {me} has waited {finding['waited']:.1f} s in {finding['call']}"]
 
