@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .reports import expand
-from .wavefront import call_text, ranges
+from .wavefront import call_text, ranges, ranks_text
 
 __all__ = [
     "COMBINED",
@@ -415,11 +415,6 @@ def load(paths: Iterable[str]) -> dict:
 
 
 # -- matching ranks --------------------------------------------------------------------
-def _rs(ranks: Iterable[int]) -> str:
-    items = list(ranks)
-    return ("rank " if len(items) == 1 else "ranks ") + ranges(items) if items else "none"
-
-
 def _signature(entry: dict) -> str:
     return f"{entry['op']}(root={entry['root']})" if "root" in entry else entry["op"]
 
@@ -567,8 +562,8 @@ def describe(analysis: dict) -> list[str]:
     """The lines a person reads: per communicator where its ranks stand, then point-to-point calls in flight."""
     ranks, world = analysis["ranks"], analysis["world_size"]
     job = analysis["job"]
-    head = f"flight records of {_rs(ranks)} of {world}" + (f" (job {job})" if isinstance(job, str) else "")
-    lines = [head + (f"; no dump from {_rs(analysis['missing'])}" if analysis["missing"] else "")]
+    head = f"flight records of {ranks_text(ranks)} of {world}" + (f" (job {job})" if isinstance(job, str) else "")
+    lines = [head + (f"; no dump from {ranks_text(analysis['missing'])}" if analysis["missing"] else "")]
     for rank, reason in analysis["silent"].items():
         lines.append(f"  rank {rank}: {reason}")
     for rank, (dropped, recorded) in analysis["dropped"].items():
@@ -582,16 +577,16 @@ def describe(analysis: dict) -> list[str]:
             + (f"every member with a dump completed {last}" if comm["completed"] else "no collective completed by all")
         )
         if comm["missing"]:
-            lines.append(f"  no dump from members {_rs(comm['missing'])}: their progress is unknown")
+            lines.append(f"  no dump from members {ranks_text(comm['missing'])}: their progress is unknown")
         for step in comm["frontier"]:
             what = f"  #{step['seq']} {step['op'] or '(operation not in any record)'}:"
             parts = []
             if step["inside"]:
-                parts.append(f"inside: {_rs(step['inside'])} (for {step['waited']:.1f} s)")
+                parts.append(f"inside: {ranks_text(step['inside'])} (for {step['waited']:.1f} s)")
             if step["done"]:
-                parts.append(f"done: {_rs(step['done'])}")
+                parts.append(f"done: {ranks_text(step['done'])}")
             if step["not_entered"]:
-                parts.append(f"NOT entered: {_rs(step['not_entered'])}")
+                parts.append(f"NOT entered: {ranks_text(step['not_entered'])}")
             lines.append(f"{what} {'; '.join(parts)}")
             for rank in step["not_entered"]:
                 r = str(rank)
@@ -599,7 +594,7 @@ def describe(analysis: dict) -> list[str]:
         if comm["more"]:
             lines.append(f"  ... and {comm['more']} more collectives entered by some rank")
         for bad in comm["mismatches"]:
-            calls = "; ".join(f"{sig} on {_rs(rs)}" for sig, rs in bad["calls"].items())
+            calls = "; ".join(f"{sig} on {ranks_text(rs)}" for sig, rs in bad["calls"].items())
             lines.append(f"  MISMATCH at #{bad['seq']}: {calls}")
     if analysis["p2p"]:
         lines.append("point-to-point calls in flight:")

@@ -40,13 +40,13 @@ from mpi4py import MPI
 
 from . import flightdump, linkprobe, rendezvous, wavefront
 from .privatefiles import write_atomic
-from .recorder import FlightRecorder, describe_comm, ranges
+from .recorder import FlightRecorder, describe_comm
 from .reports import Reporter
 from .settings import settings
 from .sidechannel import SideChannel, SideChannelError, ask, ask_many
 from .stragglers import Collector, StragglerDetector
 from .watchdog import Stuck, Watchdog, is_waiting
-from .wavefront import analyse, call_text, straggler_lines
+from .wavefront import analyse, call_text, ranks_text, straggler_lines
 
 __all__ = ["ABORT_CODE", "Monitor", "start_monitor"]
 
@@ -66,10 +66,6 @@ _LEVELS = {
 }
 _STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a debugger", "Z": "exited (a zombie)", "X": "exited"}
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ranges(ranks) if ranks else "none"
 
 
 def _boot() -> str:
@@ -575,7 +571,7 @@ class Monitor:
                     "suspects": finding["suspects"],
                     "lines": [
                         f"waiting in {finding['call']} for {stuck.waited:.1f} s ({verdict}); "
-                        f"suspects: {_ranks(finding['suspects'])}; rank {leader} reports the details"
+                        f"suspects: {ranks_text(finding['suspects'])}; rank {leader} reports the details"
                     ],
                 }
             )
@@ -615,7 +611,7 @@ class Monitor:
             return "straggler"
         where = [wavefront.where(finding["ranks"].get(str(r), {}).get("stack", [])) for r in still]
         finding["cause"] = (
-            f"{finding['cause']}; {_ranks(still)} ha{'s' if len(still) == 1 else 've'} stayed at the same place "
+            f"{finding['cause']}; {ranks_text(still)} ha{'s' if len(still) == 1 else 've'} stayed at the same place "
             f"for at least {self.floor:g} s ({'; '.join(where)}): a loop that makes no progress, or a wait outside MPI"
         )
         finding["lines"][-1] = f"  probable cause: {finding['cause']}"
@@ -647,7 +643,8 @@ class Monitor:
         except OSError as exc:
             return f"  flight records: could not write {path}: {exc}"
         where = os.path.abspath(path)
-        return f"  flight records of {_ranks(list(dumps))} written to {where} (analyse: python -m commlib monitor FILE)"
+        written = ranks_text(list(dumps))
+        return f"  flight records of {written} written to {where} (analyse: python -m commlib monitor FILE)"
 
     def _abort(self, why: str) -> None:
         """End the job: MPI_Abort where MPI allows calls from this thread, else this process (mpiexec ends the rest)."""

@@ -19,11 +19,12 @@ so it is tested on made-up states.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
-    "analyse", "call_text", "doing", "is_blocked", "parse_ranges", "ranges", "stack_of", "straggler_lines",
-    "user_frame", "where",
+    "analyse", "call_text", "doing", "is_blocked", "parse_ranges", "ranges", "ranks_text", "stack_of",
+    "straggler_lines", "user_frame", "where",
 ]  # fmt: skip
 
 _OURS = tuple(
@@ -45,6 +46,12 @@ def ranges(ranks: tuple[int, ...] | list[int]) -> str:
         parts.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+def ranks_text(ranks: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"ranks 0-2,5"``, ``[3]`` as ``"rank 3"``, no rank as ``"none"``."""
+    items = list(ranks)
+    return ("rank " if len(items) == 1 else "ranks ") + ranges(items) if items else "none"
 
 
 def parse_ranges(text: str) -> list[int]:
