@@ -90,13 +90,14 @@ def _copy_own(sent: Pieces | None, received: Pieces, rank: int) -> bool:
     scount, rcount = sent.counts[rank], received.counts[rank]
     if scount * sent.infos[rank].size != rcount * received.infos[rank].size:
         return False
+    # the canonical forms, shared by every type of the same signature: a type built for this call is not walked
     datatypes.copy(
         sent.buf,
         scount,
-        sent.types[rank],
+        sent.routes[rank].block,
         received.buf,
         rcount,
-        received.types[rank],
+        received.routes[rank].block,
         sdisp=sent.displacements[rank],
         rdisp=received.displacements[rank],
     )
