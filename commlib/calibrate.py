@@ -16,7 +16,7 @@ interleaved samples:
 * contiguous point-to-point one-way time by bytes, and its alpha/beta fit,
   between two ranks of one node and, when the ranks span nodes, of two nodes;
 * the pack strategy's fixed cost beyond pack + send + unpack (the interposer's
-  buffers), from ping-pongs of small messages through :mod:`commlib.messages`;
+  buffers), from ping-pongs of small messages through :mod:`commlib.interposer.messages`;
 * per message, ``native`` and ``pack`` in a nonblocking exchange between two
   ranks of one node with 4 messages in flight each way (``xchg`` tables, from
   16 KiB up), which the model uses for ``Isend``/``Irecv``: many messages in
@@ -326,8 +326,8 @@ def contiguous_exchange(pair: MPI.Intracomm, buf: np.ndarray) -> Runner:
 def pack_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray) -> Runner:
     """Round trips the interposer's way: pack into a staging buffer, send contiguous, receive, unpack."""
     from .config import config
-    from .messages import Packed, derived
-    from .staging import StagingPool
+    from .interposer.messages import Packed, derived
+    from .interposer.staging import StagingPool
 
     peer = 1 - pair.Get_rank()
     message = derived([buf, 1, dt], eager=True)
@@ -357,8 +357,8 @@ def concurrent_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray, 
     Each receive has a buffer of its own.
     """
     from .config import config
-    from .messages import Packed, derived
-    from .staging import StagingPool
+    from .interposer.messages import Packed, derived
+    from .interposer.staging import StagingPool
 
     peer = 1 - pair.Get_rank()
     targets = [np.empty_like(buf) for _ in range(k)]
@@ -470,7 +470,7 @@ def interposer_costs(settings: Settings, types: int = 64) -> dict[str, float]:
     new subarray types of distinct signatures. ``pack_piece``: one more piece
     of a vector collective packed on its own (a small piece at a displacement).
     """
-    from .decision import TypeInfo
+    from .interposer.decision import TypeInfo
 
     made = [MPI.BYTE.Create_subarray([16, 16, 16], [8, 8, 8], [i % 8, i // 8 % 8, 1]).Commit() for i in range(types)]
     model = cost_model.Model()  # a choice's cost, without loading the process's model before it is calibrated

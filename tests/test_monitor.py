@@ -17,9 +17,9 @@ import pytest
 from mpi4py import MPI
 
 import commlib
-from commlib.comm import wrap
 from commlib.config import Config
-from commlib.session import Session
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
 from transport import linkprobe, rendezvous, reports, wavefront
 from transport.monitor import Monitor, start_monitor
 from transport.operations import BLOCKING, NONBLOCKING
