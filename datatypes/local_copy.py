@@ -103,26 +103,27 @@ def copy(
     *,
     sdisp: int = 0,
     rdisp: int = 0,
+    op: str = "copy",
 ) -> None:
     """Copy ``scount`` objects of ``stype`` from ``src`` into ``rcount`` objects of ``rtype`` in ``dst``.
 
     As a message to self: the packed sizes must be equal, the destination's
     type must not touch a byte twice (else MPI's unpack decides), and both
     buffers are bounds-checked before anything is read or written.
-    ``sdisp``/``rdisp`` move each side's origin (bytes).
+    ``sdisp``/``rdisp`` move each side's origin (bytes); errors name ``op``.
     """
-    splan, rplan = resolve("copy", scount, stype), resolve("copy", rcount, rtype)
+    splan, rplan = resolve(op, scount, stype), resolve(op, rcount, rtype)
     if splan.packed != rplan.packed:
         raise ValueError(
-            f"copy: {scount} object(s) of {describe(stype)} pack {splan.packed} bytes, "
+            f"{op}: {scount} object(s) of {describe(stype)} pack {splan.packed} bytes, "
             f"{rcount} object(s) of {describe(rtype)} hold {rplan.packed}"
         )
     if splan.packed == 0:
         return
-    sbytes = _byte_view(src, "copy", "source buffer", writable=False)
-    dbytes = _byte_view(dst, "copy", "destination buffer", writable=True)
-    _check_bounds("copy", splan.lo + sdisp, splan.hi + sdisp, sbytes.nbytes, scount, stype, "source buffer")
-    _check_bounds("copy", rplan.lo + rdisp, rplan.hi + rdisp, dbytes.nbytes, rcount, rtype, "destination buffer")
+    sbytes = _byte_view(src, op, "source buffer", writable=False)
+    dbytes = _byte_view(dst, op, "destination buffer", writable=True)
+    _check_bounds(op, splan.lo + sdisp, splan.hi + sdisp, sbytes.nbytes, scount, stype, "source buffer")
+    _check_bounds(op, rplan.lo + rdisp, rplan.hi + rdisp, dbytes.nbytes, rcount, rtype, "destination buffer")
     views = _one_pass(splan, rplan)
     if views is None:
         packed = pack(sbytes, scount, stype, displacement=sdisp)

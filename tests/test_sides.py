@@ -5,6 +5,7 @@ import pytest
 from mpi4py import MPI
 
 from commlib.config import config
+from commlib.interposer import packed_collectives
 from commlib.interposer.comm import wrap
 from commlib.interposer.session import Session
 from datatypes import model as cost_model
@@ -15,6 +16,8 @@ def exchange(monkeypatch):
     """A wrapped COMM_SELF whose session keeps native sides, and one transpose's specs (strided pieces)."""
     monkeypatch.setattr(config, "analyse_bytes", 0)  # analysed at once
     monkeypatch.setattr(config, "pack_engine", "mpi")  # and every side left on MPI's path for good
+    # MPI's own one-rank Alltoallw, even where commlib copies in its place (test_lone_exchange)
+    monkeypatch.setattr(packed_collectives, "scales_displacements", lambda: False)
     comm = wrap(MPI.COMM_SELF, Session(model=cost_model.Model()))
     send = [MPI.DOUBLE.Create_subarray([8, 17], [8, 8], [0, 0]).Commit()]
     recv = [MPI.DOUBLE.Create_subarray([17, 8], [8, 8], [0, 0]).Commit()]
@@ -54,10 +57,11 @@ def test_a_kept_exchange_sees_lists_changed_in_place(exchange):
     for _ in range(3):
         comm.Alltoallw([a, (counts, displs), send], [np.zeros(17 * 8), (counts, displs), recv])
     b = np.full(17 * 8, -1.0)
-    displs[0] = 64  # the same list objects, now placing the receive piece 8 doubles further
-    assert not session.pairs.find("Alltoallw", 0, [a, (counts, [0]), send], [b, (counts, displs), recv])
-    comm.Alltoallw([a, (counts, [0]), send], [b, (counts, displs), recv])
-    assert np.array_equal(b, _expected(a, displs))
+    assert session.pairs.find("Alltoallw", 0, [a, (counts, displs), send], [b, (counts, displs), recv])
+    counts[0] = 0  # the same list objects, now moving nothing
+    assert not session.pairs.find("Alltoallw", 0, [a, (counts, displs), send], [b, (counts, displs), recv])
+    comm.Alltoallw([a, (counts, displs), send], [b, (counts, displs), recv])
+    assert (b == -1).all()
 
 
 def test_a_kept_exchange_refuses_small_or_read_only_buffers_and_freed_types(exchange):
@@ -87,3 +91,28 @@ def test_a_kept_exchange_follows_the_config(exchange, monkeypatch):
     assert comm._session.pairs.find("Alltoallw", 0, [a, (counts, displs), send], [b, (counts, displs), recv])
     monkeypatch.setattr(config, "pack_min_bytes", 1 << 20)  # any settings change makes every kept outcome stale
     assert not comm._session.pairs.find("Alltoallw", 0, [a, (counts, displs), send], [b, (counts, displs), recv])
+
+
+def test_a_cold_exchange_is_kept_until_it_is_worth_a_look(exchange, monkeypatch):
+    comm, a, counts, displs, send, recv = exchange
+    monkeypatch.setattr(config, "analyse_bytes", 8 * 512)  # each side moves 512 bytes a call
+    session = comm._session
+    spec = [a, (counts, displs), send]
+
+    def call():
+        b = np.full(17 * 8, -1.0)
+        comm.Alltoallw(spec, [b, (counts, displs), recv])
+        assert np.array_equal(b, _expected(a, displs))
+
+    decided = []
+    choose_side = session.choose_side
+    monkeypatch.setattr(session, "choose_side", lambda *a, **k: decided.append(a[0]) or choose_side(*a, **k))
+    call()  # 512 of 4096 bytes moved: cold, kept for the 6 calls that stay below the analysis' cost
+    ((sent, received, _),) = session.pairs._pairs.values()
+    assert sent.remaining == received.remaining == 6 and sent.pieces is None and not decided
+    for _ in range(6):
+        call()
+    assert sent.remaining == received.remaining == 0 and not decided
+    call()  # the 8th call is analysed: both sides decided by the model
+    assert decided == ["Alltoallw", "Alltoallw"]
+    assert session.calls[("Alltoallw", "native")] == 16

@@ -149,13 +149,13 @@ class _Interposed(PointToPoint):
             if parts is None:
                 return StagedSide(spec)
             if session is None or not session.eager:
-                nbytes = cold_check(op, parts, writable=not send)
-                if nbytes is None:
+                cold = cold_check(op, parts, writable=not send)
+                if cold is None:
                     return StagedSide(spec)  # no derived datatype
-                if session is None or not session.sides.worth(key, nbytes):
+                if session is None or not session.sides.worth(key, cold.nbytes):
                     if session is not None:
-                        session.record(op, "native", nbytes)
-                    return StagedSide(spec)
+                        session.record(op, "native", cold.nbytes)
+                    return StagedSide(spec, key=key, cold=cold)
             pieces = pieces_of(parts, eager=session.eager)
             if pieces is None:
                 return StagedSide(spec)

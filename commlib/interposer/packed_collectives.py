@@ -29,6 +29,7 @@ from mpi4py import MPI
 import datatypes
 
 from ..config import config
+from .lone_exchange import copy_alone, scales_displacements
 from .messages import Packed
 from .pieces import Pieces, block_parts, typed_parts, vector_parts
 
@@ -77,7 +78,7 @@ def _own_piece(op: str, rank: int, received: Pieces | None, staged: Any) -> int 
     return rank
 
 
-def _copy_own(sent: Pieces | None, received: Pieces, rank: int) -> bool:
+def _copy_own(op: str, sent: Pieces | None, received: Pieces, rank: int) -> bool:
     """Copy a rank's piece for itself straight from its send buffer into its receive buffer (both checked).
 
     One pass where packing, MPI's own copy and unpacking make three, and
@@ -100,6 +101,7 @@ def _copy_own(sent: Pieces | None, received: Pieces, rank: int) -> bool:
         received.routes[rank].block,
         sdisp=sent.displacements[rank],
         rdisp=received.displacements[rank],
+        op=op,
     )
     return True
 
@@ -111,12 +113,19 @@ def _without(spec: Any, pieces: Pieces, rank: int) -> list:
     return [spec[0], (counts, list(pieces.displacements)), list(pieces.types)]
 
 
-def _keep_pair(session: Any, op: str, rank: int, sendbuf: Any, recvbuf: Any, skey: Any, rkey: Any) -> None:
-    """Let a repeat of this exchange skip the Python path when both its sides go to MPI as they are for good."""
+def _keep_pair(session: Any, op: str, rank: int, sendbuf: Any, recvbuf: Any, sside: Any, rside: Any) -> None:
+    """Let repeats of this exchange skip the Python path while both its sides go to MPI as they are: kept sides
+    (:meth:`.sides.KnownSides.native`), or for the calls a cold side may make before it is worth a look
+    (:meth:`.sides.KnownSides.cold`)."""
     sides = session.sides
-    sent, received = sides.final(skey), sides.final(rkey)
-    if sent is not None and received is not None:
-        session.pairs.add(op, rank, sendbuf, recvbuf, sent, received)
+    kept = []
+    for side, spec, send in ((sside, sendbuf, True), (rside, recvbuf, False)):
+        if side.cold is not None:
+            kept.append(sides.cold(side.key, spec, side.cold, session.native_tally(op), send=send))
+        else:
+            kept.append(sides.native(side.key))
+    if kept[0] is not None and kept[1] is not None:
+        session.pairs.add(op, rank, sendbuf, recvbuf, kept[0], kept[1])
 
 
 def _plain(*bufs: Any) -> bool:
@@ -231,11 +240,13 @@ class Collectives:
         if session is not None and session.pairs.find(op, rank, sendbuf, recvbuf):
             return getattr(super(), op)(sendbuf, recvbuf)
         start = perf_counter()
-        rspec, staged, rtrial, received, rkey = self._stage(op, recvbuf, read, degrees[0], form, send=False)
+        rside = self._stage(op, recvbuf, read, degrees[0], form, send=False)
+        rspec, staged, rtrial, received = rside[:4]
         own = _own_piece(op, rank, received, staged)
-        sspec, sent, strial, given, skey = self._stage(op, sendbuf, read, degrees[1], form, send=True, skip=own)
+        sside = self._stage(op, sendbuf, read, degrees[1], form, send=True, skip=own)
+        sspec, sent, strial, given = sside[:4]
         if own is not None:
-            if _copy_own(given, received, own):
+            if _copy_own(op, given, received, own):
                 sspec = sspec if sent is not None else _without(sspec, given, own)
                 rspec = getattr(staged, form)(skip=own) if staged is not None else _without(rspec, received, own)
             else:
@@ -247,7 +258,7 @@ class Collectives:
         if staged is not None:
             staged.unpack(skip=own)
         elif sent is None and own is None and session is not None:
-            _keep_pair(session, op, rank, sendbuf, recvbuf, skey, rkey)
+            _keep_pair(session, op, rank, sendbuf, recvbuf, sside, rside)
         _timed(start, rtrial, strial)
 
     def Alltoall(self, sendbuf: Any, recvbuf: Any) -> None:
@@ -264,6 +275,8 @@ class Collectives:
 
     def Alltoallw(self, sendbuf: Any, recvbuf: Any) -> None:
         size = self.Get_size()
+        if size == 1 and sendbuf is not IN_PLACE and scales_displacements() and copy_alone(sendbuf, recvbuf):
+            return None
         self._exchange("Alltoallw", sendbuf, recvbuf, typed_parts, "typed_spec", (size, size))
 
 

@@ -119,15 +119,21 @@ class Pieces:
 
 
 class StagedSide(NamedTuple):
-    """How one side of a collective goes to MPI: the spec MPI gets, its staging when packed (else ``None``),
-    the trial to report the call's time to (:class:`commlib.interposer.decision.Trial`) when both ways are being
-    timed, the side's :class:`Pieces` when it was analysed, and its key (:func:`commlib.interposer.sides.side_key`)."""
+    """How one side of a collective goes to MPI.
+
+    ``spec``: what MPI gets; ``packed``: its staging when packed (else
+    ``None``); ``trial``: the :class:`.decision.Trial` to report the call's
+    time to when both ways are being timed; ``pieces``: the side's
+    :class:`Pieces` when it was analysed; ``key``: its :func:`.sides.side_key`;
+    ``cold``: what :func:`cold_check` found of a side not worth a look yet.
+    """
 
     spec: Any
     packed: PackedPieces | None = None
     trial: Any = None
     pieces: Pieces | None = None
     key: tuple | None = None
+    cold: Cold | None = None
 
 
 @dataclass
@@ -336,8 +342,16 @@ def typed_pieces(spec: Any, blocks: int, *, eager: bool = False) -> Pieces | Non
     return None if parts is None else pieces_of(parts, eager=eager)
 
 
-def cold_check(op: str, parts: Parts, *, writable: bool) -> int | None:
-    """Bounds-check every piece from MPI's extents alone; returns the pieces' packed bytes.
+class Cold(NamedTuple):
+    """What :func:`cold_check` learnt of a side: its packed bytes and the byte range MPI's extents give it."""
+
+    nbytes: int
+    lo: int
+    hi: int
+
+
+def cold_check(op: str, parts: Parts, *, writable: bool) -> Cold | None:
+    """Bounds-check every piece from MPI's extents alone; returns the pieces' packed bytes and range.
 
     ``None`` when a derived datatype is not involved (the spec goes to MPI as
     it is). A piece that may overrun the buffer by MPI's (exact or wider)
@@ -351,6 +365,7 @@ def cold_check(op: str, parts: Parts, *, writable: bool) -> int | None:
         view = None
     size = view.nbytes if view is not None else -1
     nbytes, derived, seen = 0, False, {}
+    first, last = 0, 0
     for count, disp, t in zip(counts, disps, types):
         if count < 0 or disp < 0:
             return None  # mpi4py or MPI will report it
@@ -363,8 +378,12 @@ def cold_check(op: str, parts: Parts, *, writable: bool) -> int | None:
             known = seen[id(t)] = (t.Get_size(), t.Get_extent()[1], lb, lb + extent)
         if count:
             tsize, extent, lo, hi = known
+            if not tsize:
+                continue
             nbytes += count * tsize
             span = (count - 1) * extent
-            if tsize and (disp + lo + min(0, span) < 0 or disp + hi + max(0, span) > size):
+            lo, hi = disp + lo + min(0, span), disp + hi + max(0, span)
+            if lo < 0 or hi > size:
                 datatypes.check_buffer(op, buf, count, t, writable=writable, displacement=disp)
-    return nbytes if derived else None
+            first, last = (lo, hi) if last <= first else (min(first, lo), max(last, hi))
+    return Cold(nbytes, first, last) if derived else None

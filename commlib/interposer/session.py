@@ -139,6 +139,10 @@ class Session:
             tally = self._tallies[op, choice] = [0, 0]
         return tally
 
+    def native_tally(self, op: str) -> list[int]:
+        """The [calls, bytes] counter of ``op`` going to MPI as it is (for paths that count for themselves)."""
+        return self._tally(op, "native")
+
     def record(self, op: str, choice: str, nbytes: int) -> None:
         """Count one call of ``op`` carrying ``nbytes`` with ``choice``."""
         tally = self._tally(op, choice)

@@ -143,10 +143,26 @@ class KnownSides:
         stamp = (Config.changes, cost_model.generation())
         self._sides[key] = Side(types, lo, hi, not send, pieces, layout, tally, pieces.nbytes, remaining, stamp)
 
-    def final(self, key: tuple | None) -> Side | None:
-        """The kept side of ``key`` when it goes to MPI as it is for good (no staging, no later look)."""
+    def cold(self, key: tuple | None, spec: Any, cold: Any, tally: list[int], *, send: bool) -> Side | None:
+        """A side not yet worth a look (:func:`commlib.interposer.pieces.cold_check` gave ``cold``) as a kept side
+        for the calls it may make before it is (``None``: fewer than two). Those calls' bytes are counted now, so
+        that the call after them is analysed."""
+        if key is None or not cold.nbytes:
+            return None
+        moved = self._moved.get(key, 0)
+        calls = int((hot_bytes() - moved) // cold.nbytes) - 1
+        if calls < 2:
+            return None
+        self._moved[key] = moved + calls * cold.nbytes
+        types = spec[2] if isinstance(spec[2], (list, tuple)) else (spec[2],)
+        types = tuple({id(t): t for t in types}.values())
+        stamp = (Config.changes, cost_model.generation())
+        return Side(types, cold.lo, cold.hi, not send, None, None, tally, cold.nbytes, calls, stamp)
+
+    def native(self, key: tuple | None) -> Side | None:
+        """The kept side of ``key`` when it goes to MPI as it is (for good, or for its ``remaining`` calls)."""
         side = self._sides.get(key) if key is not None else None
-        if side is None or side.layout is not None or side.remaining >= 0:
+        if side is None or side.layout is not None or side.remaining == 0:
             return None
         return side if side.stamp == (Config.changes, cost_model.generation()) else None
 
@@ -180,7 +196,7 @@ class NativePairs:
         return (op, rank, id(send[1]), id(send[2]), id(send[3]), id(recv[1]), id(recv[2]), id(recv[3]))
 
     def add(self, op: str, rank: int, sendbuf: Any, recvbuf: Any, sent: Side, received: Side) -> None:
-        """Keep an exchange whose two sides are kept native for good (:meth:`KnownSides.final`)."""
+        """Keep an exchange whose two sides go to MPI as they are (:meth:`KnownSides.native`, :meth:`~.cold`)."""
         send, recv = _lists(sendbuf), _lists(recvbuf)
         if send is None or recv is None:
             return
@@ -197,6 +213,8 @@ class NativePairs:
             return False
         sent, received, copies = entry
         if sent.stamp != (Config.changes, cost_model.generation()) or received.stamp != sent.stamp:
+            return False
+        if sent.remaining == 0 or received.remaining == 0:  # a cold side's calls are spent: it is worth a look
             return False
         sc, sd, st, rc, rd, rt = copies
         # lists compare element by element; a datatype equal by handle only is caught below: the kept one,
@@ -216,4 +234,6 @@ class NativePairs:
         for side in (sent, received):
             side.tally[0] += 1
             side.tally[1] += side.nbytes
+            if side.remaining > 0:
+                side.remaining -= 1
         return True
