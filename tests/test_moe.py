@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from collectives.moe import RecvInfo, _weighted_sum, combine, dispatch, release_buffers
+from collectives.moe import RecvInfo, combine, dispatch, release_buffers
+from collectives.moe.combining import _weighted_sum
 from collectives.placement import Placement
 from collectives.routing import ExpertMap, plan_receive, plan_send, row_runs
 
@@ -205,7 +206,7 @@ def test_one_rank_edge_cases():
 
 
 def test_weighted_sum_in_chunks_matches_one_pass(monkeypatch):
-    import collectives.moe as moe
+    import collectives.moe.combining as moe
 
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((30 * 3 + 1, 5)).astype(np.float16)
