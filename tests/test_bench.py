@@ -65,3 +65,21 @@ def test_moe_benchmark_quick_run_writes_json(tmp_path, capsys):
     assert all(
         p["fractions"]["milp"]["cross_node"] <= p["fractions"]["contiguous"]["cross_node"] for p in data["placement"]
     )
+
+
+@pytest.mark.parametrize("name", ["pingpong", "staging", "pack-kernels"])
+def test_benchmark_scripts_are_commands_of_the_installed_package(name, capsys):
+    from commlib.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", name, "--help"])
+    assert stop.value.code == 0 and f"python -m commlib bench {name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["pingpong", "staging"])
+def test_two_rank_benchmarks_refuse_other_rank_counts(name, tmp_path, capsys):
+    from commlib.__main__ import main
+
+    out = tmp_path / "never.json"
+    assert main(["bench", name, "--json", str(out)]) == 2  # this process is one rank
+    assert "run with exactly 2 ranks" in capsys.readouterr().err and not out.exists()

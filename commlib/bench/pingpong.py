@@ -1,6 +1,6 @@
 """Ping-pong latency of a contiguous message: raw mpi4py vs a commlib-wrapped communicator.
 
-Run with two ranks: ``mpiexec -n 2 python benchmarks/pingpong.py [--bytes 8] [--json PATH]``.
+Run with two ranks: ``mpiexec -n 2 python -m commlib bench pingpong [--bytes 8] [--json PATH]``.
 Both communicators share one handle; rounds of raw and wrapped ping-pongs
 alternate so that machine noise hits both alike. One-way latency = round
 trip / 2; the table shows medians over rounds and the wrapped overhead.
@@ -34,13 +34,14 @@ def _round(comm, buf, peer, iters: int, first: bool) -> float:
     return (time.perf_counter() - t) / iters / 2
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the ping-pong benchmark (two ranks); returns the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--bytes", type=int, default=8, help="message size (8)")
     parser.add_argument("--iters", type=int, default=2000, help="ping-pongs per round (2000)")
     parser.add_argument("--rounds", type=int, default=21, help="rounds per communicator (21)")
     parser.add_argument("--json", default="results/pingpong.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     raw = MPI.COMM_WORLD
     if raw.Get_size() != 2:
         print("pingpong: run with exactly 2 ranks (mpiexec -n 2)", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Packed exchanges of large derived-type messages: MPI's derived path vs commlib with fresh or reused staging.
 
-Run with two ranks: ``mpiexec -n 2 python benchmarks/staging.py [--json PATH]``.
+Run with two ranks: ``mpiexec -n 2 python -m commlib bench staging [--json PATH]``.
 Each rank sends ``k`` messages of one face of a 3D grid (``n^2 x 3`` cells of
 8 doubles, one ``Create_subarray`` type) to the other and receives as many,
 with Isend/Irecv/Waitall. Three ways, on one communicator handle, taking turns
@@ -44,14 +44,15 @@ def _sample(comm: MPI.Intracomm, spec: list, peer: int, k: int, reps: int) -> fl
     return MPI.COMM_WORLD.allreduce((time.perf_counter() - t) / reps / k, op=MPI.MAX)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the staging benchmark (two ranks); returns the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128], help="grid cells per side (32 64 128)")
     parser.add_argument("--concurrent", type=int, nargs="+", default=[1, 6], help="messages in flight each way")
     parser.add_argument("--rounds", type=int, default=9, help="samples per way (9)")
     parser.add_argument("--reps", type=int, default=10, help="exchanges per sample (10)")
     parser.add_argument("--json", default="results/staging.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     world = MPI.COMM_WORLD
     if world.Get_size() != 2:
         print("staging: run with exactly 2 ranks (mpiexec -n 2)", file=sys.stderr)

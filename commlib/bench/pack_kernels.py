@@ -10,7 +10,7 @@ the same run, interleaved:
   ``datatypes.pack`` does.
 
 Prints a table and writes ``results/pack_kernels.json``.
-Usage: ``python benchmarks/pack_kernels.py [--json PATH]``.
+Usage: ``python -m commlib bench pack-kernels [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ def _kernels(src: np.ndarray, out: np.ndarray, nblocks: int, block: int, stride:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the copy-kernel ablation; returns the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default="results/pack_kernels.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     print(f"{'case':38s} {'block':>5s} {'lanes GB/s':>11s} {'element GB/s':>13s} {'element/lanes':>14s}")
     for title, packed, fixed_stride in CASES:
