@@ -40,7 +40,11 @@ _LEVELS = {
 
 
 class Monitor(Hangs, Patterns, LinkProbes, Dumps, Answers, Peers):
-    """One rank's fault-detection monitor. Keyword arguments override ``commlib.config`` (``COMMLIB_MONITOR_*``)."""
+    """One rank's fault-detection monitor. Keyword arguments override ``commlib.config`` (``COMMLIB_MONITOR_*``).
+
+    This class holds the settings, start and stop and the two threads; the rest comes from one base class
+    per job (:mod:`transport.monitor`), all working on the state set up here.
+    """
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def boot_id() -> str:
+    """This machine's boot id (its host name where /proc has none): ranks that share it can read each other's /proc."""
     try:
         return _BOOT_ID.read_text().strip()
     except OSError:
