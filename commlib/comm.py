@@ -28,10 +28,9 @@ from transport.flight import invalidate, set_retry
 from transport.flows import HEADER_BYTES
 
 from .config import config
-from .decision import Trial
 from .messages import Message, Packed, derived
 from .packed_collectives import Collectives, NeighborCollectives
-from .pieces import PackedPieces, cold_check, pieces_of
+from .pieces import PackedPieces, StagedSide, cold_check, pieces_of
 from .requests import Prequest, with_action
 from .session import Session
 from .sides import side_key
@@ -141,14 +140,14 @@ class _Interposed:
         return packed.spec, packed
 
     def _stage(
-        self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool
-    ) -> tuple[Any, Any, Trial | None]:
-        """The spec to give MPI for a buffer of per-peer pieces (see :mod:`commlib.pieces`), its staging, and
-        the trial to report the call's time to (:class:`commlib.decision.Trial`) when both ways are being timed.
+        self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool, skip: int | None = None
+    ) -> StagedSide:
+        """How one side of a collective of per-peer pieces (see :mod:`commlib.pieces`) goes to MPI.
 
         ``read`` reads the spec into parts (:func:`commlib.pieces.typed_parts`, ...). A side decided before
         costs a lookup; a side not yet worth a look (its bytes so far could not pay an analysis) costs a
-        bounds check from MPI's extents and goes to MPI as it is.
+        bounds check from MPI's extents and goes to MPI as it is. A staged send side leaves piece ``skip``
+        unpacked and empty in the spec (the caller copies it itself).
         """
         session = self._session
         key = side_key(op, spec, send) if session is not None else None
@@ -159,25 +158,29 @@ class _Interposed:
         else:
             parts = read(spec, blocks)
             if parts is None:
-                return spec, None, None
+                return StagedSide(spec)
             if session is None or not session.eager:
                 nbytes = cold_check(op, parts, writable=not send)
                 if nbytes is None:
-                    return spec, None, None  # no derived datatype
+                    return StagedSide(spec)  # no derived datatype
                 if session is None or not session.sides.worth(key, nbytes):
                     if session is not None:
                         session.record(op, "native", nbytes)
-                    return spec, None, None
+                    return StagedSide(spec)
             pieces = pieces_of(parts, eager=session.eager)
             if pieces is None:
-                return spec, None, None
+                return StagedSide(spec)
             pieces.check(op, writable=not send)
             layout, trial = session.choose_side(op, pieces, send=send, key=key)
         if layout is None:
-            return spec, None, trial
+            return StagedSide(spec, None, trial, pieces)
         staging = session.staging
-        staged = PackedPieces.pack(pieces, layout, staging) if send else PackedPieces.staged(pieces, layout, staging)
-        return getattr(staged, form)(), staged, trial
+        if not send:
+            staged = PackedPieces.staged(pieces, layout, staging)
+            return StagedSide(getattr(staged, form)(), staged, trial, pieces)
+        staged = PackedPieces.pack(pieces, layout, staging, skip)
+        spec = getattr(staged, form)() if skip is None else getattr(staged, form)(skip=skip)
+        return StagedSide(spec, staged, trial, pieces)
 
     def _observe(self, op: str, message: Message, packed: bool, start: float) -> None:
         if self._session is not None:

@@ -16,7 +16,7 @@ or not, sees the type signature it expects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from mpi4py import MPI
@@ -27,7 +27,7 @@ from .decision import Layout, Route, TypeInfo, piece_info
 from .messages import Message, check_span
 from .staging import StagingPool, staging_buffer
 
-__all__ = ["PackedPieces", "Pieces", "block_pieces", "typed_pieces", "vector_pieces"]
+__all__ = ["PackedPieces", "Pieces", "StagedSide", "block_pieces", "typed_pieces", "vector_pieces"]
 
 
 def _is_int(value: Any) -> bool:
@@ -118,6 +118,17 @@ class Pieces:
                 check_span(op, buf, count, dt, info, route, writable=writable, displacement=disp)
 
 
+class StagedSide(NamedTuple):
+    """How one side of a collective goes to MPI: the spec MPI gets, its staging when packed (else ``None``),
+    the trial to report the call's time to (:class:`commlib.decision.Trial`) when both ways are being
+    timed, and the side's :class:`Pieces` when it was analysed."""
+
+    spec: Any
+    packed: PackedPieces | None = None
+    trial: Any = None
+    pieces: Pieces | None = None
+
+
 @dataclass
 class PackedPieces:
     """The pieces laid end to end in ``data``, as ``layout`` (:class:`commlib.decision.Layout`) places them."""
@@ -132,15 +143,19 @@ class PackedPieces:
         return cls(pieces, layout, staging_buffer(layout.nbytes, staging))
 
     @classmethod
-    def pack(cls, pieces: Pieces, layout: Layout, staging: StagingPool | None = None) -> PackedPieces:
-        """Stage ``pieces`` (whose buffer was checked) for sending: one copy where the layout allows."""
+    def pack(
+        cls, pieces: Pieces, layout: Layout, staging: StagingPool | None = None, skip: int | None = None
+    ) -> PackedPieces:
+        """Stage ``pieces`` (whose buffer was checked) for sending, but piece ``skip``: one copy where the
+        layout allows."""
         staged = cls.staged(pieces, layout, staging)
         whole = layout.whole
-        if whole is not None:
+        if whole is not None and skip is None:
             datatypes.pack(pieces.buf, 1, whole, out=staged.data)
         else:
             for i in range(len(pieces.counts)):
-                staged.pack_piece(i)
+                if i != skip:
+                    staged.pack_piece(i)
         return staged
 
     def _slot(self, i: int) -> np.ndarray:
@@ -168,14 +183,22 @@ class PackedPieces:
         elements = self.layout.elements
         return [self.data, elements[0] if elements else 0, self.layout.base]
 
-    def vector_spec(self) -> list:
-        """``[data, (counts, displacements), base]`` in base elements (``Gatherv``, ``Alltoallv``, ...)."""
-        size = self.layout.base.Get_size()
-        return [self.data, (list(self.layout.elements), [o // size for o in self.layout.offsets]), self.layout.base]
+    def _elements(self, skip: int | None) -> list[int]:
+        elements = list(self.layout.elements)
+        if skip is not None:
+            elements[skip] = 0
+        return elements
 
-    def typed_spec(self) -> list:
-        """``[data, (counts, byte displacements), bases]`` (``Alltoallw``, ``Neighbor_alltoallw``)."""
-        return [self.data, (list(self.layout.elements), list(self.layout.offsets)), list(self.layout.bases)]
+    def vector_spec(self, skip: int | None = None) -> list:
+        """``[data, (counts, displacements), base]`` in base elements (``Gatherv``, ``Alltoallv``, ...);
+        piece ``skip`` empty."""
+        size = self.layout.base.Get_size()
+        return [self.data, (self._elements(skip), [o // size for o in self.layout.offsets]), self.layout.base]
+
+    def typed_spec(self, skip: int | None = None) -> list:
+        """``[data, (counts, byte displacements), bases]`` (``Alltoallw``, ``Neighbor_alltoallw``); piece
+        ``skip`` empty."""
+        return [self.data, (self._elements(skip), list(self.layout.offsets)), list(self.layout.bases)]
 
 
 def pieces_of(parts: Parts, *, eager: bool = False) -> Pieces | None:

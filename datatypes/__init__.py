@@ -7,12 +7,14 @@ objects of any datatype to and from contiguous bytes, bit-identical to
 """
 
 from .canonical import StridedBlock, canonicalize, from_array
+from .local_copy import copy
 from .packer import check_buffer, choose_engine, pack, packed_size, touched, unpack, unpack_partial
 from .signature import signature
 
 __all__ = [
     "StridedBlock",
     "canonicalize",
+    "copy",
     "check_buffer",
     "choose_engine",
     "from_array",

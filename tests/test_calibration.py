@@ -21,7 +21,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("COMMLIB_MODEL", "auto")
     config.reload()
     cm.set_current(None)
-    cm._warned.clear()
+    cm.process._warned.clear()
     yield
     monkeypatch.undo()
     config.reload()
@@ -125,12 +125,12 @@ def test_no_calibration_yet_is_silent_and_said_in_the_description(monkeypatch, c
     assert "no calibration for " in model.describe() and "python -m commlib calibrate" in model.describe()
     monkeypatch.setenv("COMMLIB_MODEL", "/nonexistent/calibration.json")  # a file named but missing: a warning
     config.reload()
-    cm._warned.clear()
+    cm.process._warned.clear()
     assert cm.current().source == "analytic defaults"
     assert "does not exist" in capsys.readouterr().err
     monkeypatch.setenv("COMMLIB_MODEL", "analytic")
     config.reload()
-    cm._warned.clear()
+    cm.process._warned.clear()
     assert cm.current().source == "analytic defaults" and capsys.readouterr().err == ""
 
 

@@ -340,12 +340,12 @@ def test_packer_asks_the_model(monkeypatch):
     vec = MPI.BYTE.Create_vector(1 << 14, 64, 128).Commit()
     try:
         assert datatypes.choose_engine(1, vec) == "strided"  # analytic: 1 MiB in 64 B blocks
-        cm.set_current(synthetic_model(engine_winner="mpi"), cm._setting)
+        cm.set_current(synthetic_model(engine_winner="mpi"), cm.process._setting)
         assert datatypes.choose_engine(1, vec) == "mpi"
         assert datatypes.choose_engine(1, vec, "strided") == "strided"  # engine= still overrides
         monkeypatch.setenv("COMMLIB_PACK", "strided")
         config.reload()
-        cm.set_current(synthetic_model(engine_winner="mpi"), cm._setting)
+        cm.set_current(synthetic_model(engine_winner="mpi"), cm.process._setting)
         assert datatypes.choose_engine(1, vec) == "strided"  # and so does COMMLIB_PACK
     finally:
         vec.Free()
