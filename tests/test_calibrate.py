@@ -23,7 +23,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("COMMLIB_MODEL", "auto")
     config.reload()
     cm.set_current(None)
-    cm._warned.clear()
+    cm.process._warned.clear()
     yield
     monkeypatch.undo()
     config.reload()
