@@ -15,10 +15,12 @@ _ROW_KINDS = "biufcV"  # numbers, and opaque fixed-size records without objects 
 
 
 def fail(op: str, message: str) -> None:
+    """Raise the ``ValueError`` of a bad argument, naming the operation."""
     raise ValueError(f"{op}: {message}")
 
 
 def expert_map(placement: Any, num_experts: int, num_ranks: int) -> ExpertMap:
+    """The :class:`ExpertMap` of ``placement``: ``None`` (contiguous), owner ranks, a one-layer placement or a map."""
     if placement is None:
         return ExpertMap.contiguous(num_experts, num_ranks)
     if hasattr(placement, "owner") and not isinstance(placement, ExpertMap):
@@ -40,6 +42,7 @@ def expert_map(placement: Any, num_experts: int, num_ranks: int) -> ExpertMap:
 
 
 def check_routing(x: Any, topk_idx: np.ndarray, topk_weights: np.ndarray, num_experts: int) -> None:
+    """Check ``x``, ``topk_idx`` and ``topk_weights`` for ``dispatch`` before anything is sent."""
     op = "dispatch"
     if getattr(x, "ndim", None) != 2 or x.shape[1] < 1:
         fail(op, f"x must be a [tokens, features] array with features >= 1, got shape {getattr(x, 'shape', None)}")
@@ -80,6 +83,7 @@ def check_agreement(op: str, headers: np.ndarray, names: tuple[str, ...]) -> Non
 
 
 def pack_mode(op: str, pack: str | None) -> str:
+    """``pack``, or ``config.moe_pack`` when it is ``None``; an unknown mode raises."""
     pack = settings.moe_pack if pack is None else pack
     if pack not in _PACK_MODES:
         fail(op, f"pack must be one of {', '.join(_PACK_MODES)}, got {pack!r}")

@@ -21,6 +21,7 @@ def array_namespace(x: Any) -> Any:
 
 
 def host(a: Any) -> np.ndarray:
+    """``a`` as a numpy array on the host (copied from the device for cupy arrays)."""
     return a if isinstance(a, np.ndarray) else (a.get() if hasattr(a, "get") else np.asarray(a))
 
 
@@ -95,4 +96,5 @@ def take(xp: Any, rows: Any, index: Any, out: Any) -> None:
 
 
 def displacements(counts: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sums of ``counts``: where each peer's block starts."""
     return np.cumsum(counts) - counts

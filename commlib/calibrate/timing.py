@@ -65,6 +65,7 @@ def ping(
 
 
 def random_bytes(n: int, seed: int = 7) -> np.ndarray:
+    """``n`` random bytes, the same ones for the same ``seed``."""
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
 
 

@@ -259,6 +259,7 @@ def _combine(combiner: str, p: dict[str, Any], children: list[MPI.Datatype]) -> 
 
 
 def translate(datatype: MPI.Datatype) -> StridedBlock | None:
+    """The :class:`StridedBlock` of ``datatype``; ``None`` when it is not uniformly strided or MPI packs it its way."""
     try:
         lay = _layout(datatype)
     except _Reject:

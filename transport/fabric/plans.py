@@ -40,6 +40,7 @@ def cross_leaf(topo: LeafSpine, coll: Collective) -> tuple[np.ndarray, np.ndarra
 
 
 def tier_loads(topo: LeafSpine, leaf_src: np.ndarray, leaf_dst: np.ndarray, spine: np.ndarray, nbytes: np.ndarray):
+    """Bytes per uplink ``[leaf, spine]`` and downlink ``[spine, leaf]`` of pieces pinned to ``spine``."""
     L, S = topo.leaves, topo.spines
     up = np.bincount(leaf_src * S + spine, weights=nbytes, minlength=L * S).reshape(L, S)
     down = np.bincount(spine * L + leaf_dst, weights=nbytes, minlength=L * S).reshape(S, L)
@@ -88,6 +89,7 @@ def spray(topo: LeafSpine, coll: Collective) -> SpinePlan:
 
 
 def host_loads(topo: LeafSpine, coll: Collective) -> np.ndarray:
+    """Bytes on every host uplink, then every host downlink (the same under every policy)."""
     n = topo.hosts
     return np.concatenate(
         [

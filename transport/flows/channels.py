@@ -44,6 +44,8 @@ def discard_part(channel: Channel, nbytes: int, peer: int, tag: int) -> Pending:
 
 
 class MPIPending:
+    """A part in flight on an MPI request (:class:`CommChannel`'s ``isend``/``irecv``)."""
+
     __slots__ = ("request",)
 
     def __init__(self, request: MPI.Request) -> None:

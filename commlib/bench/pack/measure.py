@@ -55,6 +55,8 @@ def _per_call(run: Runner, floor: float, tries: int = 3) -> float:
 
 @dataclass
 class Measurement:
+    """One method's timing on one shape: median and best seconds per call, samples, calls per sample, timed seconds."""
+
     median: float  # seconds per call
     best: float
     samples: int
@@ -149,6 +151,7 @@ def _verify(shape: PackShape, dt: MPI.Datatype, src: np.ndarray, outs: dict[str,
 
 
 def run_shape(shape: PackShape, rng: np.random.Generator, min_time: float, min_reps: int, sample_time: float) -> dict:
+    """Every method on ``shape``: outputs checked to agree, then timed in turns; one row of the results."""
     dt = shape.make()
     try:
         lb, extent = dt.Get_extent()

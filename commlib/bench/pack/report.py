@@ -14,6 +14,7 @@ def _median(xs: list[float]) -> float | None:
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Median speedups over MPI_Pack per kind of shape, the traffic limit reached, and where strided loses."""
     groups = {"2D": [r for r in rows if r["kind"] == "2D"], "3D": [r for r in rows if r["kind"] == "3D"], "all": rows}
     speedup = {
         g: {
@@ -88,6 +89,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_summary(summary: dict) -> str:
+    """The summary as lines of text, after the table."""
     sp = summary["median_speedup"]
     labels = {"2D": "2D matrix", "3D": "3D subarrays", "all": "all"}
     lines = ["Median speedup over MPI_Pack:", f"  {'':<28} {'strided':>8} {'auto':>8}"]
