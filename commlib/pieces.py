@@ -121,12 +121,13 @@ class Pieces:
 class StagedSide(NamedTuple):
     """How one side of a collective goes to MPI: the spec MPI gets, its staging when packed (else ``None``),
     the trial to report the call's time to (:class:`commlib.decision.Trial`) when both ways are being
-    timed, and the side's :class:`Pieces` when it was analysed."""
+    timed, the side's :class:`Pieces` when it was analysed, and its key (:func:`commlib.sides.side_key`)."""
 
     spec: Any
     packed: PackedPieces | None = None
     trial: Any = None
     pieces: Pieces | None = None
+    key: tuple | None = None
 
 
 @dataclass

@@ -19,7 +19,6 @@ calls, time and choice, which ``python -m commlib explain`` reads back.
 from __future__ import annotations
 
 import atexit
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,16 +27,16 @@ from typing import Any
 
 from datatypes import model as cost_model
 from datatypes.bounded import BoundedDict
-from datatypes.canonical import cache_entry
 from datatypes.settings import settings as datatypes_settings
 from transport.flight import SpecCache, invalidate
 from transport.operations import OP_INDEX, OPERATIONS
-from transport.privatefiles import ensure_dir, write_atomic
 
 from . import calibration  # noqa: F401  (installs the store the model saves through at exit)
 from .config import Config, config
 from .decision import Layout, Trial, hot_bytes, message_choice, side_choice, type_info
-from .sides import KnownSides
+from .run_record import RECORD_SCHEMA, RunRecord, world_rank
+from .run_record import save as save_record
+from .sides import KnownSides, NativePairs
 from .staging import StagingPool
 
 __all__ = ["Decision", "RECORD_SCHEMA", "Session", "default_decision", "model_decision"]
@@ -48,8 +47,6 @@ cost_model.on_change(invalidate)
 
 Decision = Callable[[str, Any], str]
 _RECEIVES = frozenset({"Recv", "Irecv", "Recv_init", "Sendrecv", "Sendrecv_replace", "Bcast"})  # write the buffer
-RECORD_SCHEMA = "commlib-recorded-run"
-MAX_RECORDED_SHAPES = 256
 MAX_DECIDED = 4096
 
 
@@ -77,6 +74,7 @@ class Session:
         self._tallies: dict[tuple[str, str], list[int]] = {}  # (op, choice) -> [calls, bytes]
         self._decided: BoundedDict[tuple[str, Any], tuple] = BoundedDict(MAX_DECIDED)  # (op, route) -> (stamp, ...)
         self.sides = KnownSides()  # collective sides decided before, by their spec
+        self.pairs = NativePairs()  # exchanges both of whose sides go to MPI as they are
         # (op, send, routes, counts, displacements) -> (stamp, layout)
         self._layouts: BoundedDict[tuple, tuple] = BoundedDict(MAX_DECIDED)
         self._specs = SpecCache()  # messages known to go to MPI, read by the traced methods (transport.flight)
@@ -84,8 +82,8 @@ class Session:
         self._monitor: Any = None
         self._core: Any = None  # what the traced methods record into (see the monitor setter)
         self.staging = StagingPool(config.staging_bytes)  # buffers of packed messages, reused
-        self._shapes: dict[tuple, dict[str, Any]] = {}
-        self._rank = _world_rank()
+        self._record = RunRecord()
+        self._rank = world_rank()
         if config.record or config.model_save:
             atexit.register(self._at_exit)
 
@@ -127,7 +125,7 @@ class Session:
             choice = self.decision(op, message)
         if choice not in ("pack", "native"):
             raise ValueError(f"decision for {op}: expected 'pack' or 'native', got {choice!r}")
-        return choice, self._shape(op, choice, message, f)
+        return choice, self._record.shape(op, choice, message, f)
 
     def decide(self, op: str, message: Any) -> str:
         choice, shape = self._decision(op, message)
@@ -289,7 +287,7 @@ class Session:
             info = type_info(datatype)
             route = info.routes.get(count) if info is not None else None
             if route is not None and route.features is not None:
-                shape = self._shapes.get((op, "native", route.features, count))
+                shape = self._record.get(op, "native", route.features, count)
                 if shape is not None:
                     shape["calls"] += calls
 
@@ -303,42 +301,15 @@ class Session:
         if f is None:
             return
         self.model.observe(op, f, choice, seconds)
-        shape = self._shape(op, choice, message, f)
+        shape = self._record.shape(op, choice, message, f)
         if shape is not None:
             shape["timed"] += 1
             shape["seconds"] += seconds
 
-    def _shape(self, op: str, choice: str, message: Any, f: cost_model.Features | None) -> dict[str, Any] | None:
-        """The recorded-run entry of (op, choice, shape), made on first use; ``None`` when full or not strided."""
-        if f is None:
-            return None
-        key = (op, choice, f, message.count)
-        shape = self._shapes.get(key)
-        if shape is None and len(self._shapes) < MAX_RECORDED_SHAPES:
-            shape = self._shapes[key] = {
-                "op": op,
-                "choice": choice,
-                "count": message.count,
-                "nbytes": f.nbytes,
-                "block": f.block,
-                "levels": f.levels,
-                "canonical": _canonical(message.datatype),
-                "calls": 0,  # decisions
-                "timed": 0,  # observed (blocking) calls
-                "seconds": 0.0,  # their total time
-            }
-        return shape
-
     def recorded_run(self) -> dict[str, Any]:
         """What this session observed, per (operation, choice, shape), as JSON-ready data."""
         self._drain()
-        return {
-            "schema": RECORD_SCHEMA,
-            "version": 1,
-            "rank": self._rank,
-            "model": self.model.describe(),
-            "shapes": [dict(shape) for shape in self._shapes.values()],
-        }
+        return self._record.document(self._rank, self.model.describe())
 
     def save_run(self, path: str | Path) -> Path:
         """Write :meth:`recorded_run` to ``path``, 0600 and atomically; returns where it went.
@@ -347,12 +318,10 @@ class Session:
         ranks a path without it gets ``.rank<r>`` before its suffix, so that
         ranks never overwrite each other's record.
         """
-        path = per_rank_path(path, self._rank)
-        ensure_dir(path.parent, "record directory", check=False)
-        return write_atomic(path, (json.dumps(self.recorded_run(), indent=1) + "\n").encode("utf-8"))
+        return save_record(self.recorded_run(), path, self._rank)
 
     def _at_exit(self) -> None:
-        if not self._shapes:
+        if not self._record:
             return  # a session that saw nothing (e.g. a helper wrap) leaves others' files alone
         if config.record:
             self.save_run(config.record)
@@ -375,31 +344,3 @@ class Session:
         if self.decision is default_decision or self.decision is self._own_decision:
             lines.append(self.model.describe())
         return "\n".join(lines)
-
-
-def _canonical(datatype: Any) -> dict[str, Any] | None:
-    block = cache_entry(datatype).block
-    if block is None:
-        return None
-    return {"start": block.start, "counts": list(block.counts), "strides": list(block.strides), "extent": block.extent}
-
-
-def per_rank_path(path: str | Path, rank: int) -> Path:
-    """``path`` for ``rank``: ``{rank}`` replaced, or ``.rank<r>`` added before the suffix in a multi-rank job."""
-    text = str(path)
-    if "{rank}" in text:
-        return Path(text.replace("{rank}", str(rank)))
-    plain = Path(text)
-    return plain.with_name(f"{plain.stem}.rank{rank}{plain.suffix}") if _world_size() > 1 else plain
-
-
-def _world_size() -> int:
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_size() if MPI.Is_initialized() and not MPI.Is_finalized() else 1
-
-
-def _world_rank() -> int:
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_rank() if MPI.Is_initialized() and not MPI.Is_finalized() else 0

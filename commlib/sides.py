@@ -25,7 +25,7 @@ from datatypes.bounded import BoundedDict
 from .config import Config
 from .decision import Layout, hot_bytes
 
-__all__ = ["KnownSides", "Side"]
+__all__ = ["KnownSides", "NativePairs", "Side"]
 
 MAX_SIDES = 1024
 
@@ -142,3 +142,78 @@ class KnownSides:
         types = tuple({id(t): t for t in pieces.types}.values())
         stamp = (Config.changes, cost_model.generation())
         self._sides[key] = Side(types, lo, hi, not send, pieces, layout, tally, pieces.nbytes, remaining, stamp)
+
+    def final(self, key: tuple | None) -> Side | None:
+        """The kept side of ``key`` when it goes to MPI as it is for good (no staging, no later look)."""
+        side = self._sides.get(key) if key is not None else None
+        if side is None or side.layout is not None or side.remaining >= 0:
+            return None
+        return side if side.stamp == (Config.changes, cost_model.generation()) else None
+
+
+def _lists(spec: Any) -> tuple | None:
+    """``(buffer, counts, displacements, datatypes)`` of a ``[buf, (counts, displacements), types]`` spec."""
+    if spec.__class__ is not list and spec.__class__ is not tuple or len(spec) != 3:
+        return None
+    inner = spec[1]
+    if inner.__class__ is not tuple and inner.__class__ is not list or len(inner) != 2:
+        return None
+    return spec[0], inner[0], inner[1], spec[2]
+
+
+class NativePairs:
+    """Vector exchanges whose two sides both go to MPI as they are, found again in a few comparisons.
+
+    The cheapest path for a repeated ``Alltoallw``/``Alltoallv`` of small
+    pieces (the transposes of a small pencil FFT), where every microsecond
+    of Python is a share of the call: keyed by the identities of the lists
+    in the two specs and checked by comparing them with copies (so a list
+    changed in place is seen), that the datatypes are alive and that each
+    buffer still holds what its side touches.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: BoundedDict[tuple, tuple[Side, Side, tuple]] = BoundedDict(MAX_SIDES)
+
+    @staticmethod
+    def _key(op: str, rank: int, send: tuple, recv: tuple) -> tuple:
+        return (op, rank, id(send[1]), id(send[2]), id(send[3]), id(recv[1]), id(recv[2]), id(recv[3]))
+
+    def add(self, op: str, rank: int, sendbuf: Any, recvbuf: Any, sent: Side, received: Side) -> None:
+        """Keep an exchange whose two sides are kept native for good (:meth:`KnownSides.final`)."""
+        send, recv = _lists(sendbuf), _lists(recvbuf)
+        if send is None or recv is None:
+            return
+        copies = tuple(x.__class__(x) if x.__class__ in (list, tuple) else x for x in (*send[1:], *recv[1:]))
+        self._pairs[self._key(op, rank, send, recv)] = (sent, received, copies)
+
+    def find(self, op: str, rank: int, sendbuf: Any, recvbuf: Any) -> bool:
+        """Whether this call is a kept exchange whose buffers hold every piece (its use is counted)."""
+        send, recv = _lists(sendbuf), _lists(recvbuf)
+        if send is None or recv is None:
+            return False
+        entry = self._pairs.get(self._key(op, rank, send, recv))
+        if entry is None:
+            return False
+        sent, received, copies = entry
+        if sent.stamp != (Config.changes, cost_model.generation()) or received.stamp != sent.stamp:
+            return False
+        sc, sd, st, rc, rd, rt = copies
+        # lists compare element by element; a datatype equal by handle only is caught below: the kept one,
+        # freed to make room for it, is null
+        if sc != send[1] or sd != send[2] or st != send[3] or rc != recv[1] or rd != recv[2] or rt != recv[3]:
+            return False
+        if not (all(sent.types) and all(received.types)):
+            return False
+        for side, buf in ((sent, send[0]), (received, recv[0])):
+            if type(buf) is not np.ndarray:
+                return False
+            flags = buf.flags
+            if not flags.c_contiguous or (side.writable and not flags.writeable) or side.hi > buf.nbytes:
+                return False
+            if side.lo < 0:
+                return False
+        for side in (sent, received):
+            side.tally[0] += 1
+            side.tally[1] += side.nbytes
+        return True
