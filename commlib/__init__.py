@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 __all__ = ["Config", "__version__", "active_session", "buffer", "config", "interpose", "uninterpose", "wrap"]
 
 _LAZY = {
-    "wrap": "commlib.comm",
+    "wrap": "commlib.interposer.comm",
     "interpose": "commlib.interposer",
     "uninterpose": "commlib.interposer",
     "active_session": "commlib.interposer",
-    "buffer": "commlib.views",
+    "buffer": "commlib.interposer.views",
 }
 
 

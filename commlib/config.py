@@ -150,7 +150,7 @@ class Config:
         per byte, so that analysis pays for itself; 0 analyses every message.
     staging_bytes [COMMLIB_STAGING_BYTES=67108864]
         packed messages of 32 KiB and more are staged in buffers that each
-        interposer session keeps for reuse (:mod:`commlib.staging`), up to
+        interposer session keeps for reuse (:mod:`commlib.interposer.staging`), up to
         this many bytes; 0 allocates every staging buffer per call.
     interpose [COMMLIB_INTERPOSE=1]
         ``python -m commlib`` installs the interposer (``--no-interpose``: 0).
@@ -166,7 +166,7 @@ class Config:
         ``python -m commlib explain``; empty: no record.
     views [COMMLIB_VIEWS=copy]
         how a wrapped communicator moves a strided numpy view that mpi4py
-        refuses (:mod:`commlib.views`): ``copy`` through a contiguous buffer
+        refuses (:mod:`commlib.interposer.views`): ``copy`` through a contiguous buffer
         the session reuses, ``derived`` as a derived datatype over the view's
         own memory (packed or handed to MPI, as the cost model chooses) where
         the buffer is one message or one piece.

@@ -3,7 +3,7 @@
 For a datatype spec (``"MPI.DOUBLE.Create_vector(512, 4, 512)"``) it prints
 the canonical form, the features the model sees, each pack engine's and each
 strategy's predicted time and the choice. For a recorded run (the JSON that
-``COMMLIB_RECORD`` or :meth:`commlib.session.Session.save_run` writes) it
+``COMMLIB_RECORD`` or :meth:`commlib.interposer.session.Session.save_run` writes) it
 does the same per recorded shape, beside the time that was observed.
 ``--plot FILE.png`` draws measured against predicted (matplotlib, the
 ``plot`` extra).
@@ -187,7 +187,7 @@ def _explain_run(args: argparse.Namespace, model: cost_model.Model, out: list[st
 
 
 def _read_run(path: Path) -> dict[str, Any]:
-    from .session import RECORD_SCHEMA
+    from .interposer.session import RECORD_SCHEMA
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""What the interposer knows of a datatype, and when it analyses one (commlib.decision, datatypes.signature)."""
+"""What the interposer knows of a datatype, and when it analyses one (interposer.decision, datatypes.signature)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from mpi4py import MPI
 
 import datatypes
-from commlib import decision
 from commlib.config import config
-from commlib.messages import derived
-from commlib.pieces import typed_pieces
+from commlib.interposer import decision
+from commlib.interposer.messages import derived
+from commlib.interposer.pieces import typed_pieces
 from datatypes import model as cost_model
 from datatypes.signature import MAX_ARGUMENTS, signature
 

@@ -260,7 +260,7 @@ def test_exploration_measures_both_modes():
 
 
 def test_a_wrapped_communicator_is_used_through_mpi4pys_own_class():
-    from commlib.comm import wrap
+    from commlib.interposer.comm import wrap
 
     wrapped = wrap(MPI.COMM_SELF)
     sp = Splitter.dup(wrapped, 2, model=Model())

@@ -5,9 +5,9 @@ import pytest
 from mpi4py import MPI
 
 import commlib
-from commlib.comm import Cartcomm, Intracomm, wrap
-from commlib.requests import Prequest, Request
-from commlib.session import Session
+from commlib.interposer.comm import Cartcomm, Intracomm, wrap
+from commlib.interposer.requests import Prequest, Request
+from commlib.interposer.session import Session
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_persistent_requests_repack_each_start_and_never_unpack_when_inactive(pa
 
 
 def test_a_freed_datatype_never_lends_its_route_to_a_new_one():
-    from commlib.messages import derived
+    from commlib.interposer.messages import derived
 
     comm = wrap(MPI.COMM_SELF, Session(lambda op, message: "pack"))
     src, dst = np.arange(64.0), np.zeros(64)
@@ -169,7 +169,7 @@ def test_a_freed_datatype_never_lends_its_route_to_a_new_one():
 
 def test_remembered_decisions_follow_the_config_and_the_model(vec, monkeypatch):
     from commlib.config import config
-    from commlib.messages import derived
+    from commlib.interposer.messages import derived
     from datatypes import model as cost_model
 
     session = Session()
@@ -220,9 +220,9 @@ def test_learning_that_moves_a_choice_changes_the_generation(vec):
 
 
 def test_native_messages_reach_mpi_rebuilt_from_their_canonical_form(monkeypatch):
-    from commlib import decision
     from commlib.config import config
-    from commlib.messages import derived
+    from commlib.interposer import decision
+    from commlib.interposer.messages import derived
 
     monkeypatch.setattr(decision, "SHARE_MIN_BYTES", 0)  # this 6 KiB type is shared by signature too
 

@@ -9,10 +9,10 @@ from mpi4py import MPI
 
 import datatypes
 from commlib import calibration
-from commlib.comm import wrap
 from commlib.config import config
-from commlib.decision import PACK_MARGIN
-from commlib.session import RECORD_SCHEMA, Session
+from commlib.interposer.comm import wrap
+from commlib.interposer.decision import PACK_MARGIN
+from commlib.interposer.session import RECORD_SCHEMA, Session
 from datatypes import model as cm
 from datatypes.cost_table import Table
 from datatypes.refinement import Refinement

@@ -17,9 +17,9 @@ from monitor_states import state as _state
 from mpi4py import MPI
 
 import commlib
-from commlib.comm import wrap
 from commlib.config import Config
-from commlib.session import Session
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
 from transport.monitor import Monitor, start_monitor
 
 

@@ -121,8 +121,8 @@ def test_settings_set_through_config_reach_their_package_and_back(restore, monke
 
 def test_the_interposer_sees_a_change_made_on_a_package_settings(restore, vec):
     import datatypes.settings
-    from commlib.messages import derived
-    from commlib.session import Session
+    from commlib.interposer.messages import derived
+    from commlib.interposer.session import Session
 
     session = Session()
     message = derived([np.zeros(256), 1, vec], eager=True)

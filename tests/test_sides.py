@@ -1,12 +1,12 @@
-"""Kept collective sides (:mod:`commlib.sides`): a repeated exchange found again, and every change seen."""
+"""Kept collective sides (:mod:`commlib.interposer.sides`): a repeated exchange found again, and every change seen."""
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from commlib.comm import wrap
 from commlib.config import config
-from commlib.session import Session
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
 from datatypes import model as cost_model
 
 

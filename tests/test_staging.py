@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from commlib.comm import wrap
-from commlib.requests import Request
-from commlib.session import Session
-from commlib.staging import MIN_POOLED, StagingPool
+from commlib.interposer.comm import wrap
+from commlib.interposer.requests import Request
+from commlib.interposer.session import Session
+from commlib.interposer.staging import MIN_POOLED, StagingPool
 
 
 def _address(a: np.ndarray) -> int:

@@ -1,4 +1,4 @@
-"""Strided numpy views in buffer calls (commlib.views): commlib.buffer, the interposed methods, plain peers."""
+"""Strided numpy views in buffer calls (commlib.interposer.views): commlib.buffer, interposed methods, plain peers."""
 
 import json
 import sys
@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 
 import commlib
-from commlib.comm import wrap
-from commlib.session import Session
-from commlib.views import OverlappingView, buffer, refused
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
+from commlib.interposer.views import OverlappingView, buffer, refused
 
 PROGRAM = str(Path(__file__).parent / "mpi" / "strided_views.py")
 DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8", "c8", "c16", "?"]

@@ -6,8 +6,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from commlib.comm import wrap
-from commlib.session import Session
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
 from transport.monitor import Monitor
 from transport.recorder import FlightRecorder
 from transport.watchdog import Watchdog

@@ -573,7 +573,7 @@ static Py_ssize_t op_of(Core *self, PyObject *name) {
     return n;
 }
 
-/* enter(comm, op, args, kwargs) -> token: the monitor protocol of commlib.tracing. */
+/* enter(comm, op, args, kwargs) -> token: the monitor protocol of commlib.interposer.tracing. */
 static PyObject *Core_enter(Core *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyTuple_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError, "enter(comm, op, args: tuple, kwargs: dict)");

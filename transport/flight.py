@@ -122,7 +122,7 @@ class PyCore:
         return token
 
     def enter(self, comm: Any, op: str, args: tuple, kwargs: dict) -> int:
-        """Record the start of a call (the monitor protocol of :mod:`commlib.tracing`); returns its token."""
+        """Record the start of a call (the monitor protocol of :mod:`commlib.interposer.tracing`); returns its token."""
         index = self._index.get(op)
         if index is None:  # a name not in the specs joins them as a blocking point-to-point call
             index = self._index[op] = len(self.names)

@@ -1,7 +1,7 @@
 """Flight recorder: every traced communication call of one rank, in a bounded ring buffer.
 
 :meth:`FlightRecorder.enter` and :meth:`FlightRecorder.leave` implement the
-monitor protocol of :mod:`commlib.tracing` and are the only per-call cost of
+monitor protocol of :mod:`commlib.interposer.tracing` and are the only per-call cost of
 the fault-detection monitor, so they do as little as possible: a clock read,
 one dictionary lookup for the communicator (by handle), a sequence counter,
 an in-flight table entry, and on completion one slot of a preallocated ring.

@@ -70,8 +70,8 @@ def _call_worker(args: argparse.Namespace) -> None:
     import numpy as np
     from mpi4py import MPI
 
-    from commlib.comm import wrap
-    from commlib.session import Session
+    from commlib.interposer.comm import wrap
+    from commlib.interposer.session import Session
     from transport.monitor import Monitor
 
     world = MPI.COMM_WORLD

@@ -70,7 +70,7 @@ def fetch(where: Path) -> Path:
 
 # Tests that assert what commlib changes on purpose, left out under either runner so that both run the same
 # tests: testNotContiguous expects mpi4py's BufferError for a strided numpy view, which a wrapped
-# communicator moves instead (commlib.views)
+# communicator moves instead (commlib.interposer.views)
 EXCLUDED = ("testNotContiguous",)
 
 

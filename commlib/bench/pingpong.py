@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from commlib.comm import wrap
+from commlib.interposer.comm import wrap
 
 
 def _round(comm, buf, peer, iters: int, first: bool) -> float:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from commlib.comm import wrap
 from commlib.config import config
-from commlib.session import Session
-from commlib.staging import StagingPool
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
+from commlib.interposer.staging import StagingPool
 
 FACES = {"x": lambda n: [3, n, n, 8], "z": lambda n: [n, n, 3, 8]}  # 8n-double rows / 3-cell (192 B) rows
 

@@ -18,8 +18,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from commlib.comm import wrap
-from commlib.session import Session
+from commlib.interposer.comm import wrap
+from commlib.interposer.session import Session
 
 LAYOUTS = {"8 B blocks": 8, "64 B blocks": 64, "512 B blocks": 512}  # bytes per block; blocks every 2x that
 

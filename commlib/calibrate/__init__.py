@@ -16,7 +16,7 @@ interleaved samples:
 * contiguous point-to-point one-way time by bytes, and its alpha/beta fit,
   between two ranks of one node and, when the ranks span nodes, of two nodes;
 * the pack strategy's fixed cost beyond pack + send + unpack (the interposer's
-  buffers), from ping-pongs of small messages through :mod:`commlib.messages`;
+  buffers), from ping-pongs of small messages through :mod:`commlib.interposer.messages`;
 * per message, ``native`` and ``pack`` in a nonblocking exchange between two
   ranks of one node with 4 messages in flight each way (``xchg`` tables, from
   16 KiB up), which the model uses for ``Isend``/``Irecv``: many messages in

@@ -103,7 +103,7 @@ def interposer_costs(settings: Settings, types: int = 64) -> dict[str, float]:
     new subarray types of distinct signatures. ``pack_piece``: one more piece
     of a vector collective packed on its own (a small piece at a displacement).
     """
-    from ..decision import TypeInfo
+    from ..interposer.decision import TypeInfo
 
     made = [MPI.BYTE.Create_subarray([16, 16, 16], [8, 8, 8], [i % 8, i // 8 % 8, 1]).Commit() for i in range(types)]
     model = cost_model.Model()  # a choice's cost, without loading the process's model before it is calibrated

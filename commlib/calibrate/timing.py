@@ -130,8 +130,8 @@ def contiguous_exchange(pair: MPI.Intracomm, buf: np.ndarray) -> Runner:
 
 def pack_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray) -> Runner:
     """Round trips the interposer's way: pack into a staging buffer, send contiguous, receive, unpack."""
-    from ..messages import Packed, derived
-    from ..staging import StagingPool
+    from ..interposer.messages import Packed, derived
+    from ..interposer.staging import StagingPool
 
     peer = 1 - pair.Get_rank()
     message = derived([buf, 1, dt], eager=True)
@@ -157,8 +157,8 @@ def concurrent_exchange(pair: MPI.Intracomm, dt: MPI.Datatype, buf: np.ndarray, 
     interposer's way (packed into reused buffers, unpacked after the wait).
     Each receive has a buffer of its own.
     """
-    from ..messages import Packed, derived
-    from ..staging import StagingPool
+    from ..interposer.messages import Packed, derived
+    from ..interposer.staging import StagingPool
 
     peer = 1 - pair.Get_rank()
     targets = [np.empty_like(buf) for _ in range(k)]

@@ -13,12 +13,12 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-import commlib.comm
+import commlib.interposer.comm
 
 world = MPI.COMM_WORLD
 plain = MPI.Intracomm(world)
 rank, size = world.Get_rank(), world.Get_size()
-interposed = isinstance(world, commlib.comm.Intracomm)
+interposed = isinstance(world, commlib.interposer.comm.Intracomm)
 
 TYPES = {
     "vector": MPI.DOUBLE.Create_vector(20, 3, 7),
@@ -196,7 +196,7 @@ if session is not None:
 # neighbourhood collectives on a periodic ring and on a graph with a repeated neighbour
 ring = world.Create_cart([size], [True])
 graph = world.Create_dist_graph_adjacent([(rank - 1) % size, rank], [(rank + 1) % size, rank])
-if interposed and not isinstance(ring, commlib.comm.Cartcomm):
+if interposed and not isinstance(ring, commlib.interposer.comm.Cartcomm):
     sys.exit(f"rank {rank}: Create_cart returned a plain {type(ring).__name__}")
 plain_ring, plain_graph = MPI.Cartcomm(ring), MPI.Distgraphcomm(graph)
 vec = TYPES["vector"]

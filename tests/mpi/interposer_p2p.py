@@ -12,13 +12,13 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-import commlib.comm
+import commlib.interposer.comm
 
 world = MPI.COMM_WORLD
 plain = MPI.Intracomm(world)  # mpi4py's own class, same handle
 rank, size = world.Get_rank(), world.Get_size()
 right, left = (rank + 1) % size, (rank - 1) % size
-interposed = isinstance(world, commlib.comm.Intracomm)
+interposed = isinstance(world, commlib.interposer.comm.Intracomm)
 
 TYPES = {
     "vector": MPI.DOUBLE.Create_vector(300, 3, 7),
@@ -165,9 +165,11 @@ derived = {
 }
 if interposed:
     for what, comm in derived.items():
-        if not isinstance(comm, commlib.comm._Interposed):
+        if not isinstance(comm, commlib.interposer.comm._Interposed):
             sys.exit(f"rank {rank}: {what} returned a plain {type(comm).__name__}")
-    assert isinstance(derived["Create_cart"], MPI.Cartcomm) and isinstance(derived["Sub"], commlib.comm.Cartcomm)
+    assert isinstance(derived["Create_cart"], MPI.Cartcomm) and isinstance(
+        derived["Sub"], commlib.interposer.comm.Cartcomm
+    )
 for comm in derived.values():
     comm.Free()
 

@@ -6,7 +6,7 @@ import sys
 
 from mpi4py import MPI
 
-from commlib.session import Session
+from commlib.interposer.session import Session
 
 
 def main() -> int:

@@ -9,12 +9,12 @@ and ``Sendrecv``; the receive buffer is a window of a larger array.
 import numpy as np
 from mpi4py import MPI
 
-import commlib.comm
+import commlib.interposer.comm
 
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
 right, left = (rank + 1) % size, (rank - 1) % size
-assert isinstance(world, commlib.comm.Intracomm), "run under python -m commlib"
+assert isinstance(world, commlib.interposer.comm.Intracomm), "run under python -m commlib"
 
 for nbytes in (100, 10_000, 1 << 20):
     message = np.full(nbytes, 7, np.uint8)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from commlib import calibration
+from commlib.interposer.session import Session
 from commlib.mpirun import run
-from commlib.session import Session
 from datatypes import model as cost_model
 from transport.monitor import Monitor
 from transport.reports import Reporter

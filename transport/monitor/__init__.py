@@ -1,7 +1,7 @@
 """commlib's fault-detection monitor: names the rank, the operation and the probable cause of a hang.
 
 A :class:`Monitor` is what a session's ``monitor`` hook calls (see
-:mod:`commlib.tracing`): its ``enter``/``leave`` are the flight recorder's
+:mod:`commlib.interposer.tracing`): its ``enter``/``leave`` are the flight recorder's
 (:mod:`transport.recorder`). Started, it also runs, per rank:
 
 - a side-channel server (:mod:`transport.sidechannel`), found by the other

@@ -23,7 +23,7 @@ two grades:
 
 The choice between ``pack`` and ``native`` is made here, from the cost model:
 :func:`message_choice` for a point-to-point message, :func:`side_choice` for
-one side of a vector collective; the session (:mod:`commlib.session`) asks
+one side of a vector collective; the session (:mod:`commlib.interposer.session`) asks
 once per route and remembers the answer.
 """
 
@@ -43,7 +43,7 @@ from datatypes.rebuild import build
 from datatypes.settings import settings as datatypes_settings
 from datatypes.signature import signature
 
-from .config import Config, config
+from ..config import Config, config
 
 __all__ = [
     "PACK_MARGIN", "TRIAL_RANGE", "Layout", "Route", "Trial", "TypeInfo", "hot_bytes", "message_choice", "pack_pays",

@@ -1,6 +1,6 @@
 """Collectives with derived datatypes, carried packed.
 
-Mixins for the wrapped communicators (:mod:`commlib.comm`). Each side of a
+Mixins for the wrapped communicators (:mod:`commlib.interposer.comm`). Each side of a
 collective is decided on its own: a buffer spec with a derived datatype that
 has a canonical form is bounds-checked, and, when the session says
 ``"pack"``, staged in a contiguous buffer and handed to MPI as elements of
@@ -28,7 +28,7 @@ from mpi4py import MPI
 
 import datatypes
 
-from .config import config
+from ..config import config
 from .messages import Packed
 from .pieces import Pieces, block_parts, typed_parts, vector_parts
 
@@ -52,7 +52,7 @@ def _load_allreduce() -> Any:
 
 
 def _timed(start: float, *trials: Any) -> None:
-    """Report the call's time to the sides being timed both ways (:class:`commlib.decision.Trial`)."""
+    """Report the call's time to the sides being timed both ways (:class:`commlib.interposer.decision.Trial`)."""
     if trials[0] is None and trials[-1] is None:
         return
     seconds = perf_counter() - start
@@ -125,7 +125,7 @@ def _plain(*bufs: Any) -> bool:
 
 
 class Collectives:
-    """Intra-communicator collectives (mixed into :class:`commlib.comm.Intracomm`)."""
+    """Intra-communicator collectives (mixed into :class:`commlib.interposer.comm.Intracomm`)."""
 
     def Allreduce(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:
         """Through :func:`collectives.allreduce.try_allreduce`: MPI's own unless the cost model picks another."""
@@ -268,7 +268,7 @@ class Collectives:
 
 
 class NeighborCollectives:
-    """Neighbourhood collectives of the topology communicators (mixed into :class:`commlib.comm.Topocomm`)."""
+    """Neighbourhood collectives of the topology communicators (mixed into :class:`.comm.Topocomm`)."""
 
     def Neighbor_allgather(self, sendbuf: Any, recvbuf: Any) -> None:
         if sendbuf is IN_PLACE or _plain(sendbuf, recvbuf):

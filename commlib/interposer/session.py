@@ -13,7 +13,7 @@ the measured time of every blocking intercepted operation, teaches the model
 (whatever decided) and feeds the report and the recorded run: per shape,
 calls, time and choice, which ``python -m commlib explain`` reads back.
 ``monitor``, when set, is told of every communication call (see
-:mod:`commlib.tracing`).
+:mod:`commlib.interposer.tracing`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from datatypes.settings import settings as datatypes_settings
 from transport.flight import SpecCache, invalidate
 from transport.operations import OP_INDEX, OPERATIONS
 
-from . import calibration  # noqa: F401  (installs the store the model saves through at exit)
-from .config import Config, config
+from .. import calibration  # noqa: F401  (installs the store the model saves through at exit)
+from ..config import Config, config
 from .decision import Layout, Trial, hot_bytes, message_choice, side_choice, type_info
 from .run_record import RECORD_SCHEMA, RunRecord, world_rank
 from .run_record import save as save_record
@@ -89,7 +89,7 @@ class Session:
 
     @property
     def monitor(self) -> Any:
-        """The fault-detection monitor told of every communication call (:mod:`commlib.tracing`), or ``None``."""
+        """The fault-detection monitor told of every communication call (:mod:`.tracing`), or ``None``."""
         return self._monitor
 
     @monitor.setter
@@ -168,7 +168,7 @@ class Session:
         """:meth:`decide` (``"native"`` for a message commlib cannot pack), then :meth:`record`.
 
         The interposer's per-call entry. A message not analysed (its
-        datatype is cold: :mod:`commlib.decision`) goes to MPI. With the
+        datatype is cold: :mod:`commlib.interposer.decision`) goes to MPI. With the
         model deciding, the outcome for a repeated (operation, datatype,
         count) is kept until the config or a model's choices change
         (:func:`datatypes.model.generation`), so a halo loop's calls cost one
@@ -195,15 +195,15 @@ class Session:
     def choose_side(
         self, op: str, pieces: Any, *, send: bool, key: tuple | None = None
     ) -> tuple[Layout | None, Trial | None]:
-        """How to stage one side of a collective (:mod:`commlib.pieces`): ``(layout or None for MPI, trial)``.
+        """How to stage one side of a collective (:mod:`.pieces`): ``(layout or None for MPI, trial)``.
 
         Only when every non-empty piece is analysed and packable; then the
-        session's own rule, or the cost model (:func:`commlib.decision.side_costs`):
+        session's own rule, or the cost model (:func:`commlib.interposer.decision.side_costs`):
         where its two predictions are close, the side is timed both ways
-        (``trial``, a :class:`commlib.decision.Trial`: the caller reports the
+        (``trial``, a :class:`commlib.interposer.decision.Trial`: the caller reports the
         call's time to it). Decisions are kept per (operation, side, routes,
         counts, displacements), shared by types rebuilt alike, and once
-        final under the spec's ``key`` (:class:`commlib.sides.KnownSides`),
+        final under the spec's ``key`` (:class:`commlib.interposer.sides.KnownSides`),
         until the config or the model changes or, while a piece is not yet
         analysed, until it may be.
         """

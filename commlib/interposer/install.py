@@ -16,8 +16,8 @@ from mpi4py import MPI
 
 from transport.flight import invalidate
 
+from ..config import config
 from .comm import wrap
-from .config import config
 from .requests import Prequest, Request
 from .session import Decision, Session
 

@@ -64,7 +64,7 @@ def _nbytes(buf: Any) -> int | None:
 class Pieces:
     """``counts[i]`` objects of ``types[i]`` at byte ``displacements[i]`` of ``buf``, for each peer ``i``.
 
-    ``infos[i]`` is what is known of ``types[i]`` (:mod:`commlib.decision`)
+    ``infos[i]`` is what is known of ``types[i]`` (:mod:`commlib.interposer.decision`)
     and ``routes[i]`` its analysis for ``counts[i]`` objects: ``None`` for an
     empty piece, or while the piece's (type, count) is cold. ``analysed``:
     every non-empty piece has been (a cold one keeps the whole call on MPI's
@@ -120,8 +120,8 @@ class Pieces:
 
 class StagedSide(NamedTuple):
     """How one side of a collective goes to MPI: the spec MPI gets, its staging when packed (else ``None``),
-    the trial to report the call's time to (:class:`commlib.decision.Trial`) when both ways are being
-    timed, the side's :class:`Pieces` when it was analysed, and its key (:func:`commlib.sides.side_key`)."""
+    the trial to report the call's time to (:class:`commlib.interposer.decision.Trial`) when both ways are being
+    timed, the side's :class:`Pieces` when it was analysed, and its key (:func:`commlib.interposer.sides.side_key`)."""
 
     spec: Any
     packed: PackedPieces | None = None
@@ -132,7 +132,7 @@ class StagedSide(NamedTuple):
 
 @dataclass
 class PackedPieces:
-    """The pieces laid end to end in ``data``, as ``layout`` (:class:`commlib.decision.Layout`) places them."""
+    """The pieces laid end to end in ``data``, as ``layout`` (:class:`.decision.Layout`) places them."""
 
     pieces: Pieces
     layout: Layout

@@ -32,7 +32,7 @@ from mpi4py import MPI
 from datatypes.bounded import BoundedDict
 from datatypes.canonical import _dtype_name, from_array, named_datatype
 
-from .config import config
+from ..config import config
 from .requests import add_action
 
 __all__ = ["OverlappingView", "buffer", "refused", "retry"]

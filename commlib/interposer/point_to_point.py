@@ -1,13 +1,13 @@
-"""Point-to-point operations of commlib's communicators (a mixin of :class:`commlib.comm._Interposed`).
+"""Point-to-point operations of commlib's communicators (a mixin of :class:`commlib.interposer.comm._Interposed`).
 
 A buffer spec with a strided derived datatype is bounds-checked and, when
 the session says ``"pack"``, travels packed as its signature's base type
-(:mod:`commlib.messages`); a repeated spec known to go to MPI costs one
-lookup (:meth:`commlib.session.Session.native_spec`). Plain buffers go to
+(:mod:`commlib.interposer.messages`); a repeated spec known to go to MPI costs one
+lookup (:meth:`commlib.interposer.session.Session.native_spec`). Plain buffers go to
 mpi4py untouched, or to the flow splitter that ``COMMLIB_SPLIT`` attached.
 Blocking receives never write past their buffer (:mod:`transport.truncation`).
 Persistent sends pack again at each ``Start``; strided numpy views mpi4py
-refuses are read here for them (:mod:`commlib.views`).
+refuses are read here for them (:mod:`commlib.interposer.views`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ _SPECIAL = (MPI.IN_PLACE, MPI.BOTTOM)
 class Message:
     """``count`` objects of a derived ``datatype`` in ``buf``.
 
-    ``info`` is what is known of the type (:class:`commlib.decision.TypeInfo`);
+    ``info`` is what is known of the type (:class:`commlib.interposer.decision.TypeInfo`);
     ``route`` its analysis, or ``None`` while the (type, count) is cold: the
     message then goes to MPI as it is. ``base`` carries it packed (``None``:
     not analysed, or commlib cannot pack it).
@@ -131,7 +131,7 @@ def derived(spec: Any, *, eager: bool = False) -> Message | None:
     ``None`` means "give the spec to mpi4py untouched": plain buffers,
     predefined datatypes, typecode strings, special buffers (``IN_PLACE``,
     ``BOTTOM``) and (count, displacement) pairs. The message's ``route`` is
-    ``None`` while its (type, count) is cold (:mod:`commlib.decision`);
+    ``None`` while its (type, count) is cold (:mod:`commlib.interposer.decision`);
     ``eager`` analyses it at once. An analysed type with no canonical form,
     or no single named base type, has ``base=None``: it still gets its
     bounds checked, then goes to MPI.

@@ -6,11 +6,11 @@ handle, so ``isinstance`` checks and every mpi4py method keep working.
 Communicators derived from a wrapped one (``Dup``, ``Split``,
 ``Create_cart``, ``Sub``, ...) come back wrapped too.
 
-Point-to-point operations (:mod:`commlib.point_to_point`), and the
-collectives of :mod:`commlib.packed_collectives`, whose buffer spec has a strided derived
+Point-to-point operations (:mod:`commlib.interposer.point_to_point`), and the
+collectives of :mod:`commlib.interposer.packed_collectives`, whose buffer spec has a strided derived
 datatype are intercepted: when the session's decision is ``"pack"``, the data
 travel packed as the type signature's base type (see
-:mod:`commlib.messages` and :mod:`commlib.pieces`); otherwise, and for
+:mod:`commlib.interposer.messages` and :mod:`commlib.interposer.pieces`); otherwise, and for
 everything else, the call goes to mpi4py untouched.
 """
 
@@ -24,7 +24,7 @@ from mpi4py import MPI
 from transport import truncation
 from transport.flight import invalidate, set_retry
 
-from .config import config
+from ..config import config
 from .messages import Message, Packed, derived
 from .packed_collectives import Collectives, NeighborCollectives
 from .pieces import PackedPieces, StagedSide, cold_check, pieces_of
@@ -40,7 +40,7 @@ __all__ = ["Cartcomm", "Distgraphcomm", "Graphcomm", "Intercomm", "Intracomm", "
 _OBSERVED = frozenset({"Send", "Ssend", "Recv", "Sendrecv_replace", "Bcast"})  # timed for the cost model
 _SPECS = (list, tuple)  # only a list or tuple spec can name a derived datatype: anything else goes straight through
 _GUARDED = truncation.guarded()  # the traced Recv and Sendrecv always run commlib's method (its guard)
-set_retry(retry)  # a strided numpy view mpi4py refuses is moved as commlib.views says
+set_retry(retry)  # a strided numpy view mpi4py refuses is moved as commlib.interposer.views says
 
 
 def _named(name: str) -> MPI.Comm:
@@ -131,9 +131,9 @@ class _Interposed(PointToPoint):
     def _stage(
         self, op: str, spec: Any, read: Any, blocks: int, form: str, *, send: bool, skip: int | None = None
     ) -> StagedSide:
-        """How one side of a collective of per-peer pieces (see :mod:`commlib.pieces`) goes to MPI.
+        """How one side of a collective of per-peer pieces (see :mod:`commlib.interposer.pieces`) goes to MPI.
 
-        ``read`` reads the spec into parts (:func:`commlib.pieces.typed_parts`, ...). A side decided before
+        ``read`` reads the spec into parts (:func:`commlib.interposer.pieces.typed_parts`, ...). A side decided before
         costs a lookup; a side not yet worth a look (its bytes so far could not pay an analysis) costs a
         bounds check from MPI's extents and goes to MPI as it is. A staged send side leaves piece ``skip``
         unpacked and empty in the spec (the caller copies it itself).

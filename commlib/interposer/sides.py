@@ -1,7 +1,7 @@
 """Sides of collectives a session has seen: a repeated call finds its outcome in one lookup.
 
 Reading a vector collective's buffer spec into pieces (one per peer),
-bounds-checking every piece and deciding (:mod:`commlib.decision`) takes
+bounds-checking every piece and deciding (:mod:`commlib.interposer.decision`) takes
 tens of microseconds of Python for an ``Alltoallw`` among a few peers.
 Programs repeat the same call, with the same datatype objects, counts and
 displacements (the transposes of a pencil FFT, a halo's neighbourhood
@@ -22,7 +22,7 @@ from mpi4py import MPI
 from datatypes import model as cost_model
 from datatypes.bounded import BoundedDict
 
-from .config import Config
+from ..config import Config
 from .decision import Layout, hot_bytes
 
 __all__ = ["KnownSides", "NativePairs", "Side"]
@@ -70,7 +70,7 @@ class Side:
     lo: int
     hi: int
     writable: bool
-    pieces: Any  # the commlib.pieces.Pieces of the first call (its buffer is replaced by each call's)
+    pieces: Any  # the commlib.interposer.pieces.Pieces of the first call (its buffer is replaced by each call's)
     layout: Layout | None  # None: MPI's path
     tally: list[int]
     nbytes: int
@@ -92,7 +92,7 @@ class KnownSides:
 
     def worth(self, key: tuple | None, nbytes: int) -> bool:
         """Whether a side is worth reading into pieces and deciding: it moved enough bytes, in this call and
-        earlier ones with the same ``key``, for an analysis to pay (:func:`commlib.decision.hot_bytes`)."""
+        earlier ones with the same ``key``, for an analysis to pay (:func:`commlib.interposer.decision.hot_bytes`)."""
         if key is None:
             return True
         moved = self._moved.get(key, 0) + nbytes
