@@ -113,16 +113,8 @@ def _rotate_queries(
     """
     world, me = comm.Get_size(), comm.Get_rank()
     prev, nxt = (me - 1) % world, (me + 1) % world
-
-    def start(owner: int, holder: int) -> int:
-        return query_start(owner, holder, world, length, layout, causal)
-
-    def carried(owner: int, step: int) -> int:
-        """First query row of ``owner`` that its holders at ``step`` and after need (``length``: none)."""
-        return min((start(owner, (owner - u) % world) for u in range(step, world)), default=length)
-
-    def tag(step: int, piece: int) -> int:
-        return step * pieces + piece
+    ring = _Schedule(world, length, layout, causal, pieces)
+    start, carried, tag = ring.start, ring.carried, ring.tag
 
     def post(channel: int, buf: np.ndarray, first: int, source: int, step: int) -> list[tuple[int, int, int, Any]]:
         """Receives of the pieces of rows ``[first, length)`` into ``buf``: ``(index, start, stop, request)``."""
@@ -159,25 +151,62 @@ def _rotate_queries(
             with ex.compute():
                 local()
         else:
-            blocks = attention_blocks(owner, me, world, length, layout, causal)
-            mine = start(owner, me)
-            for j, a, b, req in held_pieces:
-                ex.wait(req)
-                lo = max(a, forward)
-                if lo < b:
-                    ex.isend(0, held[lo - held_start : b - held_start], prev, tag(t + 1, j))
-                lo = max(a, mine)
-                if lo < b:  # the owner waits for exactly these rows (pieces of [mine, length))
-                    part = _restrict(blocks, lo, b)
-                    with ex.compute():
-                        rows = held[lo - held_start : b - held_start]
-                        fields = remote({n: bundle.view(rows, n) for n, _, _ in bundle.fields}, lo, part)
-                        reply = result.fill(result.empty(b - lo), **fields)
-                    ex.isend(1, reply, owner, tag(t, j))
+            _serve(ex, ring, t, me, (held, held_start, held_pieces), forward, bundle, result, remote)
         while results and results[0][0] < t:
             _fold(ex, results.pop(0), result, fold)
     while results:
         _fold(ex, results.pop(0), result, fold)
+
+
+class _Schedule:
+    """Who holds which query rows when on a ring of ``world`` ranks, and the tags of the pieces that move."""
+
+    def __init__(self, world: int, length: int, layout: str, causal: bool, pieces: int) -> None:
+        self.world, self.length, self.layout, self.causal, self.pieces = world, length, layout, causal, pieces
+
+    def start(self, owner: int, holder: int) -> int:
+        """First query row of ``owner`` that ``holder`` needs (``length``: none)."""
+        return query_start(owner, holder, self.world, self.length, self.layout, self.causal)
+
+    def carried(self, owner: int, step: int) -> int:
+        """First query row of ``owner`` that its holders at ``step`` and after need (``length``: none)."""
+        holders = ((owner - u) % self.world for u in range(step, self.world))
+        return min((self.start(owner, h) for h in holders), default=self.length)
+
+    def tag(self, step: int, piece: int) -> int:
+        return step * self.pieces + piece
+
+
+def _serve(
+    ex: RingExchange,
+    ring: _Schedule,
+    t: int,
+    me: int,
+    held_bundle: tuple[Any, int, list],
+    forward: int,
+    bundle: RowLayout,
+    result: RowLayout,
+    remote: Remote,
+) -> None:
+    """Step ``t`` on a foreign bundle: forward each piece down the ring from row ``forward`` as it arrives,
+    compute what this rank's keys give the rows its owner waits for, and send that result back."""
+    held, held_start, held_pieces = held_bundle
+    owner, prev = (me + t) % ring.world, (me - 1) % ring.world
+    blocks = attention_blocks(owner, me, ring.world, ring.length, ring.layout, ring.causal)
+    mine = ring.start(owner, me)
+    for j, a, b, req in held_pieces:
+        ex.wait(req)
+        lo = max(a, forward)
+        if lo < b:
+            ex.isend(0, held[lo - held_start : b - held_start], prev, ring.tag(t + 1, j))
+        lo = max(a, mine)
+        if lo < b:  # the owner waits for exactly these rows (pieces of [mine, length))
+            part = _restrict(blocks, lo, b)
+            with ex.compute():
+                rows = held[lo - held_start : b - held_start]
+                fields = remote({n: bundle.view(rows, n) for n, _, _ in bundle.fields}, lo, part)
+                reply = result.fill(result.empty(b - lo), **fields)
+            ex.isend(1, reply, owner, ring.tag(t, j))
 
 
 def _fold(ex: RingExchange, entry: tuple[int, int, np.ndarray, list], result: RowLayout, fold: Fold) -> None:

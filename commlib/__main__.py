@@ -55,6 +55,15 @@ BENCHMARKS: dict[str, tuple[str, Handler]] = {
         "do-no-harm sweeps: halo, pencil FFT, ping-pong, allreduce, plain vs interposed",
         _lazy("commlib.bench.noharm"),
     ),
+    "pingpong": ("ping-pong latency, raw mpi4py vs a wrapped communicator (2 ranks)", _lazy("commlib.bench.pingpong")),
+    "staging": (
+        "packed derived-type exchanges: MPI vs fresh vs reused staging (2 ranks)",
+        _lazy("commlib.bench.staging"),
+    ),
+    "pack-kernels": (
+        "the strided packer's copy kernel: word lanes vs opaque elements",
+        _lazy("commlib.bench.pack_kernels"),
+    ),
 }
 
 

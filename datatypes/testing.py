@@ -1,7 +1,7 @@
 """Property-test your own packing code against MPI.
 
 Hypothesis strategies that draw MPI derived datatypes, buffers and strided
-views (from :mod:`datatypes.strategies`), the bytes MPI itself produces
+views (from :mod:`datatypes.typegen`), the bytes MPI itself produces
 (:func:`mpi_pack_reference`, :func:`mpi_unpack_reference`), and assertions
 whose failure message locates the first wrong byte: its object, its block
 and its coordinates in the canonical strided form. commlib tests its own
@@ -26,7 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .canonical import canonicalize
-from .strategies import (
+from .typegen import (
     CONSTRUCTORS,
     NAMED_TYPES,
     GeneratedDatatype,

@@ -1,4 +1,4 @@
-"""Leaf-spine flow placement: equitable colouring, minimal splitting vs spraying vs ECMP, max-min, CLI."""
+"""Leaf-spine flow placement (transport.fabric): minimal splitting vs spraying vs ECMP, max-min, CLI."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from transport import fabric as F
-from transport.coloring import equitable_bound, equitable_coloring
-from transport.maxmin import Incidence, completion_time, max_min_rates
+from transport.fabric.plans import tier_loads
 
 TOPOLOGIES = [
     F.LeafSpine(4, 4, 4),  # 1:1
@@ -21,45 +18,6 @@ TOPOLOGIES = [
     F.LeafSpine(5, 7, 7, host_gbps=100, spine_gbps=50),
     F.LeafSpine(3, 6, 5),
 ]
-
-
-# ---------------------------------------------------------------- colouring
-@settings(max_examples=60, deadline=None)
-@given(
-    st.integers(1, 7).flatmap(
-        lambda n: st.tuples(
-            st.lists(st.lists(st.integers(0, 12), min_size=n, max_size=n), min_size=1, max_size=7),
-            st.integers(1, 9),
-        )
-    )
-)
-def test_equitable_coloring_meets_the_per_vertex_bound(case):
-    units, colors = np.array(case[0]), case[1]
-    y = equitable_coloring(units, colors)
-    assert y.shape == units.shape + (colors,)
-    assert (y >= 0).all() and np.array_equal(y.sum(axis=2), units)
-    row_bound, col_bound = equitable_bound(units, colors)
-    assert (y.sum(axis=1) <= row_bound[:, None]).all()
-    assert (y.sum(axis=0) <= col_bound[:, None]).all()
-
-
-def test_equitable_coloring_needs_alternating_paths():
-    # a 3-regular bipartite multigraph coloured with 3 colours must be a proper colouring
-    units = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1]]) + np.eye(3, dtype=int) * 0
-    y = equitable_coloring(units, 3)
-    assert (y.sum(axis=1) == 1).all() and (y.sum(axis=0) == 1).all()
-    units = np.array([[2, 1, 0], [0, 2, 1], [1, 0, 2]])
-    y = equitable_coloring(units, 3)
-    assert (y.sum(axis=1) == 1).all() and (y.sum(axis=0) == 1).all()
-
-
-def test_equitable_coloring_rejects_bad_input():
-    with pytest.raises(ValueError, match="2-D integer"):
-        equitable_coloring(np.ones((2, 2)), 2)
-    with pytest.raises(ValueError, match="colors must be >= 1"):
-        equitable_coloring(np.ones((2, 2), int), 0)
-    with pytest.raises(ValueError, match="non-negative"):
-        equitable_coloring(-np.ones((2, 2), int), 2)
 
 
 # ----------------------------------------------------- the paper's claims
@@ -123,7 +81,7 @@ def test_pieces_reassemble_flows_and_match_the_link_loads(topo, coll):
         assert ((spine == F.LOCAL) == local).all()
         pinned = spine >= 0
         if pinned.any():
-            up, down = F._tier(topo, topo.leaf(coll.src[flow][pinned]), topo.leaf(coll.dst[flow][pinned]),
+            up, down = tier_loads(topo, topo.leaf(coll.src[flow][pinned]), topo.leaf(coll.dst[flow][pinned]),
                                spine[pinned], nbytes[pinned])  # fmt: skip
             assert np.allclose(up, plan.up) and np.allclose(down, plan.down)
         if plan.policy == "split":
@@ -176,23 +134,6 @@ def test_topology_and_collective_validation():
 
 
 # ------------------------------------------------------------------ max-min
-def test_max_min_rates_share_a_bottleneck_fairly():
-    # flows 0,1 share link 0 (cap 10); flow 1 also crosses link 1 (cap 2); flow 2 only link 1
-    inc = Incidence(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 1]), np.ones(4), 3, 2)
-    rates = max_min_rates(inc, np.array([10.0, 2.0]))
-    assert np.allclose(rates, [9.0, 1.0, 1.0])
-    finish = completion_time(inc, np.array([10.0, 2.0]), np.array([9.0, 1.0, 3.0]))
-    # t=1: flows 0 and 1 done; flow 2 then has link 1 alone: 2 more bytes at 2/s
-    assert np.allclose(finish, [1.0, 1.0, 2.0])
-
-
-def test_sprayed_flow_weights_spread_over_links():
-    inc = Incidence(np.array([0, 0]), np.array([0, 1]), np.array([0.5, 0.5]), 1, 2)
-    assert np.allclose(max_min_rates(inc, np.array([1.0, 1.0])), [2.0])
-    with pytest.raises(ValueError, match="capacity has shape"):
-        max_min_rates(inc, np.array([1.0]))
-
-
 @pytest.mark.parametrize("policy", ["ecmp", "split", "spray"])
 def test_max_min_completion_is_never_below_the_fluid_bound(policy):
     topo = F.LeafSpine(4, 4, 2)

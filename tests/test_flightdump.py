@@ -14,6 +14,7 @@ import pytest
 from mpi4py import MPI
 
 from transport import flightdump, reports
+from transport.flightdump import schema
 from transport.monitor import Monitor
 
 WORLD = "44000000.1-00000000"
@@ -165,7 +166,7 @@ def test_validation_refuses_what_is_not_a_version_1_dump(change, message):
 
 
 def test_validation_bounds_list_lengths_and_member_counts(monkeypatch):
-    monkeypatch.setattr(flightdump, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(schema, "MAX_ENTRIES", 3)  # the bound validation reads
     with pytest.raises(ValueError, match="entries: expected a list of at most 3 items, got of 4 items"):
         flightdump.validate(hang_of_three()[1], "f")
     with pytest.raises(ValueError, match="more than 10 members"):

@@ -1,17 +1,12 @@
-"""Flow splitting: exact split and reassembly, throughput learning, wire format, pinned sockets.
+"""Flow splitting (transport.flows): exact split and reassembly, throughput learning, wire format, the registry.
 
 Single-process cases send to themselves through ``COMM_SELF`` (MPI matches a
 rank's own nonblocking sends and receives); multi-rank cases run
-``tests/mpi/flows_cases.py`` under a bounded mpiexec; the emulated case runs
-the benchmark worker on two emulated nodes joined by two paths and checks,
-from the devices' byte counters, which paths each mode used.
+``tests/mpi/flows_cases.py`` under a bounded mpiexec.
 """
 
 from __future__ import annotations
 
-import json
-import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,44 +14,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
+from split_messages import Model, pattern, roundtrip
 
 from transport import flows
-from transport.flows import HEADER_BYTES, MAX_CHANNELS, Splitter, ThroughputEstimator, split_sizes
-from transport.sockets import SocketChannel, check_address
+from transport.flows import HEADER_BYTES, MAX_CHANNELS, Splitter, ThroughputEstimator, split_sizes, wire
 
 HERE = Path(__file__).parent / "mpi"
-
-
-class _Model:
-    """A cost model stand-in: 10 us per message, 1 GB/s."""
-
-    def alpha_beta(self, level: str) -> tuple[float, float]:
-        return 10e-6, 1e-9
 
 
 @pytest.fixture(scope="module")
 def self_splitters():
     """Splitters on COMM_SELF with 1, 2, 3 and MAX_CHANNELS duplicated communicators."""
-    made = {k: Splitter.dup(MPI.COMM_SELF, k, min_bytes=1024, model=_Model(), explore=0) for k in (1, 2, 3, 16)}
+    made = {k: Splitter.dup(MPI.COMM_SELF, k, min_bytes=1024, model=Model(), explore=0) for k in (1, 2, 3, 16)}
     yield made
     for s in made.values():
         s.close()
-
-
-def _pattern(n: int, seed: int = 0) -> np.ndarray:
-    return ((np.arange(n, dtype=np.uint64) * 2654435761 + seed) % 251).astype(np.uint8)
-
-
-def _roundtrip(sp: Splitter, data: np.ndarray, *, sizes=None, tag: int = 3, slack: int = 5) -> tuple[np.ndarray, int]:
-    out = np.full(data.nbytes + slack, 0xEE, np.uint8)
-    rreq = sp.Irecv(out, 0, tag)
-    sreq = sp.Isend(data, 0, tag, sizes=sizes)
-    status = MPI.Status()
-    sent = received = False
-    while not (sent and received):  # test both: a clear-to-send needs the receive to make progress
-        sent = sent or sreq.Test()
-        received = received or rreq.Test(status)
-    return out, status.Get_count(MPI.BYTE)
 
 
 # ------------------------------------------------------------------- sizes
@@ -88,12 +60,12 @@ def test_split_sizes_rejects_bad_input():
 @given(st.integers(0, 300_000), st.sampled_from([1, 2, 3, 16]), st.integers(0, 2**31), st.booleans())
 def test_any_size_any_channel_count_reassembles_exactly(self_splitters, n, k, seed, forced):
     sp = self_splitters[k]
-    data = _pattern(n, seed)
+    data = pattern(n, seed)
     sizes = None
     if forced and n >= HEADER_BYTES:
         rng = np.random.default_rng(seed)
         sizes = split_sizes(n, rng.random(k) * (rng.random(k) > 0.3) + 1e-9 * (np.arange(k) == 0))
-    out, count = _roundtrip(sp, data, sizes=sizes)
+    out, count = roundtrip(sp, data, sizes=sizes)
     assert count == n
     assert np.array_equal(out[:n], data) and (out[n:] == 0xEE).all()
 
@@ -101,14 +73,14 @@ def test_any_size_any_channel_count_reassembles_exactly(self_splitters, n, k, se
 @pytest.mark.parametrize("n", [0, 1, 7, HEADER_BYTES - 1, HEADER_BYTES, HEADER_BYTES + 1, 1023, 1024, 1025, 99_991])
 @pytest.mark.parametrize("k", [1, 2, 3, 16])
 def test_edge_sizes(self_splitters, n, k):
-    out, count = _roundtrip(self_splitters[k], _pattern(n, n))
-    assert count == n and np.array_equal(out[:n], _pattern(n, n))
+    out, count = roundtrip(self_splitters[k], pattern(n, n))
+    assert count == n and np.array_equal(out[:n], pattern(n, n))
 
 
 def test_huge_message(self_splitters):
     n = (64 << 20) + 3
-    data = _pattern(n, 5)
-    out, count = _roundtrip(self_splitters[3], data, slack=0)
+    data = pattern(n, 5)
+    out, count = roundtrip(self_splitters[3], data, slack=0)
     assert count == n and np.array_equal(out, data)
     req = self_splitters[3].Isend(data, 0, 1)
     assert len(req.parts) == 3 and sum(req.parts) == n  # the prior makes a large message split
@@ -118,10 +90,10 @@ def test_huge_message(self_splitters):
 
 def test_plain_bytes_that_look_like_a_header_arrive_as_they_are(self_splitters):
     fake = np.zeros(HEADER_BYTES, np.uint8)
-    fake[:16] = np.frombuffer(flows._MAGIC_BYTES, np.uint8)
+    fake[:16] = np.frombuffer(wire.MAGIC_BYTES, np.uint8)
     fake[16:24] = np.frombuffer(np.int64(10**9).tobytes(), np.uint8)  # claims a huge message
     for sp in self_splitters.values():
-        out, count = _roundtrip(sp, fake, slack=100)
+        out, count = roundtrip(sp, fake, slack=100)
         assert count == HEADER_BYTES and np.array_equal(out[:HEADER_BYTES], fake)
     assert flows.is_header(memoryview(fake), HEADER_BYTES)
     assert not flows.is_header(memoryview(fake), HEADER_BYTES + 1)
@@ -129,7 +101,7 @@ def test_plain_bytes_that_look_like_a_header_arrive_as_they_are(self_splitters):
 
 def test_receives_match_by_tag_in_any_order(self_splitters):
     sp = self_splitters[2]
-    a, b = _pattern(5000, 1), _pattern(7000, 2)
+    a, b = pattern(5000, 1), pattern(7000, 2)
     sends = [sp.Isend(a, 0, 10), sp.Isend(b, 0, 20)]
     out_b, out_a = np.zeros(7000, np.uint8), np.zeros(5000, np.uint8)
     sb = MPI.Status()
@@ -143,22 +115,22 @@ def test_receives_match_by_tag_in_any_order(self_splitters):
 
 def test_sendrecv_and_wait_all(self_splitters):
     sp = self_splitters[3]
-    data, out = _pattern(2 << 20, 4), np.zeros(2 << 20, np.uint8)
+    data, out = pattern(2 << 20, 4), np.zeros(2 << 20, np.uint8)
     st_ = MPI.Status()
     sp.Sendrecv(data, 0, 8, out, 0, 8, st_)
     assert np.array_equal(out, data) and st_.Get_count(MPI.BYTE) == 2 << 20 and st_.Get_tag() == 8
     with pytest.raises(ValueError, match="recvbuf is required"):
         sp.Sendrecv(data, 0, 8)
     outs = [np.zeros(1000, np.uint8), np.zeros(300_000, np.uint8)]
-    reqs = [sp.Irecv(outs[0], 0, 1), sp.Irecv(outs[1], 0, 2), sp.Isend(_pattern(300_000), 0, 2)]
-    reqs.append(sp.Isend(_pattern(1000), 0, 1))
+    reqs = [sp.Irecv(outs[0], 0, 1), sp.Irecv(outs[1], 0, 2), sp.Isend(pattern(300_000), 0, 2)]
+    reqs.append(sp.Isend(pattern(1000), 0, 1))
     flows.wait_all(reqs)
-    assert np.array_equal(outs[0], _pattern(1000)) and np.array_equal(outs[1], _pattern(300_000))
+    assert np.array_equal(outs[0], pattern(1000)) and np.array_equal(outs[1], pattern(300_000))
 
 
 def test_finish_completes_after_the_caller_waited_on_the_first_request(self_splitters):
     sp = self_splitters[2]
-    data, out = _pattern(50_000, 9), np.zeros(50_000, np.uint8)
+    data, out = pattern(50_000, 9), np.zeros(50_000, np.uint8)
     rreq, sreq = sp.Irecv(out, 0, 4), sp.Isend(data, 0, 4)
     st_ = MPI.Status()
     rreq.request.Wait(st_)  # what the interposer's completion actions do
@@ -175,7 +147,7 @@ def test_finish_completes_after_the_caller_waited_on_the_first_request(self_spli
 
 def test_a_message_larger_than_the_buffer_is_truncated_as_mpi_does(self_splitters):
     sp = self_splitters[2]
-    data = _pattern(20_000)
+    data = pattern(20_000)
     sreq = sp.Isend(data, 0, 6, sizes=[10_000, 10_000])
     small = np.zeros(10_000, np.uint8)
     with pytest.raises(
@@ -235,10 +207,10 @@ def test_estimator_learns_and_forgets_within_bounds():
 
 
 def test_sends_teach_the_estimator_per_channel(self_splitters):
-    sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1024, model=_Model(), explore=0)
+    sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1024, model=Model(), explore=0)
     try:
         n = 1 << 20
-        data, out = _pattern(n), np.zeros(n, np.uint8)
+        data, out = pattern(n), np.zeros(n, np.uint8)
         req = sp.Isend(data, 0, 3, sizes=[0, n, 0])  # channel 1 only
         assert req.parts == [0, n, 0]
         sp.Recv(out, 0, 3)
@@ -251,7 +223,7 @@ def test_sends_teach_the_estimator_per_channel(self_splitters):
 
 
 def test_plan_follows_the_learned_rates():
-    sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1 << 16, model=_Model(), explore=0)
+    sp = Splitter.dup(MPI.COMM_SELF, 3, min_bytes=1 << 16, model=Model(), explore=0)
     try:
         n = 8 << 20
         assert sp.plan(1000, 0) is None  # below min_bytes
@@ -274,7 +246,7 @@ def test_plan_follows_the_learned_rates():
 
 
 def test_exploration_measures_both_modes():
-    sp = Splitter.dup(MPI.COMM_SELF, 2, min_bytes=1 << 16, model=_Model(), explore=4)
+    sp = Splitter.dup(MPI.COMM_SELF, 2, min_bytes=1 << 16, model=Model(), explore=4)
     try:
         n = 1 << 20
         assert sp.plan(n, 0) is not None  # prior: split
@@ -291,18 +263,18 @@ def test_a_wrapped_communicator_is_used_through_mpi4pys_own_class():
     from commlib.interposer.comm import wrap
 
     wrapped = wrap(MPI.COMM_SELF)
-    sp = Splitter.dup(wrapped, 2, model=_Model())
+    sp = Splitter.dup(wrapped, 2, model=Model())
     try:
         # headers and parts bypass the interposer, which would otherwise split the header again
         assert type(sp.comm) is MPI.Intracomm and all(type(ch.comm) is MPI.Intracomm for ch in sp.channels)
-        out, count = _roundtrip(sp, _pattern(3 << 20))
-        assert count == 3 << 20 and np.array_equal(out[: 3 << 20], _pattern(3 << 20))
+        out, count = roundtrip(sp, pattern(3 << 20))
+        assert count == 3 << 20 and np.array_equal(out[: 3 << 20], pattern(3 << 20))
     finally:
         sp.close()
 
 
 def test_model_sets_the_prior():
-    sp = Splitter.dup(MPI.COMM_SELF, 2, model=_Model())
+    sp = Splitter.dup(MPI.COMM_SELF, 2, model=Model())
     try:
         assert sp.alpha == 10e-6 and sp.estimator.prior == pytest.approx(1e9)
     finally:
@@ -321,11 +293,11 @@ def test_registry_and_worth_splitting(monkeypatch):
             flows.split_send(comm, np.zeros(10, np.uint8), 0)
         monkeypatch.setattr(config, "split", True)
         assert not flows.worth_splitting(8 << 20, comm, 0)  # no splitter yet
-        sp = flows.attach(comm, 2, model=_Model())
+        sp = flows.attach(comm, 2, model=Model())
         assert flows.splitter_for(comm) is sp and flows.attach(comm) is sp
         assert flows.worth_splitting(8 << 20, comm, 0) and flows.worth_splitting(HEADER_BYTES, comm, 0)
         assert not flows.worth_splitting(1000, comm, 0)
-        data, out = _pattern(3 << 20), np.zeros(3 << 20, np.uint8)
+        data, out = pattern(3 << 20), np.zeros(3 << 20, np.uint8)
         req = flows.split_isend(comm, data, 0, 2)
         st_ = MPI.Status()
         flows.split_recv(comm, out, 0, 2, st_)
@@ -336,47 +308,6 @@ def test_registry_and_worth_splitting(monkeypatch):
     finally:
         flows.detach(comm)
         comm.Free()
-
-
-# ------------------------------------------------------------------ sockets
-
-
-@pytest.mark.parametrize("n", [0, 1, HEADER_BYTES, 5000, (8 << 20) + 1])
-def test_socket_channels_reassemble_with_clear_to_send(n, socket_loops):
-    sp = Splitter(MPI.COMM_SELF, socket_loops, min_bytes=1024, model=_Model(), explore=0)
-    for _ in range(2):
-        out, count = _roundtrip(sp, _pattern(n, n))
-        assert count == n and np.array_equal(out[:n], _pattern(n, n))
-
-
-def test_socket_channel_keeps_early_parts_and_reports_failures():
-    a, b = socket.socketpair()
-    left, right = SocketChannel(a, 1, "left", timeout=5), SocketChannel(b, 0, "right", timeout=5)
-    try:
-        left.isend(memoryview(_pattern(1000)), 1, 5).wait()
-        left.isend(memoryview(_pattern(10, 3)), 1, 6).wait()
-        got6, got5 = bytearray(10), bytearray(1000)
-        right.irecv(memoryview(got6), 0, 6).wait()  # posted after arrival, and out of order
-        right.irecv(memoryview(got5), 0, 5).wait()
-        assert bytes(got5) == _pattern(1000).tobytes() and bytes(got6) == _pattern(10, 3).tobytes()
-        with pytest.raises(ValueError, match="joins rank 1, not rank 2"):
-            left.isend(memoryview(b"x"), 2, 0)
-        pending = right.irecv(memoryview(bytearray(4)), 0, 9)
-        assert not pending.test()
-        left.close()
-        with pytest.raises(ConnectionError, match="closed"):
-            pending.wait()
-    finally:
-        left.close()
-        right.close()
-
-
-def test_socket_addresses_are_checked():
-    assert check_address("127.0.0.1") == "127.0.0.1" and check_address("198.18.1.2")
-    with pytest.raises(ValueError, match="only loopback or private"):
-        check_address("8.8.8.8")
-    with pytest.raises(ValueError, match="not an IP address"):
-        check_address("example.org")
 
 
 # -------------------------------------------------------------- multi-rank
@@ -391,41 +322,3 @@ def test_split_exchanges_on_several_ranks(mpirun, nprocs):
 def test_interposed_ranks_with_split_config(mpirun):
     result = mpirun(2, [str(HERE / "flows_cases.py"), "--registry"], timeout=120, env={"COMMLIB_SPLIT": "1"})
     assert "OK flows on 2 ranks (registry)" in result.stdout
-
-
-@pytest.mark.mpi
-@pytest.mark.emulated
-def test_pinned_paths_on_emulated_nodes(tmp_path):
-    from commlib.cluster import EmulatedCluster, cluster_available
-
-    ok, why = cluster_available()
-    if not ok:
-        pytest.skip(why)
-    out = tmp_path / "flows.json"
-    with EmulatedCluster(nodes=2, paths=2, rate="1gbit") as cl:
-        paths = [cl.path_addresses(i) for i in range(2)]
-        args = ["-m", "commlib.bench.flows_worker", "--bytes", str(4 << 20), "--rounds", "1"]
-        args += ["--paths", json.dumps(paths), "--ecmp", json.dumps(cl.addresses), "--json", str(out)]
-        cl.mpirun([1, 1], [*args, "--modes", "mpi,tcp-1,tcp-split"], timeout=120)
-    res = json.loads(out.read_text())
-    (p0, p1), = res["tx_bytes"]["tcp-1"]  # fmt: skip
-    assert p0 >= 4 << 20 and p1 < 1 << 20  # one pinned connection: path 0 only
-    (q0, q1), = res["tx_bytes"]["tcp-split"]  # fmt: skip
-    parts = res["tcp_split_parts"][-1]
-    assert min(parts) > 0  # split: each path carries the part sized for it, and nothing else
-    for sent, part in zip((q0, q1), parts):
-        assert part <= sent <= part * 1.1 + (64 << 10)
-    assert all(len(v) == 1 for v in res["gbps"].values())
-
-
-def test_benchmark_refuses_without_a_cluster(monkeypatch, capsys):
-    import commlib.cluster
-    from commlib.bench import flows as bench
-
-    monkeypatch.setattr(commlib.cluster, "cluster_available", lambda: (False, "not root (test)"))
-    assert bench.main(["--quick"]) == 1
-    assert "not root (test)" in capsys.readouterr().err
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))

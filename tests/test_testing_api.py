@@ -239,7 +239,7 @@ def test_example_user_packer_passes():
 
 
 def test_subarrays_are_drawn_as_this_mpi_accepts_them():
-    from datatypes.strategies import empty_subarrays_accepted
+    from datatypes.typegen import empty_subarrays_accepted
 
     try:
         MPI.BYTE.Create_subarray([3], [0], [1]).Free()

@@ -200,6 +200,23 @@ def _host(state: dict | None) -> str:
     return f" (pid {state.get('pid')} on {state.get('host')})"
 
 
+def _place(state: dict, view: dict | None, seq: int, op: str) -> tuple[str, str]:
+    """Where an answering member stands against collective ``op`` #``seq``: behind, left, mismatched or arrived,
+    and its status line (``view``: its counters on the communicator, ``None`` if it never used it)."""
+    entered = view["coll_entered"] if view else 0
+    if view is None:
+        return "behind", f"has never used this communicator; {doing(state)}"
+    if entered < seq:
+        last = f"last entered #{entered} ({view['last_op']})" if entered else "entered no collective on it yet"
+        return "behind", f"has NOT arrived: {last}; {doing(state)}"
+    if view["coll_done"] >= seq:
+        return "left", f"has completed #{seq} (now at #{entered})"
+    theirs = _op_at(state, view["ident"], seq)
+    if theirs is not None and theirs["op"] != op:
+        return "mismatched", f"arrived in {theirs['op']} as #{seq}, not {op}: collective MISMATCH"
+    return "arrived", f"waiting in #{seq} for {theirs['age']:.1f} s" if theirs else f"entered #{seq}"
+
+
 def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: dict, ranks: dict) -> dict[str, Any]:
     ident, seq, op = stuck["comm"], stuck["seq"], stuck["op"]
     arrived, behind, mismatched, unanswered, unmonitored, left = [], [], [], [], [], []
@@ -215,24 +232,8 @@ def _collective(stuck: dict, me: int, members: list[int], states: dict, silent: 
         done = view["coll_done"] if view else 0
         info: dict[str, Any] = {"entered": entered, "done": done, "where_host": _host(state) if r != me else ""}
         info["stack"] = stack_of(state)
-        if view is None:
-            behind.append(r)
-            info["status"] = f"has never used this communicator; {doing(state)}"
-        elif entered < seq:
-            behind.append(r)
-            last = f"last entered #{entered} ({view['last_op']})" if entered else "entered no collective on it yet"
-            info["status"] = f"has NOT arrived: {last}; {doing(state)}"
-        elif done >= seq:
-            left.append(r)
-            info["status"] = f"has completed #{seq} (now at #{entered})"
-        else:
-            theirs = _op_at(state, view["ident"], seq)
-            if theirs is not None and theirs["op"] != op:
-                mismatched.append(r)
-                info["status"] = f"arrived in {theirs['op']} as #{seq}, not {op}: collective MISMATCH"
-            else:
-                arrived.append(r)
-                info["status"] = f"waiting in #{seq} for {theirs['age']:.1f} s" if theirs else f"entered #{seq}"
+        group, info["status"] = _place(state, view, seq, op)
+        {"behind": behind, "left": left, "mismatched": mismatched, "arrived": arrived}[group].append(r)
         ranks[r] = info
     lines = [
         f"  wavefront on {stuck['label']}: {_list(arrived + mismatched)} entered #{seq}"

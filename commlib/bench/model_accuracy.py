@@ -68,7 +68,7 @@ def _between(values: tuple[int, ...]) -> list[int]:
     return [int(round(math.sqrt(a * b))) for a, b in zip(values, values[1:])]
 
 
-def evaluation_shapes(plan: cal.Plan) -> list[cal.Shape]:
+def evaluation_shapes(plan: cal.MeasurementGrid) -> list[cal.StridedShape]:
     """Shapes the calibration of ``plan`` did not measure: byte counts and blocks between its grid points."""
     blocks = _between(plan.blocks)
     measured = {(s.nbytes, s.block, s.levels) for s in plan.shapes()}
@@ -77,13 +77,15 @@ def evaluation_shapes(plan: cal.Plan) -> list[cal.Shape]:
         for target in _between(plan.nbytes):
             for b in blocks:
                 n = max(round(target / b), 1) * b
-                shape = cal.Shape.of(n, b, levels)
+                shape = cal.StridedShape.of(n, b, levels)
                 if shape is not None and (shape.nbytes, shape.block, shape.levels) not in measured:
                     out.append(shape)
     return out
 
 
-def _measure(shape: cal.Shape, pair: MPI.Intracomm | None, plan: cal.Plan, lead: bool) -> dict[str, float]:
+def _measure(
+    shape: cal.StridedShape, pair: MPI.Intracomm | None, plan: cal.MeasurementGrid, lead: bool
+) -> dict[str, float]:
     times: dict[str, float] = {}
     if lead:
         times.update(cal.host_times(shape, plan.settings))
@@ -120,7 +122,7 @@ def _predict(model: cost_model.Model, f: cost_model.Features, measured: dict[str
 
 
 def _row(
-    shape: cal.Shape,
+    shape: cal.StridedShape,
     first: dict[str, float],
     second: dict[str, float],
     model: cost_model.Model,

@@ -10,6 +10,7 @@ import pytest
 from mpi4py import MPI
 
 from collectives import moe
+from collectives.moe import dispatching
 from commlib.mpirun import run
 from transport.flows import Splitter
 
@@ -90,7 +91,7 @@ def test_dispatch_completes_its_posted_request_when_a_later_step_fails(monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("injected failure after the index exchange was posted")
 
-    monkeypatch.setattr(moe, "_alltoallw", broken)
+    monkeypatch.setattr(dispatching, "alltoallw", broken)
     comm = _Watched(MPI.COMM_SELF)
     x = np.ones((8, 4), np.float32)
     idx = np.array([[0, 1]] * 8, np.int64)

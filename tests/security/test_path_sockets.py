@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from commlib.mpirun import run
-from transport import sockets
-from transport.sockets import SocketChannel
+from transport.sockets import SocketChannel, handshake
 
 SCRIPT = Path(__file__).parent.parent / "mpi" / "security_paths.py"
 FRAME = struct.Struct("<qq")
@@ -29,10 +28,10 @@ def test_an_impostor_that_connects_first_does_not_become_the_peer():
 def test_only_the_peer_address_with_the_secret_is_accepted():
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    expected = b"h" * sockets._HELLO.size
+    expected = b"h" * handshake._HELLO.size
     got: list = []
     worker = threading.Thread(
-        target=lambda: got.append(sockets._accept_peer(listener, "127.0.0.3", expected, time.monotonic() + 5, "t")),
+        target=lambda: got.append(handshake._accept_peer(listener, "127.0.0.3", expected, time.monotonic() + 5, "t")),
         daemon=True,
     )
     worker.start()

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from transport import flows
-from transport.flows import HEADER_BYTES, MAX_CHANNELS, Splitter
+from transport.flows import HEADER_BYTES, MAX_CHANNELS, Splitter, wire
 
 
 class _Model:
@@ -27,7 +26,7 @@ def splitter():
 
 
 def _header(total: int, seq: int, sizes: list[int]) -> np.ndarray:
-    words = [*np.array(flows._MAGIC, dtype="<u8").view("<i8").tolist(), total, seq]
+    words = [*np.array(wire.MAGIC, dtype="<u8").view("<i8").tolist(), total, seq]
     words += [s - (1 << 64) if s >= 1 << 63 else s for s in sizes] + [0] * (MAX_CHANNELS - len(sizes))
     return np.array(words, dtype="<i8")
 
