@@ -15,9 +15,9 @@ import pytest
 from cluster_fixtures import emulated_cluster  # noqa: F401  (fixture)
 
 from commlib.cluster import ClusterError, EmulatedCluster, clean_stale_namespaces, cluster_available, main
+from commlib.cluster.netns import namespaces, tool
+from commlib.cluster.shaping import parse_rate
 from commlib.mpirun import MPIRunError, mpiexec_family
-from commlib.netns import namespaces, tool
-from commlib.shaping import parse_rate
 
 HERE = Path(__file__).parent / "mpi"
 OK, WHY = cluster_available()
@@ -182,7 +182,7 @@ def test_clusters_coexist_with_identical_addresses():
 
 
 def test_missing_htb_or_u32_is_reported_as_not_implemented(emulated_cluster, monkeypatch):  # noqa: F811
-    import commlib.cluster as cluster_module
+    from commlib.cluster import shaped as cluster_module
 
     cl = emulated_cluster(nodes=2, rate="1gbit")
     real = cluster_module.shape_device

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from commlib import mpirun
+from commlib.cluster.netns import agent_command
 from commlib.mpirun import App, Launcher, MPIRunError, launcher_environment, mpiexec_family, run_apps
-from commlib.netns import agent_command
 
 HYDRA = Launcher("/x/mpiexec", "hydra")
 PRRTE = Launcher("/x/mpiexec", "prrte")
@@ -111,11 +111,11 @@ def test_more_ranks_than_cores_start():
 
 
 def test_netns_agent_knows_only_its_hosts():
-    assert agent_command({"node0": "commlib-1-0-n0"}).endswith("-m commlib.netns agent node0=commlib-1-0-n0")
+    assert agent_command({"node0": "commlib-1-0-n0"}).endswith("-m commlib.cluster.netns agent node0=commlib-1-0-n0")
     with pytest.raises(ValueError, match="not a plain name"):
         agent_command({"node0; rm -rf /": "ns"})
     proc = subprocess.run(
-        [sys.executable, "-m", "commlib.netns", "agent", "node0=commlib-1-0-n0", "node9", "true"],
+        [sys.executable, "-m", "commlib.cluster.netns", "agent", "node0=commlib-1-0-n0", "node9", "true"],
         capture_output=True,
         text=True,
         timeout=60,

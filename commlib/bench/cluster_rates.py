@@ -1,7 +1,7 @@
 """Rate accuracy of the emulated cluster: measured TCP and MPI throughput against the configured link rate.
 
 For each rate, on two emulated nodes, interleaved repetitions of: a single TCP
-stream with the harness's token bucket (:func:`commlib.shaping.burst_for`), the
+stream with the harness's token bucket (:func:`commlib.cluster.shaping.burst_for`), the
 same with the fixed 64 KiB bucket of the first recipe, the same rate set as a
 per-pair htb class (:meth:`EmulatedCluster.set_link_rate`), and an MPI
 ``Send`` between one rank per node (UCX over TCP, one launch per rate, best
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from commlib.cluster import EmulatedCluster, cluster_available
-from commlib.shaping import parse_rate
+from commlib.cluster.shaping import parse_rate
 
 MPI_PROBE = (
     "import sys, time, numpy as np\n"

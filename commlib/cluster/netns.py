@@ -148,7 +148,7 @@ def agent_command(hosts: dict[str, str]) -> str:
         if not (_HOST.match(host) and _HOST.match(ns)):
             raise ValueError(f"agent_command: host {host!r} or namespace {ns!r} is not a plain name")
     mapping = ",".join(f"{host}={ns}" for host, ns in hosts.items())
-    return f"{sys.executable} -m commlib.netns agent {mapping}"
+    return f"{sys.executable} -m commlib.cluster.netns agent {mapping}"
 
 
 def agent(argv: list[str]) -> int:
@@ -159,13 +159,13 @@ def agent(argv: list[str]) -> int:
     unknown host exits with 255 (ssh's code for a host it cannot reach).
     """
     if len(argv) < 3:
-        print("commlib.netns agent: usage: agent HOST=NS[,HOST=NS...] HOST COMMAND...", file=sys.stderr)
+        print("commlib.cluster.netns agent: usage: agent HOST=NS[,HOST=NS...] HOST COMMAND...", file=sys.stderr)
         return 255
     hosts = dict(item.partition("=")[::2] for item in argv[0].split(","))
     host, words = argv[1], argv[2:]
     ns = hosts.get(host)
     if ns is None or not _HOST.match(host) or not _HOST.match(ns):
-        print(f"commlib.netns agent: unknown host {host!r} (known: {', '.join(hosts)})", file=sys.stderr)
+        print(f"commlib.cluster.netns agent: unknown host {host!r} (known: {', '.join(hosts)})", file=sys.stderr)
         return 255
     script = f'hostname {host} && exec sh -c "$0"'
     os.execvp("ip", ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", script, " ".join(words)])
@@ -174,6 +174,6 @@ def agent(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["agent"]:
-        print("usage: python -m commlib.netns agent HOST=NS[,HOST=NS...] HOST COMMAND...", file=sys.stderr)
+        print("usage: python -m commlib.cluster.netns agent HOST=NS[,HOST=NS...] HOST COMMAND...", file=sys.stderr)
         sys.exit(2)
     sys.exit(agent(sys.argv[2:]))

@@ -1,9 +1,9 @@
 """A bounded TCP throughput probe between two emulated nodes.
 
-``python -m commlib.tcpprobe recv ADDRESS STREAMS`` listens on ADDRESS (an
+``python -m commlib.cluster.tcpprobe recv ADDRESS STREAMS`` listens on ADDRESS (an
 ephemeral port, printed as ``PORT <n>``), takes STREAMS connections, reads
 them to the end and prints ``BYTES <n> SECONDS <t>`` (first byte to last).
-``python -m commlib.tcpprobe send ADDRESS PORT NBYTES STREAMS [SOURCE]``
+``python -m commlib.cluster.tcpprobe send ADDRESS PORT NBYTES STREAMS [SOURCE]``
 sends NBYTES in total over STREAMS parallel connections, optionally bound to
 the local address SOURCE (to pick one of several paths). Both ends give up
 after ``--timeout`` seconds. :meth:`commlib.cluster.EmulatedCluster.measure_throughput`
@@ -87,7 +87,7 @@ def send(address: str, port: int, nbytes: int, streams: int, *, source: str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m commlib.tcpprobe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m commlib.cluster.tcpprobe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--timeout", type=float, default=60.0)
     sub = parser.add_subparsers(dest="role", required=True)
     recv = sub.add_parser("recv")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from commlib.netns import ClusterError, tool
+from .netns import ClusterError, tool
 
 __all__ = [
     "BURST_SECONDS",
