@@ -1,139 +1,30 @@
-"""The cost model: tables, analytic defaults, strategy choice, online refinement, the session's use of it."""
+"""The cost model (datatypes.model): strategy choice, analytic defaults, online refinement, the process model."""
 
 import json
 import math
 
 import numpy as np
 import pytest
+from model_fixtures import (
+    isolated,  # noqa: F401  (fixture)
+    synthetic_model,
+)
 from mpi4py import MPI
 
 import datatypes
 from commlib import calibration
 from commlib.config import config
-from commlib.interposer.comm import wrap
-from commlib.interposer.decision import PACK_MARGIN
-from commlib.interposer.session import RECORD_SCHEMA, Session
 from datatypes import model as cm
 from datatypes.cost_table import Table
 from datatypes.refinement import Refinement
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No test reads or writes the user's cache; the process model is reloaded before and after."""
-    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COMMLIB_MODEL", "analytic")
-    for name in ("COMMLIB_PACK", "COMMLIB_PACK_MIN_BYTES", "COMMLIB_PACK_MIN_BLOCK", "COMMLIB_RECORD"):
-        monkeypatch.delenv(name, raising=False)
-    config.reload()
-    cm.set_current(None)
+def _isolated(isolated):  # noqa: F811
     yield
-    monkeypatch.undo()
-    config.reload()
-    cm.set_current(None)
-
-
-NBYTES, BLOCKS = (1 << 10, 1 << 15, 1 << 20), (1, 8, 64, 512)
-
-
-def copy_cost(n: float, b: float) -> float:
-    """Fixed + per byte + per block: the cost structure of a strided copy."""
-    return 2e-6 + 0.1e-9 * n + 10e-9 * n / b
-
-
-def power_law(n: float, b: float) -> float:
-    return 1e-9 * n**0.9 / b**0.5
-
-
-def grid(cost, interpolation: str) -> Table:
-    return Table(NBYTES, BLOCKS, [[cost(n, b) for b in BLOCKS] for n in NBYTES], interpolation=interpolation)
-
-
-# -- tables -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("interpolation, cost", [("affine", copy_cost), ("log", power_law)])
-def test_tables_are_exact_on_the_grid_and_for_their_cost_shape_between(interpolation, cost):
-    table = grid(cost, interpolation)
-    for n, b, t in table.points():
-        assert table(n, b) == pytest.approx(t, rel=1e-12)
-    for n, b in [(3000, 20), (100_000, 300), (1 << 12, 8), (5793, 3)]:
-        assert table(n, b) == pytest.approx(cost(n, b), rel=1e-9)
-
-
-def test_log_interpolation_errs_on_copy_costs_between_distant_grid_points():
-    errors = [abs(grid(copy_cost, "log")(n, 64) / copy_cost(n, 64) - 1) for n in (5793, 185_364)]
-    assert max(errors) > 0.15  # why affine is the default
-
-
-def test_table_clamps_blocks_and_bounds_the_extrapolation():
-    for interpolation in ("affine", "log"):
-        table = grid(copy_cost, interpolation)
-        assert table(1 << 14, 1) == table(1 << 14, 0)  # below the smallest block: clamped
-        assert table(1 << 14, 1 << 20) == table(1 << 14, 512)
-    affine = grid(copy_cost, "affine")
-    assert affine(1 << 24, 64) == pytest.approx(copy_cost(1 << 24, 64))  # the last segment's slope continues
-    assert affine(100, 64) == pytest.approx(copy_cost(100, 64))  # and the first one's below
-    steep = Table([1000, 2000], [1], [[1e-6], [1e-4]])  # extrapolated toward 0: never below proportional
-    assert steep(10, 1) == pytest.approx(1e-8) and steep(0, 1) > 0
-    down = Table([1, 2], [1], [[2e-6], [1e-6]], interpolation="log")  # negative slope: clamped to 0
-    assert down(1 << 20, 1) == pytest.approx(1e-6) and down(0, 1) == pytest.approx(2e-6)
-    assert Table([1, 2], [1], [[2e-6], [1e-6]])(1 << 20, 1) == pytest.approx(1e-6)
-    steep_log = Table([1, 2], [1], [[1e-6], [1e-4]], interpolation="log")  # log-log slope clamped to 1
-    assert steep_log(8, 1) == pytest.approx(4e-4)
-
-
-def test_table_fills_unmeasured_cells_from_the_nearest_block_and_drops_empty_rows():
-    table = Table([1024, 4096, 8192], [8, 64, 512], [[1e-6, 2e-6, None], [None, None, None], [4e-6, None, 8e-6]])
-    assert table.nbytes == [1024, 8192]
-    assert table(1024, 512) == pytest.approx(2e-6)
-    assert table(8192, 64) in (pytest.approx(4e-6), pytest.approx(8e-6))
-    assert len(table.points()) == 4
-    assert Table.from_json(json.loads(json.dumps(table.to_json()))).points() == table.points()
-
-
-@pytest.mark.parametrize(
-    "nbytes, blocks, seconds, message",
-    [
-        ([], [1], [], "non-empty"),
-        ([2, 1], [1], [[1.0], [1.0]], "increasing"),
-        ([1], [0], [[1.0]], "positive integers"),
-        ([1], [True], [[1.0]], "positive integers"),
-        ([1, 2], [1], [[1.0]], "one row per"),
-        ([1], [1, 2], [[1.0]], "must have 2 values"),
-        ([1], [1], [[-1.0]], "positive finite"),
-        ([1], [1], [[float("nan")]], "positive finite"),
-        ([1], [1], [["1"]], "positive finite"),
-        ([1], [1], [[None]], "no measured value"),
-    ],
-)
-def test_bad_tables_are_refused(nbytes, blocks, seconds, message):
-    with pytest.raises(ValueError, match=message):
-        Table(nbytes, blocks, seconds)
-    with pytest.raises(ValueError, match="interpolation must be one of affine, log"):
-        Table([1], [1], [[1.0]], interpolation="cubic")
 
 
 # -- strategies on synthetic tables -------------------------------------------------------------------
-
-
-def synthetic_model(native_fixed=5e-6, native_per_byte=2e-9, engine_winner="strided") -> cm.Model:
-    """native: fixed + n * per_byte; pack: fast engine + a 20 us link; MPI's engine 3x slower than strided."""
-    nbytes, blocks = (1 << 8, 1 << 12, 1 << 16, 1 << 20, 1 << 24), (1, 16, 256, 4096)
-    fast = Table(nbytes, blocks, [[1e-6 + n * 0.1e-9 for _ in blocks] for n in nbytes])
-    slow = Table(nbytes, blocks, [[3e-6 + n * 0.3e-9 for _ in blocks] for n in nbytes])
-    strided, mpi = (fast, slow) if engine_winner == "strided" else (slow, fast)
-    tables = {
-        "pack.strided.2": strided,
-        "unpack.strided.2": strided,
-        "pack.mpi.2": mpi,
-        "unpack.mpi.2": mpi,
-        "p2p.intra": Table(nbytes, [1], [[20e-6 + n * 0.5e-9] for n in nbytes]),
-        "send.native.intra.2": Table(
-            nbytes, blocks, [[native_fixed + n * native_per_byte for _ in blocks] for n in nbytes]
-        ),
-    }
-    return cm.Model(tables, constants={"pack_overhead": 0.0, "pack_overhead_byte": 0.0})
 
 
 def test_model_picks_the_fastest_strategy_on_synthetic_tables():
@@ -349,93 +240,6 @@ def test_packer_asks_the_model(monkeypatch):
         assert datatypes.choose_engine(1, vec) == "strided"  # and so does COMMLIB_PACK
     finally:
         vec.Free()
-
-
-# -- the session ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def vec():
-    dt = MPI.DOUBLE.Create_vector(2048, 8, 16).Commit()  # 128 KiB in 64-byte blocks
-    yield dt
-    dt.Free()
-
-
-def test_session_decides_with_its_model_and_learns(vec):
-    model = synthetic_model()
-    session = Session(model=model)
-    comm = wrap(MPI.COMM_SELF, session)
-    src, dst = np.arange(2048 * 16.0), np.zeros(2048 * 16)
-    comm.Sendrecv([src, 1, vec], 0, 0, [dst, 1, vec], 0, 0)
-    assert np.array_equal(dst.reshape(-1, 16)[:, :8], src.reshape(-1, 16)[:, :8])
-    f = cm.features(1, vec)
-    assert f == cm.Features(1 << 17, 64, 2)
-    choice = model.choose("Sendrecv", f)
-    assert f"Sendrecv: {choice} 2 calls" in session.report()
-    assert session.report().splitlines()[-1].startswith("cost model:")
-    message = type("M", (), {"count": 1, "datatype": vec})()
-    before = model.predict("Send", f)[choice]
-    session.observe("Send", message, choice, 5 * before)
-    assert model.predict("Send", f)[choice] > before
-    assert session.seconds["Send", choice] == 5 * before
-
-
-def test_default_session_uses_the_process_model_and_pack_override(vec, monkeypatch):
-    session = Session()
-    message = type("M", (), {"count": 1, "datatype": vec})()
-    assert session.model is cm.current()
-    predicted = cm.current().predict("Send", cm.features(1, vec), None, ("native", "pack"))
-    clearly = predicted["pack"] * PACK_MARGIN <= predicted["native"]  # packed only where clearly faster
-    assert session.decide("Send", message) == ("pack" if clearly else "native")
-    for engine, choice in (("strided", "pack"), ("mpi", "native")):
-        monkeypatch.setenv("COMMLIB_PACK", engine)
-        config.reload()
-        assert session.decide("Send", message) == choice
-    custom = Session(lambda op, m: "native")
-    assert custom.decide("Send", message) == "native" and custom.report().startswith("no operation")
-
-
-def test_recorded_run_round_trips_through_explain(vec, tmp_path, capsys):
-    from commlib.explain import main as explain
-
-    session = Session(lambda op, m: "pack" if op == "Send" else "native", model=synthetic_model())
-    message = type("M", (), {"count": 2, "datatype": vec})()
-    for _ in range(3):
-        session.observe("Send", message, session.decide("Send", message), 1e-4)
-    session.decide("Irecv", message)  # nonblocking: decided, not timed
-    session.observe("Recv", message, "native", 2e-4)
-    path = session.save_run(tmp_path / "run-{rank}.json")
-    assert path.name == "run-0.json"
-    data = json.loads(path.read_text())
-    assert data["schema"] == RECORD_SCHEMA and len(data["shapes"]) == 3
-    send = next(s for s in data["shapes"] if s["op"] == "Send")
-    assert send["calls"] == send["timed"] == 3 and send["nbytes"] == 2 << 17 and send["levels"] == 3
-    irecv = next(s for s in data["shapes"] if s["op"] == "Irecv")
-    assert (irecv["calls"], irecv["timed"], irecv["choice"]) == (1, 0, "native")
-    assert send["canonical"]["counts"] == [64, 2048]
-    assert explain([str(path), "--model", "analytic"]) == 0
-    out = capsys.readouterr().out
-    assert "Send x 3, count 2, chose pack, observed 100.00 us (3 timed)" in out and "<- chosen" in out
-    assert "Irecv x 1, count 2, chose native, not timed (nonblocking)" in out
-
-
-def test_at_exit_a_session_saves_its_run_and_what_the_model_learned(vec, tmp_path, monkeypatch):
-    import atexit
-
-    monkeypatch.setenv("COMMLIB_RECORD", str(tmp_path / "run-{rank}.json"))
-    monkeypatch.setenv("COMMLIB_MODEL_SAVE", "1")
-    config.reload()
-    session = Session(model=synthetic_model())
-    atexit.unregister(session._at_exit)  # called by hand here
-    session._at_exit()
-    assert not list(tmp_path.glob("run-*.json"))  # a session that saw nothing writes nothing
-    message = type("M", (), {"count": 1, "datatype": vec})()
-    session.observe("Send", message, "pack", 1e-3)
-    session._at_exit()
-    assert json.loads((tmp_path / "run-0.json").read_text())["shapes"][0]["timed"] == 1
-    data, where = calibration.load()
-    assert data is not None, where
-    assert len(data["refinement"]["buckets"]) == 1 and "pack.strided.2" in data["tables"]
 
 
 def test_nonblocking_sends_are_predicted_from_the_exchange_tables_where_measured():
