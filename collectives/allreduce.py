@@ -64,7 +64,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import allreduce_cost as cost
-from . import extrema, reduction_check
+from . import allreduce_levels, extrema, reduction_check
 from .allreduce_algorithms import ALGORITHMS, HIERARCHICAL
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
@@ -75,7 +75,7 @@ from .topology import Topology, cached_topology, topology
 
 __all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
 
-_HIERARCHICAL = dict(zip(HIERARCHICAL, (node_root, shard_parallel)))
+_HIERARCHICAL = dict(zip(HIERARCHICAL, (node_root, shard_parallel, allreduce_levels.run)))
 _MIN_BYTES = cost.MIN_BYTES
 
 
@@ -283,6 +283,10 @@ def _plan(comm: MPI.Intracomm, nbytes: int, algorithm: str, model: Any, exact: b
     if algorithm != "exact":
         _check_algorithm(algorithm)
     costs = _costs(topo, model)
+    levels = allreduce_levels.plan(topo, algorithm, nbytes, costs)  # levels above the node: their own model
+    if levels is not None:
+        decisions[key] = levels
+        return levels
     shape = cost.Shape(topo.node_of)
     chosen = algorithm
     if chosen == "exact":
