@@ -20,7 +20,10 @@ bitwise the same result, run after run. Algorithms (:data:`ALGORITHMS`):
     ``hierarchical-shard`` (reduce-scatter in the node, every local rank
     allreduces its shard across nodes at once, allgather in the node),
     whichever the cost model predicts faster; the step between nodes runs the
-    flat algorithm the model picks.
+    flat algorithm the model picks. ``hierarchical-levels``: over every level
+    of :mod:`collectives.hierarchy` (``COMMLIB_TOPOLOGY``); where a communicator
+    has levels above the node, ``auto`` and ``hierarchical`` leave the choice
+    to the level model (:mod:`collectives.allreduce_levels`).
 ``auto``
     the cost model's pick for this size and shape (:mod:`collectives.allreduce_cost`),
     ``native`` unless another algorithm is predicted clearly faster.

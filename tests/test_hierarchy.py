@@ -143,11 +143,56 @@ def test_same_bits_run_after_run():
 @pytest.mark.mpi
 @pytest.mark.skipif(not os.environ.get("COMMLIB_TEST_LONG"), reason="emulated racks; COMMLIB_TEST_LONG=1 runs it")
 def test_three_levels_on_emulated_racks():
-    from commlib.cluster import EmulatedCluster, cluster_available
+    from commlib.cluster import cluster_available
+    from commlib.racks import EmulatedRacks
 
     ok, why = cluster_available()
     if not ok:
         pytest.skip(why)
-    with EmulatedCluster(nodes=4, rate="1gbit", racks=2, uplink_rate="200mbit") as cl:
+    with EmulatedRacks(nodes=4, racks=2, rate="1gbit", uplink_rate="200mbit") as cl:
         out = cl.mpirun([2, 1, 2, 2], [CASES], timeout=300).stdout
     assert "OK hierarchy on 7 ranks" in out
+
+
+@pytest.mark.emulated
+def test_emulated_racks_put_nodes_on_rack_bridges_behind_shaped_uplinks():
+    from commlib.cluster import cluster_available
+    from commlib.netns import namespaces, tool
+    from commlib.racks import EmulatedRacks
+
+    ok, why = cluster_available()
+    if not ok:
+        pytest.skip(why)
+    with pytest.raises(ValueError, match="racks must be an int in 1..nodes"):
+        EmulatedRacks(nodes=2, racks=3)
+    with EmulatedRacks(nodes=3, racks=2, rate="1gbit", uplink_rate="200mbit", local_rate="10gbit") as cl:
+        assert cl.rack_of == [0, 0, 1]
+        assert cl.node_env(2) == {"COMMLIB_NODE_ID": "2", "COMMLIB_TOPOLOGY": "rack=1"}
+        links = tool("ip", "-n", cl.hub, "-o", "link", "show").stdout
+        for port, bridge in (("p0", "br0"), ("p1", "br0"), ("p2", "br1"), ("u0", "br0"), ("u1", "br1"), ("c0", "brc")):
+            assert any(f" {port}@" in line and f"master {bridge} " in line for line in links.splitlines()), port
+        for dev in ("u0", "c1"):
+            assert "rate 200Mbit" in tool("tc", "-n", cl.hub, "qdisc", "show", "dev", dev).stdout
+        assert "rate 10Gbit" in tool("tc", "-n", cl.namespaces[0], "qdisc", "show", "dev", "lo").stdout
+        assert "rate 1Gbit" in cl.qdiscs(2)
+        made = [cl.hub, *cl.namespaces]
+    assert not set(made) & set(namespaces())
+
+
+def test_benchmark_report_names_each_target():
+    from commlib.bench.hierarchy import _table, _targets
+
+    def row(op, nbytes, mpi, two, three, auto):
+        med = {"mpi": mpi, "2-level": two, "3-level": three, "auto": auto}
+        return {"op": op, "bytes": nbytes, "median_s": med, "errors": dict.fromkeys(med, False), "auto_plan": [2, 2]}
+
+    result = {
+        "description": "2 racks",
+        "shape": {"levels": ["node", "rack", "world"], "shards": [2, 2, 2]},
+        "rows": [row("allreduce", 1 << 20, 1.0, 1.0, 0.9, 1.0), row("rs+ag", 1 << 20, 1.0, 0.7, 0.4, 0.4)],
+    }
+    table = "\n".join(_table(result))
+    assert "| rs+ag | 1 MiB | 1000.00 ms | 0.70x | 0.40x | 0.40x | [2, 2] |" in table
+    targets = _targets(result)
+    assert any(t.startswith("allreduce: 3-level") and "0.90x 2-level" in t and "NOT met" in t for t in targets)
+    assert any(t.startswith("rs+ag: 3-level") and "NOT met" not in t for t in targets)
