@@ -24,7 +24,7 @@ from mpi4py import MPI
 
 from .hierarchy import Hierarchy
 
-__all__ = ["Layout", "allgather_blocks", "reduce_scatter_blocks"]
+__all__ = ["Layout", "allgather_blocks", "piece_counts", "reduce_scatter_blocks"]
 
 _Request = type(MPI.REQUEST_NULL)
 _TAG = 23
@@ -75,63 +75,120 @@ class Layout:
         return sizes + [0] * (group - shards), displs + [at] * (group - shards)
 
 
-def reduce_scatter_blocks(lay: Layout, send: Any, recv: Any, datatype: MPI.Datatype, op: MPI.Op) -> None:
-    """Reduce ``send`` (every rank's blocks in rank order) and leave this rank's block in ``recv``."""
-    h = lay.h
-    work = np.empty(lay.total, dtype=send.dtype)
-    starts = np.cumsum([0, *lay.counts])
-    for r in range(h.size):
-        work[lay.offset[r] : lay.offset[r] + lay.counts[r]] = send[starts[r] : starts[r + 1]]
-    steps = h.steps()
-    for level in range(h.depth + 1):
-        comm = steps[level]
-        if comm is None:
-            break
-        lo, hi = lay.run(level)
-        counts, displs = lay.parts(level, comm.Get_size())
+def piece_counts(counts: list[int], segments: int) -> list[list[int]]:
+    """Every block cut into ``segments`` near-equal pieces: the counts of segment ``s`` (one per rank)."""
+    cuts = [[k * c // segments for k in range(segments + 1)] for c in counts]
+    return [[cut[s + 1] - cut[s] for cut in cuts] for s in range(segments)]
+
+
+def _piece_starts(lays: list[Layout]) -> list[list[int]]:
+    """Where piece ``s`` of every rank's block starts in a rank-ordered vector of whole blocks."""
+    p = len(lays[0].counts)
+    whole = [sum(lay.counts[r] for lay in lays) for r in range(p)]
+    at, starts = 0, []
+    for r in range(p):
+        starts.append(at)
+        at += whole[r]
+    out = []
+    for lay in lays:
+        out.append(list(starts))
+        starts = [starts[r] + lay.counts[r] for r in range(p)]
+    return out
+
+
+def _wavefront(lays: list[Layout], levels: list[int], issue: Any) -> None:
+    """``issue(s, level, comm) -> (request, scratch)`` for every segment and level where this rank takes part,
+    segment ``s`` at ``levels[j]`` in tick ``s + j``; each tick's requests complete before the next tick's
+    are issued (in the same order on every rank), its scratch buffers kept alive until then."""
+    steps = lays[0].h.steps()
+    for tick in range(len(lays) + len(levels) - 1):
+        requests, keep = [], []
+        for j, level in enumerate(levels):
+            s = tick - j
+            if 0 <= s < len(lays) and steps[level] is not None:
+                request, scratch = issue(s, level, steps[level])
+                requests.append(request)
+                keep.append(scratch)
+        _Request.Waitall(requests)
+
+
+def reduce_scatter_blocks(lays: list[Layout], send: Any, recv: Any, datatype: MPI.Datatype, op: MPI.Op) -> None:
+    """Reduce ``send`` (every rank's blocks in rank order) and leave this rank's block in ``recv``.
+
+    ``lays``: one layout per segment (the counts of :func:`piece_counts`), pipelined level by level.
+    """
+    h = lays[0].h
+    starts = _piece_starts(lays)
+    works = []
+    for lay, start in zip(lays, starts):
+        work = np.empty(lay.total, dtype=send.dtype)
+        for r in range(h.size):
+            work[lay.offset[r] : lay.offset[r] + lay.counts[r]] = send[start[r] : start[r] + lay.counts[r]]
+        works.append(work)
+
+    def issue(s: int, level: int, comm: MPI.Intracomm) -> tuple[Any, Any]:
+        lo, hi = lays[s].run(level)
+        counts, displs = lays[s].parts(level, comm.Get_size())
         mine = comm.Get_rank()
-        source = work[lo:hi].copy()
-        into = work[lo + displs[mine] : lo + displs[mine] + counts[mine]]
-        MPI.Comm.Reduce_scatter(comm, [source, datatype], [into, datatype], counts, op)
-    _deliver(lay, work, recv, datatype)
+        source = works[s][lo:hi].copy()
+        into = works[s][lo + displs[mine] : lo + displs[mine] + counts[mine]]
+        return MPI.Comm.Ireduce_scatter(comm, [source, datatype], [into, datatype], counts, op), source
+
+    _wavefront(lays, list(range(h.depth + 1)), issue)
+    _deliver(lays, works, recv, datatype)
 
 
-def _deliver(lay: Layout, work: Any, recv: Any, datatype: MPI.Datatype) -> None:
+def _assemble(lays: list[Layout], works: list[Any], r: int, out: Any) -> None:
+    """Rank ``r``'s block from its pieces in every segment's work vector."""
+    at = 0
+    for lay, work in zip(lays, works):
+        c = lay.counts[r]
+        out[at : at + c] = work[lay.offset[r] : lay.offset[r] + c]
+        at += c
+
+
+def _deliver(lays: list[Layout], works: list[Any], recv: Any, datatype: MPI.Datatype) -> None:
     """Every held block to its rank; this rank's own into ``recv``."""
+    lay = lays[0]
     h, me = lay.h, lay.h.rank
-    requests = []
+    requests, keep = [], []
     if lay.holder[me] != me:
         requests.append(MPI.Comm.Irecv(h.comm, [recv, datatype], lay.holder[me], _TAG))
     for r in lay.held:
-        block = work[lay.offset[r] : lay.offset[r] + lay.counts[r]]
         if r == me:
-            recv[...] = block
-        else:
-            requests.append(MPI.Comm.Isend(h.comm, [block, datatype], r, _TAG))
+            _assemble(lays, works, r, recv)
+            continue
+        block = np.empty(sum(x.counts[r] for x in lays), dtype=recv.dtype)
+        _assemble(lays, works, r, block)
+        keep.append(block)
+        requests.append(MPI.Comm.Isend(h.comm, [block, datatype], r, _TAG))
     _Request.Waitall(requests)
 
 
-def allgather_blocks(lay: Layout, send: Any, recv: Any, displs: list[int], datatype: MPI.Datatype) -> None:
-    """Gather every rank's ``send`` block into ``recv`` (rank ``r``'s at ``displs[r]``)."""
+def allgather_blocks(lays: list[Layout], send: Any, recv: Any, displs: list[int], datatype: MPI.Datatype) -> None:
+    """Gather every rank's ``send`` block into ``recv`` (rank ``r``'s at ``displs[r]``), in ``len(lays)`` segments."""
+    lay = lays[0]
     h, me = lay.h, lay.h.rank
-    work = np.empty(lay.total, dtype=recv.dtype)
-    requests = []
+    works = [np.empty(x.total, dtype=recv.dtype) for x in lays]
+    requests, blocks = [], {}
     if lay.holder[me] != me:
         requests.append(MPI.Comm.Isend(h.comm, [send, datatype], lay.holder[me], _TAG))
     for r in lay.held:
-        block = work[lay.offset[r] : lay.offset[r] + lay.counts[r]]
-        if r == me:
-            block[...] = send
-        else:
-            requests.append(MPI.Comm.Irecv(h.comm, [block, datatype], r, _TAG))
+        blocks[r] = send if r == me else np.empty(sum(x.counts[r] for x in lays), dtype=recv.dtype)
+        if r != me:
+            requests.append(MPI.Comm.Irecv(h.comm, [blocks[r], datatype], r, _TAG))
     _Request.Waitall(requests)
-    steps = h.steps()
-    for level in range(h.depth, -1, -1):
-        comm = steps[level]
-        if comm is None:
-            continue
-        lo, hi = lay.run(level)
-        counts, offsets = lay.parts(level, comm.Get_size())
-        MPI.Comm.Allgatherv(comm, MPI.IN_PLACE, [work[lo:hi], (counts, offsets), datatype])
+    for r, block in blocks.items():
+        at = 0
+        for x, work in zip(lays, works):
+            work[x.offset[r] : x.offset[r] + x.counts[r]] = block[at : at + x.counts[r]]
+            at += x.counts[r]
+
+    def issue(s: int, level: int, comm: MPI.Intracomm) -> tuple[Any, Any]:
+        lo, hi = lays[s].run(level)
+        counts, offsets = lays[s].parts(level, comm.Get_size())
+        return MPI.Comm.Iallgatherv(comm, MPI.IN_PLACE, [works[s][lo:hi], (counts, offsets), datatype]), None
+
+    _wavefront(lays, list(range(h.depth, -1, -1)), issue)
     for r in range(h.size):
-        recv[displs[r] : displs[r] + lay.counts[r]] = work[lay.offset[r] : lay.offset[r] + lay.counts[r]]
+        _assemble(lays, works, r, recv[displs[r] : displs[r] + sum(x.counts[r] for x in lays)])

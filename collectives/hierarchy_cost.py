@@ -196,19 +196,17 @@ def predict(op: str, nbytes: int, h: Hierarchy, c: LevelCosts, depth: int | None
     return sum(stages) + (segments - 1) * max(stages, default=0.0) + copies
 
 
-def best(op: str, nbytes: int, h: Hierarchy, c: LevelCosts) -> tuple[int, int]:
-    """``(depth, segments)`` of the fastest hierarchical ``op`` (depth >= 1; segments for allreduce only)."""
+def best(op: str, nbytes: int, h: Hierarchy, c: LevelCosts, depth: int | None = None) -> tuple[int, int]:
+    """``(depth, segments)`` of the fastest hierarchical ``op`` (at ``depth`` if given, else any depth >= 1)."""
     if h.depth == 0:
         return 0, 1
     found = (math.inf, 1, 1)
-    for depth in range(1, h.depth + 1):
+    for d in range(1, h.depth + 1) if depth is None else (min(depth, h.depth),):
         segments = 1
         while segments <= MAX_SEGMENTS and (segments == 1 or nbytes / segments >= cost.MIN_SEGMENT):
-            seconds = predict(op, nbytes, h, c, depth, segments)
+            seconds = predict(op, nbytes, h, c, d, segments)
             if seconds < found[0]:
-                found = (seconds, depth, segments)
-            if op != "allreduce":
-                break
+                found = (seconds, d, segments)
             segments *= 2
     return found[1], found[2]
 

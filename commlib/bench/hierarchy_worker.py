@@ -92,7 +92,7 @@ def _size_row(comm: MPI.Intracomm, op: str, nbytes: int, methods: list[str], rou
     if op == "allreduce":
         row["auto_plan"] = list(plan(comm, n * 8, "auto"))
     else:
-        row["auto_plan"] = [hc.plan(comm, "reduce_scatter", n * 8), hc.plan(comm, "allgather", n * 8)]
+        row["auto_plan"] = [list(hc.plan(comm, "reduce_scatter", n * 8)), list(hc.plan(comm, "allgather", n * 8))]
     return row
 
 
