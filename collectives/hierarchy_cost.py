@@ -29,7 +29,7 @@ __all__ = ["LevelCosts", "best", "choose", "level_costs", "parse_links", "predic
 
 OPERATIONS = ("allreduce", "reduce_scatter", "allgather")
 LONG_MSG = 512 << 10  # MPICH's reduce-scatter and allgather long-message thresholds (total bytes)
-MARGIN = 0.85
+MARGIN = 0.9
 MAX_SEGMENTS = 8
 _RATE = re.compile(r"^\s*([0-9.eE+-]+)\s*(gbit|mbit|kbit|bit)\s*$", re.I)
 _BITS = {"gbit": 1e9, "mbit": 1e6, "kbit": 1e3, "bit": 1.0}

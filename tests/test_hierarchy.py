@@ -96,8 +96,9 @@ def test_level_model_takes_the_rack_level_where_uplinks_are_slow():
     # reduce-scatter and allgather: MPI's algorithms cross the uplinks with all ranks' blocks, the levels once
     for op in ("reduce_scatter", "allgather"):
         assert hcost.choose(op, 4 << 20, h, slow)[0] == 2, op
-    # allreduce: MPI's Rabenseifner crosses the uplink with n bytes too; only the pipelined levels gain, at 16 MiB
-    assert hcost.choose("allreduce", 4 << 20, h, slow) == (0, 1)
+    # allreduce: MPI's Rabenseifner crosses the uplink with n bytes too; only the pipelined levels gain
+    assert hcost.choose("allreduce", 1 << 20, h, slow) == (0, 1)
+    assert hcost.choose("allreduce", 4 << 20, h, slow) == (2, 4)
     assert hcost.choose("allreduce", 16 << 20, h, slow) == (2, 8)
     # equal links everywhere: the rack level buys nothing over two levels for allgather
     flat = hcost.level_costs(h, base)
