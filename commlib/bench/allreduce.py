@@ -38,20 +38,14 @@ __all__ = ["main"]
 
 # the library's algorithms (collectives.allreduce_algorithms), and star-arrival: star whose root
 # reduces the contributions in arrival order, a variant timed here only (its result depends on timing)
-# (hierarchical-levels needs levels above the node: python -m commlib bench hierarchy times it)
-ALGORITHMS = (
-    *registry.FLAT,
-    "star-arrival",
-    "hierarchical",
-    *(a for a in registry.HIERARCHICAL if a != "hierarchical-levels"),
-    "auto",
-)
+ALGORITHMS = (*registry.FLAT, "star-arrival", "hierarchical", *registry.HIERARCHICAL, "auto")
 CONTROL = "mpi-again"  # MPI's Allreduce timed a second time: the run's noise floor, opt-in
 SHORT = {
     CONTROL: "MPI again",
     "hierarchical": "hier",
     "hierarchical-root": "h-root",
     "hierarchical-shard": "h-shard",
+    "hierarchical-levels": "h-levels",
     "star-arrival": "star-arr",
 }
 FULL_SIZES = (8, 64, 512, 4096, 32768, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
