@@ -20,7 +20,10 @@ bitwise the same result, run after run. Algorithms (:data:`ALGORITHMS`):
     ``hierarchical-shard`` (reduce-scatter in the node, every local rank
     allreduces its shard across nodes at once, allgather in the node),
     whichever the cost model predicts faster; the step between nodes runs the
-    flat algorithm the model picks.
+    flat algorithm the model picks. ``hierarchical-levels``: over every level
+    of :mod:`collectives.hierarchy` (``COMMLIB_TOPOLOGY``); where a communicator
+    has levels above the node, ``auto`` and ``hierarchical`` leave the choice
+    to the level model (:mod:`collectives.allreduce_levels`).
 ``auto``
     the cost model's pick for this size and shape (:mod:`collectives.allreduce_cost`),
     ``native`` unless another algorithm is predicted clearly faster.
@@ -57,55 +60,26 @@ matching type signatures. Device (cupy) arrays go to MPI as they are when
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from . import allreduce_cost as cost
-from . import extrema, reduction_check
+from . import allreduce_levels, extrema, reduction_check
 from .allreduce_algorithms import ALGORITHMS, HIERARCHICAL
+from .allreduce_call import AliasedBuffers, Call, on_host, prepare, staged
 from .allreduce_flat import FLAT
 from .allreduce_hierarchical import node_root, shard_parallel
-from .bufspec import TypedBuffer, datatype_of, typed_buffer
-from .reduction import Reducer, array_module, reducer
+from .bufspec import datatype_of
+from .reduction import reducer
 from .settings import settings
 from .topology import Topology, cached_topology, topology
 
 __all__ = ["ALGORITHMS", "AliasedBuffers", "allreduce", "handles", "plan", "try_allreduce"]
 
-_HIERARCHICAL = dict(zip(HIERARCHICAL, (node_root, shard_parallel)))
+_HIERARCHICAL = dict(zip(HIERARCHICAL, (node_root, shard_parallel, allreduce_levels.run)))
 _MIN_BYTES = cost.MIN_BYTES
-
-
-class AliasedBuffers(MPI.Exception, ValueError):
-    """Send and receive buffers that share memory (``MPI.ERR_BUFFER``, as MPI reports it; also a ``ValueError``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(MPI.ERR_BUFFER)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _check_disjoint(send: Any, recv: Any, datatype: MPI.Datatype) -> None:
-    """Raise :class:`AliasedBuffers` when ``send`` and ``recv`` (contiguous arrays) share any byte."""
-    if array_module(recv).may_share_memory(send, recv):
-        raise AliasedBuffers(
-            f"allreduce: sendbuf and recvbuf overlap ({send.size} and {recv.size} elements of "
-            f"{datatype.Get_name() or recv.dtype}): pass MPI.IN_PLACE as sendbuf to reduce in place"
-        )
-
-
-class _Call:
-    """One allreduce, validated: ``send`` is ``None`` for ``MPI.IN_PLACE``."""
-
-    __slots__ = ("datatype", "op", "recv", "reduce", "send")
-
-    def __init__(self, send: Any | None, recv: Any, datatype: MPI.Datatype, op: MPI.Op, reduce: Reducer) -> None:
-        self.send, self.recv, self.datatype, self.op, self.reduce = send, recv, datatype, op, reduce
 
 
 def _check_algorithm(algorithm: str) -> str:
@@ -114,65 +88,9 @@ def _check_algorithm(algorithm: str) -> str:
     return algorithm
 
 
-def _plain(sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
-    """The call for the common case - C-contiguous numpy arrays that match - else ``None``."""
-    rflags = recvbuf.flags
-    if not (rflags.c_contiguous and rflags.writeable):
-        return None
-    if sendbuf is MPI.IN_PLACE:
-        send = None
-    elif sendbuf.flags.c_contiguous and sendbuf.dtype == recvbuf.dtype and sendbuf.size == recvbuf.size:
-        send = sendbuf.reshape(-1)
-    else:
-        return None
-    datatype = datatype_of(recvbuf.dtype)
-    red = None if datatype is None else reducer(op, datatype)
-    if red is None:
-        return None
-    if send is not None:
-        _check_disjoint(send, recvbuf, datatype)
-    return _Call(send, recvbuf.reshape(-1), datatype, op, red)
-
-
-def _prepare(comm: Any, sendbuf: Any, recvbuf: Any, op: Any) -> _Call | None:
-    """The validated call, or ``None`` for what goes to MPI untouched; bad specs raise here."""
-    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
-        return None
-    if type(recvbuf) is np.ndarray and (sendbuf is MPI.IN_PLACE or type(sendbuf) is np.ndarray):
-        call = _plain(sendbuf, recvbuf, op)
-        if call is not None:
-            return call
-    recv = typed_buffer(recvbuf, "recvbuf", writable=True)
-    if recv is None:
-        return None
-    send: TypedBuffer | None = None
-    if sendbuf is not MPI.IN_PLACE:
-        send = typed_buffer(sendbuf, "sendbuf", writable=False)
-        if send is None:
-            return None
-        if send.array.dtype != recv.array.dtype:
-            raise ValueError(
-                f"allreduce: sendbuf holds {send.datatype.Get_name()} ({send.array.dtype}) elements but recvbuf "
-                f"{recv.datatype.Get_name()} ({recv.array.dtype}): the datatypes must match"
-            )
-        if send.count != recv.count:
-            raise ValueError(
-                f"allreduce: sendbuf has {send.count} and recvbuf {recv.count} elements of "
-                f"{recv.datatype.Get_name()}: the counts must match"
-            )
-        if array_module(send.array) is not array_module(recv.array):
-            raise TypeError("allreduce: sendbuf and recvbuf must both be host arrays or both device arrays")
-    red = reducer(op, recv.datatype)
-    if red is None:
-        return None
-    if send is not None:
-        _check_disjoint(send.array, recv.array, recv.datatype)
-    return _Call(None if send is None else send.array, recv.array, recv.datatype, op, red)
-
-
 def handles(comm: Any, sendbuf: Any, recvbuf: Any, op: Any = MPI.SUM) -> bool:
     """Whether commlib's algorithms take these buffers and op (else MPI gets them untouched); raises on bad specs."""
-    return _prepare(comm, sendbuf, recvbuf, op) is not None
+    return prepare(comm, sendbuf, recvbuf, op) is not None
 
 
 def _process_model() -> Any:
@@ -283,6 +201,10 @@ def _plan(comm: MPI.Intracomm, nbytes: int, algorithm: str, model: Any, exact: b
     if algorithm != "exact":
         _check_algorithm(algorithm)
     costs = _costs(topo, model)
+    levels = allreduce_levels.plan(topo, algorithm, nbytes, costs)  # levels above the node: their own model
+    if levels is not None:
+        decisions[key] = levels
+        return levels
     shape = cost.Shape(topo.node_of)
     chosen = algorithm
     if chosen == "exact":
@@ -299,12 +221,12 @@ def _plan(comm: MPI.Intracomm, nbytes: int, algorithm: str, model: Any, exact: b
     return decision
 
 
-def _native(comm: MPI.Intracomm, call: _Call) -> None:
+def _native(comm: MPI.Intracomm, call: Call) -> None:
     source = MPI.IN_PLACE if call.send is None else [call.send, call.datatype]
     MPI.Comm.Allreduce(comm, source, [call.recv, call.datatype], call.op)
 
 
-def _nan_propagating(comm: MPI.Intracomm, call: _Call) -> None:
+def _nan_propagating(comm: MPI.Intracomm, call: Call) -> None:
     """``MPI_MAX``/``MPI_MIN`` of floating-point values, NaN and signed zeros settled, through MPI's own algorithm.
 
     One allreduce of the values followed by two flags per element, reduced
@@ -330,7 +252,7 @@ def _nan_propagating(comm: MPI.Intracomm, call: _Call) -> None:
     call.recv[...] = result
 
 
-def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native_ok: bool, exact: bool) -> bool:
+def _run(comm: MPI.Intracomm, call: Call, algorithm: str, model: Any, *, native_ok: bool, exact: bool) -> bool:
     """Run ``call`` with ``algorithm`` (ring or star if ``exact``); ``False`` (nothing touched) when it
     comes to MPI's own and not ``native_ok``."""
     send, buf = call.send, call.recv
@@ -362,23 +284,6 @@ def _run(comm: MPI.Intracomm, call: _Call, algorithm: str, model: Any, *, native
     else:
         FLAT[chosen](topo.comm, buf, call.reduce, call.datatype, call.op)
     return True
-
-
-def _staged(call: _Call) -> tuple[_Call, Any]:
-    """The call on host copies of device arrays (for an MPI that cannot take device memory)."""
-    xp = array_module(call.recv)
-    host_recv = xp.asnumpy(call.recv)
-    host_send = None if call.send is None else xp.asnumpy(call.send)
-    return _Call(host_send, host_recv, call.datatype, call.op, call.reduce), host_recv
-
-
-def _on_host(spec: Any) -> bool:
-    """Whether a buffer spec certainly names host memory (cheap: true whenever cupy is not even imported)."""
-    cupy = sys.modules.get("cupy")
-    if cupy is None:
-        return True
-    buf = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
-    return not isinstance(buf, cupy.ndarray)
 
 
 def _auto_is_native(comm: Any, nbytes: int, model: Any) -> bool:
@@ -432,16 +337,16 @@ def try_allreduce(
                 return NotImplemented  # below MIN_BYTES: what cost.choose decides for any shape, without lookups
         host = True
     else:
-        host = _on_host(recvbuf)
+        host = on_host(recvbuf)
         if host and algorithm == "native":
             return NotImplemented
     _check_algorithm(algorithm)
-    call = _prepare(comm, sendbuf, recvbuf, op)
+    call = prepare(comm, sendbuf, recvbuf, op)
     if call is None:
         return NotImplemented
     exact = _wrong(comm, call.op, call.datatype)
     if not host and not settings.cuda_aware_mpi:
-        host_call, host_out = _staged(call)
+        host_call, host_out = staged(call)
         _run(comm, host_call, algorithm, model, native_ok=True, exact=exact)
         call.recv.set(host_out)
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = ["ALGORITHMS", "CHOOSERS", "FLAT", "HIERARCHICAL"]
 
 FLAT = ("native", "ring", "star")  # over the whole communicator at once
-HIERARCHICAL = ("hierarchical-root", "hierarchical-shard")  # within nodes first, then between them
+# within nodes first, then between them; -levels: every level of collectives.hierarchy (COMMLIB_TOPOLOGY)
+HIERARCHICAL = ("hierarchical-root", "hierarchical-shard", "hierarchical-levels")
 CHOOSERS = ("auto", "hierarchical")  # choose per call: among all, or the better hierarchical one
 ALGORITHMS = ("auto", *FLAT, "hierarchical", *HIERARCHICAL)

@@ -284,7 +284,8 @@ def _hier_shard(n: float, shape: Shape, c: Costs) -> float:
 
 _ALL: dict[str, Callable[[float, Shape, Costs], float]] = {
     **_FLAT,
-    **dict(zip(algorithms.HIERARCHICAL, (_hier_root, _hier_shard))),
+    # on a node/network shape the levels allreduce is the shard one (its own model: collectives.hierarchy_cost)
+    **dict(zip(algorithms.HIERARCHICAL, (_hier_root, _hier_shard, _hier_shard))),
 }
 ALGORITHMS = tuple(_ALL)  # the algorithms with a prediction of their own (not the choosers)
 

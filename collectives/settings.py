@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datatypes.settings import Settings, env_bool, env_choice
+from datatypes.settings import Settings, env_bool, env_choice, env_text
 
 from .allreduce_algorithms import ALGORITHMS
 
-__all__ = ["ALLREDUCE_ALGORITHMS", "MOE_PACKS", "NODE_DETECT", "CollectivesSettings", "settings"]
+__all__ = [
+    "ALLREDUCE_ALGORITHMS",
+    "HIERARCHY_ALGORITHMS",
+    "MOE_PACKS",
+    "NODE_DETECT",
+    "CollectivesSettings",
+    "settings",
+]
 
 ALLREDUCE_ALGORITHMS = ALGORITHMS
 MOE_PACKS = ("gather", "mpi")
 NODE_DETECT = ("auto", "shared", "name", "env")
+HIERARCHY_ALGORITHMS = ("auto", "native", "hierarchical")
 
 
 @dataclass
@@ -47,6 +55,22 @@ class CollectivesSettings(Settings):
         arithmetic (:mod:`collectives.reduction_check`) and run the pairs MPI
         gets wrong with commlib's ring or star; 0 trusts MPI. Set it alike on
         every rank.
+    topology [COMMLIB_TOPOLOGY=""]
+        this rank's domains at the levels around (or inside) its node, innermost
+        first, e.g. ``socket=0,node=n3,rack=r1`` (:mod:`collectives.hierarchy`):
+        the hierarchical collectives reduce-scatter down these levels and
+        allgather back up. Every rank names the same levels.
+    level_links [COMMLIB_LEVEL_LINKS=""]
+        the cost model's link figures per level, ``name=alpha/beta`` (seconds per
+        message / per byte) or ``name=alpha/RATE`` (``30e-6/200mbit``), e.g.
+        ``rack=30e-6/1gbit,world=30e-6/200mbit``: the link between the
+        sub-domains of one domain of that level (``world``: between the
+        outermost domains); levels not named take the node-to-node figure.
+    reduce_scatter [COMMLIB_REDUCE_SCATTER=auto]
+        algorithm of the interposed ``Reduce_scatter`` and ``Reduce_scatter_block``:
+        ``auto`` (cost model), ``native`` or ``hierarchical`` (every level).
+    allgather [COMMLIB_ALLGATHER=auto]
+        algorithm of the interposed ``Allgather`` and ``Allgatherv`` (as above).
     """
 
     cuda_aware_mpi: bool = False
@@ -54,6 +78,10 @@ class CollectivesSettings(Settings):
     node_detect: str = "auto"
     allreduce: str = "auto"
     reduction_check: bool = True
+    topology: str = ""
+    level_links: str = ""
+    reduce_scatter: str = "auto"
+    allgather: str = "auto"
 
     @classmethod
     def from_env(cls) -> CollectivesSettings:
@@ -63,6 +91,10 @@ class CollectivesSettings(Settings):
             node_detect=env_choice("COMMLIB_NODE_DETECT", cls.node_detect, NODE_DETECT),
             allreduce=env_choice("COMMLIB_ALLREDUCE", cls.allreduce, ALLREDUCE_ALGORITHMS),
             reduction_check=env_bool("COMMLIB_REDUCTION_CHECK", cls.reduction_check),
+            topology=env_text("COMMLIB_TOPOLOGY"),
+            level_links=env_text("COMMLIB_LEVEL_LINKS"),
+            reduce_scatter=env_choice("COMMLIB_REDUCE_SCATTER", cls.reduce_scatter, HIERARCHY_ALGORITHMS),
+            allgather=env_choice("COMMLIB_ALLGATHER", cls.allgather, HIERARCHY_ALGORITHMS),
         )
 
 

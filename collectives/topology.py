@@ -58,6 +58,7 @@ class Topology:
     agreed: dict[Any, Any] = field(default_factory=dict)  # values every rank took from rank 0, by key
     # decisions of the collectives, by their own keys
     plans: BoundedDict[Any, Any] = field(default_factory=lambda: BoundedDict(4096))
+    extras: list[Any] = field(default_factory=list)  # objects with free() built on ``comm``, freed first
 
     def __post_init__(self) -> None:
         self._n_nodes = max(self.node_of) + 1
@@ -115,6 +116,9 @@ class Topology:
         """Free the communicators this topology holds (idempotent; a no-op once MPI is finalized)."""
         if MPI.Is_finalized():
             return
+        for extra in self.extras:
+            extra.free()
+        self.extras.clear()
         for name in ("shard_comm", "leader_comm", "node_comm", "comm"):
             c = getattr(self, name)
             if c is not None and c != MPI.COMM_NULL:

@@ -37,6 +37,10 @@ BENCHMARKS: dict[str, tuple[str, Handler]] = {
     "pack": ("MPI_Pack vs commlib's strided and auto pack engines vs memcpy", _lazy("commlib.bench.pack")),
     "halo": ("3D halo exchange (examples/halo3d.py), plain mpi4py vs python -m commlib", _lazy("commlib.bench.halo")),
     "allreduce": ("allreduce algorithms vs MPI_Allreduce, one or emulated nodes", _lazy("commlib.bench.allreduce")),
+    "hierarchy": (
+        "three-level allreduce, reduce-scatter + allgather vs two levels vs MPI, emulated racks",
+        _lazy("commlib.bench.hierarchy"),
+    ),
     "tokenring": ("TokenRing vs ring attention: bytes per direction, compute, wait", _lazy("commlib.bench.tokenring")),
     "moe": ("MoE dispatch+combine vs a straightforward mpi4py version; placement", _lazy("commlib.bench.moe")),
     "flows": ("one large transfer over two emulated paths, unsplit vs split", _lazy("commlib.bench.flows")),

@@ -49,7 +49,17 @@ PACKAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "split_channels",
         "split_min_bytes",
     ),
-    "collectives": ("cuda_aware_mpi", "moe_pack", "node_detect", "allreduce", "reduction_check"),
+    "collectives": (
+        "cuda_aware_mpi",
+        "moe_pack",
+        "node_detect",
+        "allreduce",
+        "reduction_check",
+        "topology",
+        "level_links",
+        "reduce_scatter",
+        "allgather",
+    ),
 }
 _OWNER = {name: package for package, names in PACKAGE_FIELDS.items() for name in names}
 _listeners: list[Callable[[], None]] = []
@@ -135,7 +145,8 @@ class Config:
     ``model_max_age``), :class:`transport.settings.TransportSettings`
     (``node_id``, ``monitor`` and ``monitor_*``, ``split`` and ``split_*``) and
     :class:`collectives.settings.CollectivesSettings` (``cuda_aware_mpi``,
-    ``moe_pack``, ``node_detect``, ``allreduce``, ``reduction_check``); their
+    ``moe_pack``, ``node_detect``, ``allreduce``, ``reduction_check``, ``topology``,
+    ``level_links``, ``reduce_scatter``, ``allgather``); their
     docstrings describe them. commlib's own:
 
     rebuild [COMMLIB_REBUILD=1]

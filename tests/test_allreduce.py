@@ -329,6 +329,7 @@ def test_benchmark_quick_smoke(tmp_path):
         "hierarchical",
         "hierarchical-root",
         "hierarchical-shard",
+        "hierarchical-levels",
         "auto",
     }
 

@@ -45,6 +45,7 @@ SHORT = {
     "hierarchical": "hier",
     "hierarchical-root": "h-root",
     "hierarchical-shard": "h-shard",
+    "hierarchical-levels": "h-levels",
     "star-arrival": "star-arr",
 }
 FULL_SIZES = (8, 64, 512, 4096, 32768, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20)

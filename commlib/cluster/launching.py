@@ -98,6 +98,10 @@ class Launching:
             raise ValueError(f"{what} must be non-negative ints with at least one rank, got {ranks_per_node!r}")
         return [(node, k) for node, k in pairs if k]
 
+    def node_env(self, node: int) -> dict[str, str]:
+        """The environment every rank on node ``node`` gets: ``COMMLIB_NODE_ID``."""
+        return {"COMMLIB_NODE_ID": str(node)}
+
     def mpirun_command(
         self, ranks_per_node: int | Sequence[int] | Sequence[tuple[int, int]], args: Sequence[str], *,
         python: bool = True, mpiexec_args: Sequence[str] = (), launcher: Launcher | None = None,
@@ -114,9 +118,9 @@ class Launching:
         segments = self._segments(ranks_per_node)
         program = [sys.executable, "-m", "mpi4py", *args] if python else list(args)
         if launcher.family == "hydra":
-            apps = [App(k, self.node_command(node, program), {"COMMLIB_NODE_ID": str(node)}) for node, k in segments]
+            apps = [App(k, self.node_command(node, program), self.node_env(node)) for node, k in segments]
             return launcher.command(apps, args=["-genvall", *mpiexec_args])
-        apps = [App(k, program, {"COMMLIB_NODE_ID": str(node)}, self.hostnames[node]) for node, k in segments]
+        apps = [App(k, program, self.node_env(node), self.hostnames[node]) for node, k in segments]
         return self.node_command(0, launcher.command(apps, args=mpiexec_args))
 
     def mpirun(

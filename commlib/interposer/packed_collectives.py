@@ -14,6 +14,10 @@ commlib does not read) goes to mpi4py untouched.
 keeps MPI's own unless the cost model predicts a clear gain for the
 communicator's shape (``COMMLIB_ALLREDUCE`` forces an algorithm).
 
+``Reduce_scatter(_block)`` and plain-array ``Allgather(v)`` go through
+:mod:`collectives.hierarchical_calls` the same way (``COMMLIB_REDUCE_SCATTER``,
+``COMMLIB_ALLGATHER``).
+
 Intercepted: ``Bcast``, ``Gather(v)``, ``Scatter(v)``, ``Allgather(v)``,
 ``Alltoall(v|w)`` and the neighbourhood ``Neighbor_allgather(v)``,
 ``Neighbor_alltoall(v|w)``.
@@ -50,6 +54,17 @@ def _load_allreduce() -> Any:
     # the module, not the package's ``allreduce`` function of the same name
     _ALLREDUCE = importlib.import_module("collectives.allreduce")
     return _ALLREDUCE
+
+
+_LEVELS: Any = None  # collectives.hierarchical_calls, imported on the first Reduce_scatter* or Allgather*
+
+
+def _levels() -> Any:
+    global _LEVELS
+    import importlib
+
+    _LEVELS = importlib.import_module("collectives.hierarchical_calls")
+    return _LEVELS
 
 
 def _timed(start: float, *trials: Any) -> None:
@@ -222,12 +237,26 @@ class Collectives:
             staged.unpack(skip=self.Get_rank() if in_place else None)
         _timed(start, trial)
 
+    def Reduce_scatter_block(self, sendbuf: Any, recvbuf: Any, op: MPI.Op = MPI.SUM) -> None:
+        """Through :mod:`collectives.hierarchical_calls`: MPI's own unless the level cost model picks the hierarchy."""
+        if (_LEVELS or _levels()).try_reduce_scatter_block(self, sendbuf, recvbuf, op) is NotImplemented:
+            super().Reduce_scatter_block(sendbuf, recvbuf, op)
+
+    def Reduce_scatter(self, sendbuf: Any, recvbuf: Any, recvcounts: Any = None, op: MPI.Op = MPI.SUM) -> None:
+        """As ``Reduce_scatter_block``."""
+        if (_LEVELS or _levels()).try_reduce_scatter(self, sendbuf, recvbuf, recvcounts, op) is NotImplemented:
+            super().Reduce_scatter(sendbuf, recvbuf, recvcounts, op)
+
     def Allgather(self, sendbuf: Any, recvbuf: Any) -> None:
         if _plain(sendbuf, recvbuf):
-            return super().Allgather(sendbuf, recvbuf)
+            if (_LEVELS or _levels()).try_allgather(self, sendbuf, recvbuf) is NotImplemented:
+                super().Allgather(sendbuf, recvbuf)
+            return None
         self._allgather("Allgather", sendbuf, recvbuf, block_parts, "block_spec", self.Get_size())
 
     def Allgatherv(self, sendbuf: Any, recvbuf: Any) -> None:
+        if _plain(sendbuf) and (_LEVELS or _levels()).try_allgatherv(self, sendbuf, recvbuf) is None:
+            return None
         if _plain(sendbuf, recvbuf):
             return super().Allgatherv(sendbuf, recvbuf)
         self._allgather("Allgatherv", sendbuf, recvbuf, vector_parts, "vector_spec", self.Get_size())
