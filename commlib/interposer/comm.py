@@ -152,7 +152,7 @@ class _Interposed(PointToPoint):
                 cold = cold_check(op, parts, writable=not send)
                 if cold is None:
                     return StagedSide(spec)  # no derived datatype
-                if session is None or not session.sides.worth(key, cold.nbytes):
+                if session is None or not session.sides.worth(key, cold.nbytes, parts[3]):
                     if session is not None:
                         session.record(op, "native", cold.nbytes)
                     return StagedSide(spec, key=key, cold=cold)

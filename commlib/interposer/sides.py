@@ -28,6 +28,7 @@ from .decision import Layout, hot_bytes
 __all__ = ["KnownSides", "NativePairs", "Side"]
 
 MAX_SIDES = 1024
+_NOTHING = (0, None)
 
 
 def _freeze(item: Any) -> Any:
@@ -88,18 +89,21 @@ class KnownSides:
     def __init__(self) -> None:
         self._sides: BoundedDict[tuple, Side] = BoundedDict(MAX_SIDES)
         self._met: BoundedDict[tuple, None] = BoundedDict(MAX_SIDES)  # keys met once, as a set
-        self._moved: BoundedDict[tuple, int] = BoundedDict(MAX_SIDES)  # key -> bytes moved while not worth a look
+        # key -> (bytes moved while not worth a look, the datatypes: held, so that the ids in the key are not
+        # reused by types made later; a spec rebuilt for every call then never meets its key twice)
+        self._moved: BoundedDict[tuple, tuple[int, Any]] = BoundedDict(MAX_SIDES)
 
-    def worth(self, key: tuple | None, nbytes: int) -> bool:
+    def worth(self, key: tuple | None, nbytes: int, types: Any = None) -> bool:
         """Whether a side is worth reading into pieces and deciding: it moved enough bytes, in this call and
-        earlier ones with the same ``key``, for an analysis to pay (:func:`commlib.interposer.decision.hot_bytes`)."""
+        earlier ones with the same ``key``, for an analysis to pay (:func:`commlib.interposer.decision.hot_bytes`).
+        ``types``: the spec's datatypes, held while the key is."""
         if key is None:
             return True
-        moved = self._moved.get(key, 0) + nbytes
+        moved = self._moved.get(key, _NOTHING)[0] + nbytes
         if moved >= hot_bytes():
             self._moved.pop(key, None)
             return True
-        self._moved[key] = moved
+        self._moved[key] = (moved, types)
         return False
 
     def lookup(self, key: tuple | None, spec: Any) -> tuple[Side, Any] | None:
@@ -145,15 +149,17 @@ class KnownSides:
 
     def cold(self, key: tuple | None, spec: Any, cold: Any, tally: list[int], *, send: bool) -> Side | None:
         """A side not yet worth a look (:func:`commlib.interposer.pieces.cold_check` gave ``cold``) as a kept side
-        for the calls it may make before it is (``None``: fewer than two). Those calls' bytes are counted now, so
-        that the call after them is analysed."""
+        for the calls it may make before it is (``None``: fewer than two, or its key met for the first time).
+        Those calls' bytes are counted now, so that the call after them is analysed."""
         if key is None or not cold.nbytes:
             return None
-        moved = self._moved.get(key, 0)
+        moved, held = self._moved.get(key, _NOTHING)
+        if moved <= cold.nbytes:  # met for the first time: a spec built for one call is not kept
+            return None
         calls = int((hot_bytes() - moved) // cold.nbytes) - 1
         if calls < 2:
             return None
-        self._moved[key] = moved + calls * cold.nbytes
+        self._moved[key] = (moved + calls * cold.nbytes, held)
         types = spec[2] if isinstance(spec[2], (list, tuple)) else (spec[2],)
         types = tuple({id(t): t for t in types}.values())
         stamp = (Config.changes, cost_model.generation())
