@@ -157,9 +157,8 @@ def test_three_levels_on_emulated_racks():
 
 @pytest.mark.emulated
 def test_emulated_racks_put_nodes_on_rack_bridges_behind_shaped_uplinks():
-    from commlib.netns import namespaces, tool
-
     from commlib.cluster import cluster_available
+    from commlib.cluster.netns import namespaces, tool
     from commlib.cluster.racks import EmulatedRacks
 
     ok, why = cluster_available()

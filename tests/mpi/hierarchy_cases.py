@@ -22,9 +22,9 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import commlib.comm  # noqa: E402
 from allreduce_cases import DTYPES, OPS, _close, _inputs, _reference, _significant  # noqa: E402
 
+import commlib.interposer.comm  # noqa: E402
 from collectives import hierarchical_calls as hc  # noqa: E402
 from collectives.allreduce import allreduce, plan  # noqa: E402
 from collectives.hierarchical_allreduce import allreduce_levels  # noqa: E402
@@ -175,7 +175,7 @@ def _interposed_cases(ck: Checker, world: MPI.Intracomm) -> None:
     comm = world.Dup()
     topology(comm, method="env", node_id=f"n{rank // 2}")
     hierarchy(comm, levels=[("rack", str(rank // 4))])
-    wrapped = commlib.comm.wrap(comm)
+    wrapped = commlib.interposer.comm.wrap(comm)
     before = (settings.reduce_scatter, settings.allgather)
     try:
         settings.reduce_scatter, settings.allgather = "hierarchical", "hierarchical"
