@@ -185,6 +185,21 @@ def transpose(comm):
 
 
 run_case("transpose, staged", transpose)
+
+
+def vector_exchange(comm):
+    """Alltoallv of one strided type: each rank's own piece (96 KiB) is large enough for commlib to copy it."""
+    vec = MPI.DOUBLE.Create_vector(96, 64, 100).Commit()  # 96 rows of 64 doubles at a stride of 100
+    per = 2
+    a = data(extent(vec) * per * size + 8 * 36, rank + 60)
+    b = poison(extent(vec) * per * size + 8 * 36)
+    counts, displs = [per] * size, [per * j for j in range(size)]
+    comm.Alltoallv([a, (counts, displs), vec], [b, (counts, displs), vec])
+    vec.Free()
+    return {"alltoallv": b}
+
+
+run_case("vector exchange", vector_exchange)
 # the same with every side analysed and left on MPI's path (where interposed): the own piece still skips MPI
 session = world._session if interposed else None
 if session is not None:
