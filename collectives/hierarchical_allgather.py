@@ -58,7 +58,7 @@ def try_allgather(
     if recv is None:
         return NotImplemented
     if sendbuf is MPI.IN_PLACE:
-        require(name, recv.size % p == 0, f"recvbuf's {recv.size} elements do not split into {p} blocks", recv.dtype)
+        require(name, recv.size % p == 0, recv.dtype, "recvbuf's {} elements do not split into {} blocks", recv.size, p)
         count = recv.size // p
         send = recv[rank * count : (rank + 1) * count].copy()
     else:
@@ -66,8 +66,8 @@ def try_allgather(
         if send is None:
             return NotImplemented
         count = send.size
-        require(name, send.dtype == recv.dtype, f"sendbuf holds {send.dtype} but recvbuf", recv.dtype)
-        require(name, recv.size == p * count, f"recvbuf has {recv.size} elements, not {p} x {count}", recv.dtype)
+        require(name, send.dtype == recv.dtype, recv.dtype, "sendbuf holds {} but recvbuf", send.dtype)
+        require(name, recv.size == p * count, recv.dtype, "recvbuf has {} elements, not {} x {}", recv.size, p, count)
     return _run_gather(
         comm, send, recv, [count] * p, [k * count for k in range(p)], algorithm or settings.allgather, levels, segments
     )
@@ -118,24 +118,30 @@ def try_allgatherv(
     require(
         name,
         len(counts) == p == len(displs),
-        f"{len(counts)} counts and {len(displs)} displs for {p} ranks",
         recv.dtype,
+        "{} counts and {} displs for {} ranks",
+        len(counts),
+        len(displs),
+        p,
     )
-    require(name, min(counts) >= 0 and min(displs) >= 0, f"negative counts {counts} or displs {displs}", recv.dtype)
+    require(name, min(counts) >= 0 and min(displs) >= 0, recv.dtype, "negative counts {} or displs {}", counts, displs)
     end = max(d + c for d, c in zip(displs, counts))
-    require(name, recv.size >= end, f"recvbuf has {recv.size} elements, counts and displs need {end}", recv.dtype)
+    require(name, recv.size >= end, recv.dtype, "recvbuf has {} elements, counts and displs need {}", recv.size, end)
     if sendbuf is MPI.IN_PLACE:
         send = recv[displs[rank] : displs[rank] + counts[rank]].copy()
     else:
         send = plain_array(sendbuf, "sendbuf", name, writable=False)
         if send is None:
             return NotImplemented
-        require(name, send.dtype == recv.dtype, f"sendbuf holds {send.dtype} but recvbuf", recv.dtype)
+        require(name, send.dtype == recv.dtype, recv.dtype, "sendbuf holds {} but recvbuf", send.dtype)
         require(
             name,
             send.size == counts[rank],
-            f"sendbuf has {send.size} elements, counts[{rank}] is {counts[rank]}",
             recv.dtype,
+            "sendbuf has {} elements, counts[{}] is {}",
+            send.size,
+            rank,
+            counts[rank],
         )
     return _run_gather(comm, send, recv, counts, displs, algorithm or settings.allgather, levels, segments)
 

@@ -98,7 +98,8 @@ def plain_array(buf: Any, what: str, op: str, writable: bool) -> Any:
     return buf.reshape(-1)
 
 
-def require(op: str, cond: bool, text: str, dtype: np.dtype) -> None:
-    """Raise ``ValueError`` naming ``op``, the sizes (in ``text``) and ``dtype`` unless ``cond``."""
+def require(op: str, cond: bool, dtype: np.dtype, text: str, *values: Any) -> None:
+    """Raise ``ValueError`` naming ``op``, the sizes (``text`` formatted with ``values``) and ``dtype`` unless
+    ``cond``; the message is only made when it is raised (these checks run on every call)."""
     if not cond:
-        raise ValueError(f"{op}: {text} ({dtype} elements)")
+        raise ValueError(f"{op}: {text.format(*values)} ({dtype} elements)")

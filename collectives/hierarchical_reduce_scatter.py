@@ -103,16 +103,18 @@ def try_reduce_scatter_block(
         require(
             name,
             recv.size % p == 0,
-            f"in place, recvbuf's {recv.size} elements do not split into {p} blocks",
             recv.dtype,
+            "in place, recvbuf's {} elements do not split into {} blocks",
+            recv.size,
+            p,
         )
         count = recv.size // p
         send = recv.copy()
     else:
         count = recv.size
-        require(name, send.dtype == recv.dtype, f"sendbuf holds {send.dtype} but recvbuf", recv.dtype)
-        require(name, send.size == p * count, f"sendbuf has {send.size} elements, not {p} x {count}", recv.dtype)
-        require(name, not np.may_share_memory(send, recv), "sendbuf and recvbuf overlap; pass MPI.IN_PLACE", recv.dtype)
+        require(name, send.dtype == recv.dtype, recv.dtype, "sendbuf holds {} but recvbuf", send.dtype)
+        require(name, send.size == p * count, recv.dtype, "sendbuf has {} elements, not {} x {}", send.size, p, count)
+        require(name, not np.may_share_memory(send, recv), recv.dtype, "sendbuf and recvbuf overlap; pass MPI.IN_PLACE")
     return _run_reduce(comm, name, send, recv, [count] * p, op, algorithm or settings.reduce_scatter, levels, segments)
 
 
@@ -140,16 +142,16 @@ def try_reduce_scatter(
     if recv is None or send is None:
         return NotImplemented
     counts = [int(c) for c in recvcounts]
-    require(name, len(counts) == p and min(counts) >= 0, f"recvcounts {counts} are not {p} counts >= 0", recv.dtype)
+    require(name, len(counts) == p and min(counts) >= 0, recv.dtype, "recvcounts {} are not {} counts >= 0", counts, p)
     total, mine = sum(counts), counts[comm.Get_rank()]
     if sendbuf is MPI.IN_PLACE:
-        require(name, recv.size >= total, f"in place, recvbuf has {recv.size} elements, not {total}", recv.dtype)
+        require(name, recv.size >= total, recv.dtype, "in place, recvbuf has {} elements, not {}", recv.size, total)
         send = recv[:total].copy()
     else:
-        require(name, send.dtype == recv.dtype, f"sendbuf holds {send.dtype} but recvbuf", recv.dtype)
-        require(name, send.size >= total, f"sendbuf has {send.size} elements, recvcounts sum to {total}", recv.dtype)
-        require(name, recv.size >= mine, f"recvbuf has {recv.size} elements, not {mine}", recv.dtype)
-        require(name, not np.may_share_memory(send, recv), "sendbuf and recvbuf overlap; pass MPI.IN_PLACE", recv.dtype)
+        require(name, send.dtype == recv.dtype, recv.dtype, "sendbuf holds {} but recvbuf", send.dtype)
+        require(name, send.size >= total, recv.dtype, "sendbuf has {} elements, recvcounts sum to {}", send.size, total)
+        require(name, recv.size >= mine, recv.dtype, "recvbuf has {} elements, not {}", recv.size, mine)
+        require(name, not np.may_share_memory(send, recv), recv.dtype, "sendbuf and recvbuf overlap; pass MPI.IN_PLACE")
         send = send[:total]
     return _run_reduce(comm, name, send, recv, counts, op, algorithm or settings.reduce_scatter, levels, segments)
 
