@@ -105,6 +105,13 @@ def try_allgatherv(
     """``Allgatherv`` by the hierarchy and ``None``, or ``NotImplemented`` (nothing touched)."""
     if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
         return NotImplemented
+    if (
+        levels is None
+        and isinstance(recvbuf, (list, tuple))
+        and recvbuf
+        and small(recvbuf[0], algorithm, settings.allgather)
+    ):
+        return NotImplemented
     name, p, rank = "Allgatherv", comm.Get_size(), comm.Get_rank()
     spec = _vector_spec(recvbuf)
     if spec is None:

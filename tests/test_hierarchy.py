@@ -123,6 +123,10 @@ def test_single_process_calls_and_errors():
     with pytest.raises(ValueError, match="unknown algorithm"):
         hc.plan(comm, "allgather", 1 << 20, "ring")
     assert hc.try_allgather(comm, np.zeros(2), np.zeros(2)) is NotImplemented  # small: MPI's own, untouched
+    # small: MPI's own before the spec is even read (a spec MPI refuses is MPI's to report)
+    assert hc.try_allgatherv(comm, np.zeros(2), [np.zeros(2), [2, 2]]) is NotImplemented
+    with pytest.raises(ValueError, match=r"Allgatherv: 2 counts and 2 displs for 1 ranks"):
+        hc.try_allgatherv(comm, np.zeros(2), [np.zeros(2), [2, 2]], "hierarchical")
 
 
 @pytest.mark.mpi
