@@ -250,3 +250,20 @@ def test_native_messages_reach_mpi_rebuilt_from_their_canonical_form(monkeypatch
         assert comm._native(spec, derived(spec, eager=True)) is spec
     finally:
         dt.Free()
+
+
+def test_own_piece_of_an_alltoallv_staged_on_one_side_only():
+    """A receive side packed and a send side left to MPI: the own piece stays in MPI's hands, whole and right."""
+    vec = MPI.DOUBLE.Create_vector(96, 64, 100).Commit()  # 48 KiB per object, strided
+    span = vec.Get_extent()[1] * 2
+    send = np.arange(span // 8, dtype=np.float64)
+    recv = np.full(span // 8, -1.0)
+    session = Session(lambda op, message: "pack" if message.buf is recv else "native")
+    try:
+        wrap(MPI.COMM_SELF, session).Alltoallv([send, ([2], [0]), vec], [recv, ([2], [0]), vec])
+        expected = np.full(span // 8, -1.0)
+        MPI.COMM_SELF.Alltoallv([send, ([2], [0]), vec], [expected, ([2], [0]), vec])
+        assert np.array_equal(recv, expected)
+        assert session.calls[("Alltoallv", "pack")] == 1 and session.calls[("Alltoallv", "native")] == 1
+    finally:
+        vec.Free()

@@ -275,7 +275,8 @@ class Collectives:
         sside = self._stage(op, sendbuf, read, degrees[1], form, send=True, skip=own)
         sspec, sent, strial, given = sside[:4]
         if own is not None:
-            if _copy_own(op, given, received, own):
+            # a send side left to MPI can drop its piece only in Alltoallw's form (_without)
+            if (sent is not None or op == "Alltoallw") and _copy_own(op, given, received, own):
                 sspec = sspec if sent is not None else _without(sspec, given, own)
                 rspec = getattr(staged, form)(skip=own) if staged is not None else _without(rspec, received, own)
             else:
