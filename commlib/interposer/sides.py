@@ -78,6 +78,16 @@ class Side:
     remaining: int  # calls left before the full path must see one again (-1: never)
     stamp: tuple[int, int]
 
+    def holds(self, buf: Any) -> bool:
+        """Whether ``buf`` (a C-contiguous numpy array, writable for a receive side) holds every piece, and the
+        side's datatypes are still alive (a freed datatype is null)."""
+        if type(buf) is not np.ndarray:
+            return False
+        flags = buf.flags
+        if not flags.c_contiguous or (self.writable and not flags.writeable):
+            return False
+        return self.lo >= 0 and self.hi <= buf.nbytes and all(self.types)
+
 
 class KnownSides:
     """The collective sides of one session whose outcome was decided by the cost model.
@@ -112,12 +122,7 @@ class KnownSides:
         if side is None or side.stamp != (Config.changes, cost_model.generation()):
             return None
         buf = spec[0]
-        if type(buf) is not np.ndarray:
-            return None
-        flags = buf.flags
-        if not flags.c_contiguous or (side.writable and not flags.writeable):
-            return None
-        if side.lo < 0 or side.hi > buf.nbytes or not all(side.types):  # a freed datatype is null
+        if not side.holds(buf):
             return None
         if side.remaining >= 0:
             side.remaining -= 1
@@ -223,20 +228,12 @@ class NativePairs:
         if sent.remaining == 0 or received.remaining == 0:  # a cold side's calls are spent: it is worth a look
             return False
         sc, sd, st, rc, rd, rt = copies
-        # lists compare element by element; a datatype equal by handle only is caught below: the kept one,
-        # freed to make room for it, is null
+        # lists compare element by element; a datatype equal by handle only is caught by Side.holds: the kept
+        # one, freed to make room for it, is null
         if sc != send[1] or sd != send[2] or st != send[3] or rc != recv[1] or rd != recv[2] or rt != recv[3]:
             return False
-        if not (all(sent.types) and all(received.types)):
+        if not (sent.holds(send[0]) and received.holds(recv[0])):
             return False
-        for side, buf in ((sent, send[0]), (received, recv[0])):
-            if type(buf) is not np.ndarray:
-                return False
-            flags = buf.flags
-            if not flags.c_contiguous or (side.writable and not flags.writeable) or side.hi > buf.nbytes:
-                return False
-            if side.lo < 0:
-                return False
         for side in (sent, received):
             side.tally[0] += 1
             side.tally[1] += side.nbytes
