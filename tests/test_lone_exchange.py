@@ -34,3 +34,12 @@ def test_a_one_rank_alltoallw_lands_where_its_byte_displacements_say(monkeypatch
             comm.Alltoallw([send, ([1], [8]), [vec]], [recv[:5], ([3], [24]), [MPI.DOUBLE]])
     finally:
         vec.Free()
+
+
+def test_pieces_of_different_sizes_are_refused_by_name(monkeypatch):
+    monkeypatch.setattr(lone_exchange, "_scales", True)
+    comm = wrap(MPI.COMM_SELF, Session())
+    recv = np.full(4, -1.0)
+    with pytest.raises(ValueError, match=r"Alltoallw: 2 object\(s\) of MPI_DOUBLE pack 16 bytes, 3 object\(s\)"):
+        comm.Alltoallw([np.zeros(4), ([2], [0]), [MPI.DOUBLE]], [recv, ([3], [0]), [MPI.DOUBLE]])
+    assert (recv == -1).all()

@@ -47,11 +47,6 @@ def copy_alone(sendbuf: Any, recvbuf: Any) -> bool:
     (sbuf, (scount,), (sdisp,), (stype,)), (rbuf, (rcount,), (rdisp,), (rtype,)) = send, recv
     if scount < 0 or rcount < 0 or sdisp < 0 or rdisp < 0 or not stype or not rtype:
         return False  # MPI's to report
-    ssize, rsize = scount * stype.Get_size(), rcount * rtype.Get_size()
-    if ssize != rsize:
-        raise ValueError(
-            f"Alltoallw: {scount} object(s) of the send type pack {ssize} bytes, "
-            f"{rcount} object(s) of the receive type hold {rsize}"
-        )
+    # a send and a receive piece of different sizes, or a buffer too small, raise here before anything is copied
     datatypes.copy(sbuf, scount, stype, rbuf, rcount, rtype, sdisp=sdisp, rdisp=rdisp, op="Alltoallw")
     return True
